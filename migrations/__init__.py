@@ -1,0 +1,1 @@
+"""Alembic migrations for the pgqueue schema (shipped as ``pgqueue.migrations``)."""

@@ -1,0 +1,517 @@
+-- Revision 0002 (frozen): the transition functions and notification triggers, v1.
+
+-- Raise the precise error for a worker call whose lease did not match.
+CREATE OR REPLACE FUNCTION pgqueue.raise_lease_error(p_id bigint, p_attempt integer, p_action text)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_job pgqueue.jobs%ROWTYPE;
+BEGIN
+    SELECT * INTO v_job FROM pgqueue.jobs WHERE id = p_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgqueue: cannot % job %: it does not exist', p_action, p_id
+            USING ERRCODE = 'PQ001';
+    END IF;
+    RAISE EXCEPTION 'pgqueue: cannot % job % attempt %: the lease is no longer held (job is % at attempt %)',
+        p_action, p_id, p_attempt, v_job.status, v_job.attempts
+        USING ERRCODE = 'PQ003';
+END $$;
+
+-- Raise the precise error for an operator call on a job in the wrong state.
+CREATE OR REPLACE FUNCTION pgqueue.raise_state_error(p_id bigint, p_action text, p_allowed text)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_status pgqueue.job_status;
+BEGIN
+    SELECT status INTO v_status FROM pgqueue.jobs WHERE id = p_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgqueue: cannot % job %: it does not exist', p_action, p_id
+            USING ERRCODE = 'PQ001';
+    END IF;
+    RAISE EXCEPTION 'pgqueue: cannot % job %: it is %, and only % jobs can be', p_action, p_id, v_status, p_allowed
+        USING ERRCODE = 'PQ002';
+END $$;
+
+-- Delay before retry number p_attempt + 1: exponential (1 s, 2 s, 4 s, ...)
+-- capped at one hour, with +/-25 % jitter so failed jobs do not return in lockstep.
+CREATE OR REPLACE FUNCTION pgqueue.retry_backoff(p_attempt integer)
+RETURNS interval LANGUAGE sql VOLATILE AS $$
+    SELECT make_interval(secs => least(3600, power(2, greatest(p_attempt - 1, 0)))
+                                 * (0.75 + random() * 0.5))
+$$;
+
+-- enqueue: insert one pending job; returns its id. Visible iff the caller's
+-- transaction commits.
+CREATE OR REPLACE FUNCTION pgqueue.enqueue(
+    p_task         text,
+    p_args         jsonb DEFAULT '{}',
+    p_queue        text DEFAULT 'default',
+    p_priority     integer DEFAULT 0,
+    p_run_at       timestamptz DEFAULT NULL,
+    p_max_attempts integer DEFAULT 1,
+    p_timeout      interval DEFAULT NULL,
+    p_owner        text DEFAULT NULL,
+    p_metadata     jsonb DEFAULT '{}'
+) RETURNS bigint LANGUAGE sql AS $$
+    INSERT INTO pgqueue.jobs (task, args, queue, priority, run_at, max_attempts, timeout, owner, metadata)
+    VALUES (p_task, COALESCE(p_args, '{}'), COALESCE(p_queue, 'default'), COALESCE(p_priority, 0),
+            COALESCE(p_run_at, now()), COALESCE(p_max_attempts, 1), p_timeout, p_owner,
+            COALESCE(p_metadata, '{}'))
+    RETURNING id
+$$;
+
+-- enqueue_many: insert many jobs in one statement, all or nothing. The arrays
+-- are parallel (item i of each describes job i); ids come back in item order.
+-- An invalid item raises 22023 naming its index (0-based) and the problem.
+CREATE OR REPLACE FUNCTION pgqueue.enqueue_many(
+    p_tasks        text[],
+    p_args         jsonb[],
+    p_queues       text[],
+    p_priorities   integer[],
+    p_run_ats      timestamptz[],
+    p_max_attempts integer[],
+    p_timeouts     interval[],
+    p_owners       text[],
+    p_metadata     jsonb[]
+) RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_n integer := cardinality(p_tasks);
+    v_bad record;
+BEGIN
+    IF v_n IS NULL THEN
+        RAISE EXCEPTION 'pgqueue: enqueue_many: tasks must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF cardinality(p_args) <> v_n OR cardinality(p_queues) <> v_n OR cardinality(p_priorities) <> v_n
+       OR cardinality(p_run_ats) <> v_n OR cardinality(p_max_attempts) <> v_n
+       OR cardinality(p_timeouts) <> v_n OR cardinality(p_owners) <> v_n
+       OR cardinality(p_metadata) <> v_n THEN
+        RAISE EXCEPTION 'pgqueue: enqueue_many: all argument arrays must have % items', v_n
+            USING ERRCODE = '22023';
+    END IF;
+
+    SELECT ord - 1 AS idx,
+           CASE
+               WHEN t IS NULL OR t = '' OR length(t) > 256 THEN 'task must be 1 to 256 characters'
+               WHEN a IS NULL OR jsonb_typeof(a) <> 'object' THEN 'args must be a JSON object'
+               WHEN q IS NULL OR q = '' OR length(q) > 128 THEN 'queue must be 1 to 128 characters'
+               WHEN m IS NULL OR m < 1 THEN 'max_attempts must be at least 1'
+               WHEN tm <= interval '0' THEN 'timeout must be positive'
+               WHEN md IS NULL OR jsonb_typeof(md) <> 'object' THEN 'metadata must be a JSON object'
+           END AS problem
+      INTO v_bad
+      FROM unnest(p_tasks, p_args, p_queues, p_max_attempts, p_timeouts, p_metadata)
+           WITH ORDINALITY AS u(t, a, q, m, tm, md, ord)
+     WHERE t IS NULL OR t = '' OR length(t) > 256
+        OR a IS NULL OR jsonb_typeof(a) <> 'object'
+        OR q IS NULL OR q = '' OR length(q) > 128
+        OR m IS NULL OR m < 1
+        OR tm <= interval '0'
+        OR md IS NULL OR jsonb_typeof(md) <> 'object'
+     ORDER BY ord
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'pgqueue: enqueue_many: item %: %; nothing was enqueued', v_bad.idx, v_bad.problem
+            USING ERRCODE = '22023';
+    END IF;
+
+    RETURN QUERY
+    INSERT INTO pgqueue.jobs (task, args, queue, priority, run_at, max_attempts, timeout, owner, metadata)
+    SELECT t, a, q, COALESCE(p, 0), COALESCE(r, now()), m, tm, o, md
+      FROM unnest(p_tasks, p_args, p_queues, p_priorities, p_run_ats, p_max_attempts,
+                  p_timeouts, p_owners, p_metadata)
+           WITH ORDINALITY AS u(t, a, q, p, r, m, tm, o, md, ord)
+     ORDER BY ord
+    RETURNING id;
+END $$;
+
+-- claim: lease up to p_limit due jobs from p_queues (paused queues skipped),
+-- highest priority first, then oldest run_at, then id. Each claimed job
+-- becomes running under a new lease (attempts + 1). Never returns more than
+-- p_limit rows; rows locked by concurrent claimers are skipped, not waited on.
+CREATE OR REPLACE FUNCTION pgqueue.claim(p_worker_id text, p_queues text[], p_limit integer)
+RETURNS SETOF pgqueue.jobs LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_limit IS NULL OR p_limit < 1 THEN
+        RAISE EXCEPTION 'pgqueue: claim: limit must be at least 1, not %', p_limit USING ERRCODE = '22023';
+    END IF;
+    IF p_worker_id IS NULL OR p_worker_id = '' THEN
+        RAISE EXCEPTION 'pgqueue: claim: worker_id must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF p_queues IS NULL OR cardinality(p_queues) = 0 THEN
+        RAISE EXCEPTION 'pgqueue: claim: name at least one queue' USING ERRCODE = '22023';
+    END IF;
+
+    RETURN QUERY
+    WITH ts AS (SELECT clock_timestamp() AS now),
+    active AS (
+        SELECT DISTINCT q.name
+          FROM unnest(p_queues) AS q(name)
+         WHERE NOT EXISTS (SELECT 1 FROM pgqueue.queues s WHERE s.name = q.name AND s.paused)
+    ),
+    candidates AS (
+        SELECT c.id
+          FROM active
+          CROSS JOIN LATERAL (
+              SELECT j.id, j.priority, j.run_at
+                FROM pgqueue.jobs j
+               WHERE j.queue = active.name
+                 AND j.status IN ('pending', 'retrying')
+                 AND j.run_at <= (SELECT now FROM ts)
+               ORDER BY j.priority DESC, j.run_at, j.id
+               LIMIT p_limit
+                 FOR UPDATE SKIP LOCKED
+          ) AS c
+         ORDER BY c.priority DESC, c.run_at, c.id
+         LIMIT p_limit
+    )
+    UPDATE pgqueue.jobs j
+       SET status = 'running',
+           attempts = j.attempts + 1,
+           worker_id = p_worker_id,
+           started_at = COALESCE(j.started_at, GREATEST(ts.now, j.created_at)),
+           leased_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at),
+           heartbeat_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at)
+      FROM candidates, ts
+     WHERE j.id = candidates.id
+    RETURNING j.*;
+END $$;
+
+-- heartbeat: refresh the leases this worker still holds, in one statement.
+-- Returns the leases that are still valid; a lease missing from the result
+-- was lost (rescued, cancelled or timed out) and its task must stop.
+CREATE OR REPLACE FUNCTION pgqueue.heartbeat(p_worker_id text, p_ids bigint[], p_attempts integer[])
+RETURNS TABLE (id bigint, attempt integer) LANGUAGE sql AS $$
+    WITH ts AS (SELECT clock_timestamp() AS now),
+    held AS (
+        SELECT j.id
+          FROM pgqueue.jobs j
+          JOIN unnest(p_ids, p_attempts) AS l(id, attempt) ON j.id = l.id AND j.attempts = l.attempt
+         WHERE j.status = 'running' AND j.worker_id = p_worker_id
+         ORDER BY j.id
+           FOR UPDATE OF j
+    )
+    UPDATE pgqueue.jobs j
+       SET heartbeat_at = GREATEST(ts.now, j.heartbeat_at)
+      FROM held, ts
+     WHERE j.id = held.id AND j.status = 'running'
+    RETURNING j.id, j.attempts
+$$;
+
+-- progress: record a running job's progress (clamped to 0..100) under its lease.
+CREATE OR REPLACE FUNCTION pgqueue.progress(p_id bigint, p_attempt integer, p_pct numeric, p_message text DEFAULT NULL)
+RETURNS smallint LANGUAGE plpgsql AS $$
+DECLARE
+    v_pct smallint;
+BEGIN
+    IF p_pct IS NULL OR p_pct = 'NaN'::numeric THEN
+        RAISE EXCEPTION 'pgqueue: progress: percentage must be a number' USING ERRCODE = '22023';
+    END IF;
+    UPDATE pgqueue.jobs
+       SET progress = LEAST(100, GREATEST(0, round(p_pct)))::smallint,
+           progress_message = p_message,
+           heartbeat_at = GREATEST(clock_timestamp(), heartbeat_at)
+     WHERE id = p_id AND attempts = p_attempt AND status = 'running'
+    RETURNING progress INTO v_pct;
+    IF NOT FOUND THEN
+        PERFORM pgqueue.raise_lease_error(p_id, p_attempt, 'report progress of');
+    END IF;
+    RETURN v_pct;
+END $$;
+
+-- complete_many: finish many attempts successfully in one statement. Each
+-- item is a lease (id, attempt) and the task's JSON result. Returns the
+-- leases that were applied; a missing one was stale and its result refused.
+-- started_at is filled with COALESCE and completed_at clamped with GREATEST
+-- in the same UPDATE, so completed_at >= started_at >= created_at always.
+CREATE OR REPLACE FUNCTION pgqueue.complete_many(p_ids bigint[], p_attempts integer[], p_results jsonb[])
+RETURNS TABLE (id bigint, attempt integer) LANGUAGE sql AS $$
+    WITH ts AS (SELECT clock_timestamp() AS now),
+    input AS (
+        SELECT * FROM unnest(p_ids, p_attempts, p_results) AS i(id, attempt, result)
+    ),
+    held AS (
+        SELECT j.id
+          FROM pgqueue.jobs j
+          JOIN input ON j.id = input.id AND j.attempts = input.attempt
+         WHERE j.status = 'running'
+         ORDER BY j.id
+           FOR UPDATE OF j
+    ),
+    done AS (
+        UPDATE pgqueue.jobs j
+           SET status = 'completed',
+               result = input.result,
+               progress = 100,
+               started_at = COALESCE(j.started_at, GREATEST(ts.now, j.created_at)),
+               completed_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at)
+          FROM input, held, ts
+         WHERE j.id = held.id AND input.id = j.id
+           AND j.attempts = input.attempt AND j.status = 'running'
+        RETURNING j.id, j.attempts, j.worker_id, j.leased_at, j.completed_at
+    ),
+    history AS (
+        INSERT INTO pgqueue.attempts (job_id, attempt, worker_id, started_at, ended_at, outcome)
+        SELECT done.id, done.attempts, done.worker_id, done.leased_at, done.completed_at, 'completed'
+          FROM done
+    )
+    SELECT done.id, done.attempts FROM done
+$$;
+
+-- complete: finish one attempt successfully; raises PQ003 if the lease is stale.
+CREATE OR REPLACE FUNCTION pgqueue.complete(p_id bigint, p_attempt integer, p_result jsonb DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM pgqueue.complete_many(ARRAY[p_id], ARRAY[p_attempt], ARRAY[p_result]);
+    IF NOT FOUND THEN
+        PERFORM pgqueue.raise_lease_error(p_id, p_attempt, 'complete');
+    END IF;
+END $$;
+
+-- fail: end an attempt badly. The job is retried (status retrying, due after
+-- p_retry_in or the default backoff) while attempts remain and the error is
+-- retryable; otherwise it ends terminal:
+--   timed out on its final attempt                  -> timeout
+--   not retryable, or max_attempts = 1              -> failed
+--   retryable but max_attempts (> 1) used up        -> dead_letter
+-- Returns the job's new status; raises PQ003 if the lease is stale.
+CREATE OR REPLACE FUNCTION pgqueue.fail(
+    p_id         bigint,
+    p_attempt    integer,
+    p_error      text,
+    p_retryable  boolean DEFAULT true,
+    p_timed_out  boolean DEFAULT false,
+    p_retry_in   interval DEFAULT NULL
+) RETURNS pgqueue.job_status LANGUAGE plpgsql AS $$
+DECLARE
+    v_status pgqueue.job_status;
+BEGIN
+    IF p_retry_in < interval '0' THEN
+        RAISE EXCEPTION 'pgqueue: fail: retry_in must not be negative' USING ERRCODE = '22023';
+    END IF;
+    WITH ts AS (SELECT clock_timestamp() AS now),
+    cur AS (
+        SELECT j.id,
+               CASE
+                   WHEN p_retryable AND j.attempts < j.max_attempts THEN 'retrying'
+                   WHEN p_timed_out THEN 'timeout'
+                   WHEN NOT p_retryable OR j.max_attempts = 1 THEN 'failed'
+                   ELSE 'dead_letter'
+               END::pgqueue.job_status AS next
+          FROM pgqueue.jobs j
+         WHERE j.id = p_id AND j.attempts = p_attempt AND j.status = 'running'
+           FOR UPDATE
+    ),
+    ended AS (
+        UPDATE pgqueue.jobs j
+           SET status = cur.next,
+               error = left(p_error, 65536),
+               run_at = CASE WHEN cur.next = 'retrying'
+                             THEN ts.now + COALESCE(p_retry_in, pgqueue.retry_backoff(j.attempts))
+                             ELSE j.run_at END,
+               completed_at = CASE WHEN cur.next = 'retrying' THEN NULL
+                                   ELSE GREATEST(ts.now, j.created_at, j.started_at, j.leased_at) END
+          FROM ts, cur
+         WHERE j.id = cur.id AND j.attempts = p_attempt AND j.status = 'running'
+        RETURNING j.id, j.attempts, j.worker_id, j.leased_at, j.status,
+                  GREATEST(ts.now, j.leased_at) AS ended_at
+    ),
+    history AS (
+        INSERT INTO pgqueue.attempts (job_id, attempt, worker_id, started_at, ended_at, outcome, error)
+        SELECT ended.id, ended.attempts, ended.worker_id, ended.leased_at, ended.ended_at,
+               CASE WHEN p_timed_out THEN 'timeout' ELSE 'error' END, left(p_error, 65536)
+          FROM ended
+    )
+    SELECT ended.status INTO v_status FROM ended;
+    IF v_status IS NULL THEN
+        PERFORM pgqueue.raise_lease_error(p_id, p_attempt, 'fail');
+    END IF;
+    RETURN v_status;
+END $$;
+
+-- release: hand a running job back at worker shutdown. The interrupted
+-- attempt is recorded but not charged: max_attempts grows by one, so the job
+-- keeps its full retry budget and the lease numbers stay unique.
+CREATE OR REPLACE FUNCTION pgqueue.release(p_id bigint, p_attempt integer)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    WITH ts AS (SELECT clock_timestamp() AS now),
+    released AS (
+        UPDATE pgqueue.jobs j
+           SET status = 'pending', run_at = ts.now, max_attempts = j.max_attempts + 1
+          FROM ts
+         WHERE j.id = p_id AND j.attempts = p_attempt AND j.status = 'running'
+        RETURNING j.id, j.attempts, j.worker_id, j.leased_at, GREATEST(ts.now, j.leased_at) AS ended_at
+    )
+    INSERT INTO pgqueue.attempts (job_id, attempt, worker_id, started_at, ended_at, outcome, error)
+    SELECT id, attempts, worker_id, leased_at, ended_at, 'interrupted', 'worker shut down'
+      FROM released;
+    IF NOT FOUND THEN
+        PERFORM pgqueue.raise_lease_error(p_id, p_attempt, 'release');
+    END IF;
+END $$;
+
+-- cancel: operator/user cancel. pending or retrying jobs end at once; a
+-- running job ends cancelled too, its lease becomes stale (the worker's late
+-- result is refused) and its worker is told through NOTIFY pgqueue_cancel.
+CREATE OR REPLACE FUNCTION pgqueue.cancel(p_id bigint)
+RETURNS pgqueue.job_status LANGUAGE plpgsql AS $$
+DECLARE
+    v_prev pgqueue.job_status;
+BEGIN
+    WITH ts AS (SELECT clock_timestamp() AS now),
+    prev AS (
+        SELECT j.id, j.status FROM pgqueue.jobs j WHERE j.id = p_id FOR UPDATE
+    ),
+    cancelled AS (
+        UPDATE pgqueue.jobs j
+           SET status = 'cancelled',
+               completed_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at)
+          FROM ts, prev
+         WHERE j.id = prev.id AND prev.status IN ('pending', 'retrying', 'running')
+        RETURNING prev.status AS was, j.id, j.attempts, j.worker_id, j.leased_at, j.completed_at
+    ),
+    history AS (
+        INSERT INTO pgqueue.attempts (job_id, attempt, worker_id, started_at, ended_at, outcome, error)
+        SELECT id, attempts, worker_id, leased_at, completed_at, 'cancelled', 'cancelled while running'
+          FROM cancelled WHERE was = 'running'
+    )
+    SELECT was INTO v_prev FROM cancelled;
+    IF v_prev IS NULL THEN
+        PERFORM pgqueue.raise_state_error(p_id, 'cancel', 'pending, retrying or running');
+    END IF;
+    RETURN 'cancelled';
+END $$;
+
+-- rescue: turn lost leases into retrying (attempts left) or a terminal state.
+-- A lease is lost when its heartbeat is older than p_stale_after, or when the
+-- job has a timeout and has run past timeout + p_stale_after (its worker is
+-- alive but did not enforce the limit). One rescuer at a time: the advisory
+-- lock is transaction-scoped, so it also works behind a transaction pooler.
+CREATE OR REPLACE FUNCTION pgqueue.rescue(p_stale_after interval, p_limit integer DEFAULT 1000)
+RETURNS TABLE (id bigint, status pgqueue.job_status) LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_stale_after IS NULL OR p_stale_after <= interval '0' THEN
+        RAISE EXCEPTION 'pgqueue: rescue: stale_after must be positive' USING ERRCODE = '22023';
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(hashtext('pgqueue.rescue')) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH ts AS (SELECT clock_timestamp() AS now),
+    lost AS (
+        SELECT j.id, o.overdue,
+               CASE
+                   WHEN j.attempts < j.max_attempts THEN 'retrying'
+                   WHEN o.overdue THEN 'timeout'
+                   ELSE 'zombie'
+               END::pgqueue.job_status AS next,
+               CASE WHEN o.overdue
+                    THEN format('attempt %s exceeded its timeout of %s on worker %s',
+                                j.attempts, j.timeout, j.worker_id)
+                    ELSE format('attempt %s lost: worker %s sent no heartbeat since %s',
+                                j.attempts, j.worker_id, j.heartbeat_at)
+               END AS reason
+          FROM pgqueue.jobs j, ts,
+               LATERAL (SELECT j.timeout IS NOT NULL
+                               AND j.leased_at + j.timeout + p_stale_after < ts.now AS overdue) AS o
+         WHERE j.status = 'running'
+           AND (j.heartbeat_at < ts.now - p_stale_after OR o.overdue)
+         ORDER BY j.id
+         LIMIT p_limit
+           FOR UPDATE OF j SKIP LOCKED
+    ),
+    rescued AS (
+        UPDATE pgqueue.jobs j
+           SET status = lost.next,
+               error = lost.reason,
+               run_at = CASE WHEN lost.next = 'retrying' THEN ts.now ELSE j.run_at END,
+               completed_at = CASE WHEN lost.next = 'retrying' THEN NULL
+                                   ELSE GREATEST(ts.now, j.created_at, j.started_at, j.leased_at) END
+          FROM lost, ts
+         WHERE j.id = lost.id AND j.status = 'running'
+        RETURNING j.id, j.status, j.attempts, j.worker_id, j.leased_at, j.error,
+                  lost.overdue, GREATEST(ts.now, j.leased_at) AS ended_at
+    ),
+    history AS (
+        INSERT INTO pgqueue.attempts (job_id, attempt, worker_id, started_at, ended_at, outcome, error)
+        SELECT r.id, r.attempts, r.worker_id, r.leased_at, r.ended_at,
+               CASE WHEN r.overdue THEN 'timeout' ELSE 'lost' END, r.error
+          FROM rescued r
+    )
+    SELECT r.id, r.status FROM rescued r;
+END $$;
+
+-- replay: operator re-run of a job that ended without success. It becomes
+-- pending again with p_extra_attempts more attempts; its attempt history and
+-- last error are kept, and attempt numbers keep counting (old leases stay stale).
+CREATE OR REPLACE FUNCTION pgqueue.replay(p_id bigint, p_extra_attempts integer DEFAULT 1)
+RETURNS pgqueue.job_status LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_extra_attempts IS NULL OR p_extra_attempts < 1 THEN
+        RAISE EXCEPTION 'pgqueue: replay: extra attempts must be at least 1' USING ERRCODE = '22023';
+    END IF;
+    UPDATE pgqueue.jobs
+       SET status = 'pending',
+           run_at = clock_timestamp(),
+           completed_at = NULL,
+           result = NULL,
+           progress = 0,
+           progress_message = NULL,
+           max_attempts = attempts + p_extra_attempts
+     WHERE id = p_id AND status IN ('failed', 'timeout', 'zombie', 'dead_letter', 'cancelled');
+    IF NOT FOUND THEN
+        PERFORM pgqueue.raise_state_error(p_id, 'replay', 'failed, timeout, zombie, dead_letter or cancelled');
+    END IF;
+    RETURN 'pending';
+END $$;
+
+-- pause_queue / resume_queue: paused queues are skipped by claim; running
+-- jobs finish normally.
+CREATE OR REPLACE FUNCTION pgqueue.pause_queue(p_name text)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO pgqueue.queues (name, paused, updated_at) VALUES (p_name, true, clock_timestamp())
+    ON CONFLICT (name) DO UPDATE SET paused = true, updated_at = EXCLUDED.updated_at
+$$;
+
+CREATE OR REPLACE FUNCTION pgqueue.resume_queue(p_name text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO pgqueue.queues (name, paused, updated_at) VALUES (p_name, false, clock_timestamp())
+    ON CONFLICT (name) DO UPDATE SET paused = false, updated_at = EXCLUDED.updated_at;
+    PERFORM pg_notify('pgqueue_enqueue', p_name);
+END $$;
+
+-- Announcements. Channel pgqueue_enqueue (payload: queue name) wakes idle
+-- workers; pgqueue_job (payload: JSON id, status, progress, queue) reports
+-- every state or progress change; pgqueue_cancel (payload: job id) tells a
+-- worker that one of its running jobs was cancelled.
+CREATE OR REPLACE FUNCTION pgqueue.notify_enqueued()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pgqueue_enqueue', q.queue)
+       FROM (SELECT DISTINCT n.queue FROM new_jobs n WHERE n.run_at <= now()) AS q;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION pgqueue.notify_changed()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pgqueue_job', json_build_object(
+        'id', NEW.id, 'status', NEW.status, 'progress', NEW.progress, 'queue', NEW.queue)::text);
+    IF NEW.status = 'cancelled' AND OLD.status = 'running' THEN
+        PERFORM pg_notify('pgqueue_cancel', NEW.id::text);
+    ELSIF NEW.status = 'pending' AND OLD.status <> 'pending' THEN
+        PERFORM pg_notify('pgqueue_enqueue', NEW.queue);
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER jobs_notify_enqueued
+    AFTER INSERT ON pgqueue.jobs
+    REFERENCING NEW TABLE AS new_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.notify_enqueued();
+
+CREATE TRIGGER jobs_notify_changed
+    AFTER UPDATE OF status, progress ON pgqueue.jobs
+    FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.progress IS DISTINCT FROM NEW.progress)
+    EXECUTE FUNCTION pgqueue.notify_changed();

@@ -1,0 +1,75 @@
+"""Schema migrations: alembic, with pgqueue's own version table and branch label."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+
+import psycopg
+import sqlalchemy
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.pool import NullPool
+
+from ._connect import resolve_dsn
+
+VERSION_TABLE = "pgqueue_alembic_version"
+VERSION_SCHEMA = "pgqueue"
+BRANCH = "pgqueue"
+
+
+def alembic_config(connection: sqlalchemy.Connection | None = None) -> Config:
+    """An alembic configuration pointing at pgqueue's migrations. With a
+    ``connection`` the migrations run on it (inside its transaction)."""
+    location = str(resources.files("pgqueue.migrations"))
+    cfg = Config()
+    cfg.set_main_option("script_location", location)
+    cfg.set_main_option("version_locations", f"{location}/versions")
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+@contextmanager
+def _connection(dsn: str | None) -> Iterator[sqlalchemy.Connection]:
+    conninfo = resolve_dsn(dsn)
+    engine = sqlalchemy.create_engine(
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(conninfo),
+        poolclass=NullPool,
+    )
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def upgrade(dsn: str | None = None, revision: str = "heads") -> None:
+    """Bring the pgqueue schema up to ``revision`` (default: the latest)."""
+    with _connection(dsn) as conn:
+        command.upgrade(alembic_config(conn), revision)
+
+
+def downgrade(dsn: str | None = None, revision: str = "-1") -> None:
+    """Step the pgqueue schema down to ``revision`` (``-1``: one step; ``base``: none)."""
+    with _connection(dsn) as conn:
+        command.downgrade(alembic_config(conn), revision)
+
+
+def current_revision(dsn: str | None = None) -> str | None:
+    """The revision the database is at, or None if pgqueue was never installed."""
+    with _connection(dsn) as conn:
+        ctx = MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE, "version_table_schema": VERSION_SCHEMA}
+        )
+        return ctx.get_current_revision()
+
+
+def head_revision() -> str:
+    """The latest revision shipped with this version of pgqueue."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head

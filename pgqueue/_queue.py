@@ -1,0 +1,653 @@
+"""The client side: :class:`Queue` (tasks, enqueue, inspect, wait) and :class:`Task`."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from . import _migrate
+from ._connect import resolve_dsn
+from ._context import JobContext
+from ._job import Attempt, Job
+from ._sql import query
+from ._status import JobStatus
+from .errors import (
+    ConfigurationError,
+    InvalidJobError,
+    JobFailed,
+    JobNotFound,
+    UnknownTaskError,
+    translate,
+)
+
+R = TypeVar("R")
+TaskFunction = Callable[..., Any]
+
+RESERVED_ARGUMENTS = frozenset({"conn"})
+"""Keyword names ``Task.enqueue`` keeps for itself; a task may not take them."""
+
+_MAX_QUEUE_NAME = 128
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EnqueueOptions:
+    """How a job is enqueued; unset fields fall back to the task's defaults."""
+
+    queue: str | None = None
+    priority: int | None = None
+    run_at: datetime | None = None
+    delay: float | timedelta | None = None
+    max_attempts: int | None = None
+    timeout: float | timedelta | None = None
+    owner: str | None = None
+    metadata: Mapping[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Row:
+    """One job ready for INSERT: validated, with every default resolved."""
+
+    task: str
+    args: Jsonb
+    queue: str
+    priority: int
+    run_at: datetime | None
+    max_attempts: int
+    timeout: timedelta | None
+    owner: str | None
+    metadata: Jsonb
+
+    def params(self) -> dict[str, Any]:
+        """Query parameters of the ``enqueue`` query."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def _seconds(value: float | timedelta | None, field: str, *, allow_zero: bool) -> timedelta | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
+        raise InvalidJobError(f"{field} must be seconds or a timedelta, not {value!r}")
+    delta = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    if delta < timedelta(0) or (delta == timedelta(0) and not allow_zero):
+        raise InvalidJobError(
+            f"{field} must be {'>= 0' if allow_zero else 'positive'}, not {value!r}"
+        )
+    return delta
+
+
+def _json_object(value: Mapping[str, Any], what: str) -> Jsonb:
+    """Check that ``value`` is a JSON object, naming the offending key if not."""
+    if not isinstance(value, Mapping):
+        raise InvalidJobError(f"{what} must be a mapping of names to JSON values, not {value!r}")
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        for key, item in value.items():
+            try:
+                json.dumps(item)
+            except (TypeError, ValueError):
+                raise InvalidJobError(
+                    f"{what}: {key!r} is not JSON-serialisable ({type(item).__name__}): {exc}"
+                ) from None
+        raise InvalidJobError(f"{what} is not JSON-serialisable: {exc}") from None
+    return Jsonb(dict(value))
+
+
+class Task(Generic[R]):
+    """A function registered on a :class:`Queue` with ``@queue.task``.
+
+    Call ``await task.enqueue(**args)`` (or ``task.enqueue_sync(**args)``) to
+    enqueue a job; pass ``conn=`` to enqueue inside your own transaction. Use
+    ``task.options(delay=..., priority=...)`` to override defaults per call.
+    Calling the task object runs the function directly (handy in tests).
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        fn: Callable[..., R],
+        *,
+        name: str,
+        queue_name: str,
+        max_attempts: int,
+        timeout: float | None,
+        priority: int,
+        retry_delay: float | None,
+    ) -> None:
+        self._queue = queue
+        self.fn = fn
+        self.name = name
+        self.queue_name = queue_name
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self.priority = priority
+        self.retry_delay = retry_delay
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._signature = inspect.signature(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+
+    def __call__(self, ctx: JobContext, /, **kwargs: Any) -> R:
+        return self.fn(ctx, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name!r} queue={self.queue_name!r}>"
+
+    def check_args(self, args: Mapping[str, Any]) -> None:
+        """Raise :class:`InvalidJobError` if ``args`` do not fit the function."""
+        try:
+            self._signature.bind(None, **args)
+        except TypeError as exc:
+            raise InvalidJobError(f"task {self.name!r}: {exc}") from None
+
+    def options(self, **options: Any) -> BoundTask[R]:
+        """This task with per-call options (``queue``, ``priority``, ``run_at``,
+        ``delay``, ``max_attempts``, ``timeout``, ``owner``, ``metadata``)."""
+        try:
+            return BoundTask(self, EnqueueOptions(**options))
+        except TypeError as exc:
+            raise InvalidJobError(f"task {self.name!r}: {exc}") from None
+
+    async def enqueue(self, conn: psycopg.AsyncConnection[Any] | None = None, **args: Any) -> int:
+        """Enqueue one job of this task; returns its id."""
+        return await self._queue.enqueue(self, args, conn=conn)
+
+    def enqueue_sync(self, conn: psycopg.Connection[Any] | None = None, **args: Any) -> int:
+        """Blocking form of :meth:`enqueue`, for synchronous applications."""
+        return self._queue.enqueue_sync(self, args, conn=conn)
+
+
+class BoundTask(Generic[R]):
+    """A :class:`Task` with per-call enqueue options (from ``task.options()``)."""
+
+    def __init__(self, task: Task[R], options: EnqueueOptions) -> None:
+        self.task = task
+        self.opts = options
+
+    async def enqueue(self, conn: psycopg.AsyncConnection[Any] | None = None, **args: Any) -> int:
+        return await self.task._queue.enqueue(self.task, args, conn=conn, options=self.opts)
+
+    def enqueue_sync(self, conn: psycopg.Connection[Any] | None = None, **args: Any) -> int:
+        return self.task._queue.enqueue_sync(self.task, args, conn=conn, options=self.opts)
+
+
+class Queue:
+    """The entry point: registers tasks and talks to PostgreSQL.
+
+    ``Queue()`` takes its DSN from ``PGQUEUE_DSN`` (or ``DATABASE_URL``) and
+    otherwise starts an embedded PostgreSQL under ``./.pgqueue``. Connection
+    pools open on first use; close them with ``await queue.close()`` (or use
+    ``async with queue``).
+    """
+
+    def __init__(self, dsn: str | None = None, *, pool_size: int = 5) -> None:
+        self._dsn_given = dsn
+        self._dsn: str | None = None
+        self._pool_size = pool_size
+        self._pool: AsyncConnectionPool | None = None
+        self._pool_lock: asyncio.Lock | None = None
+        self._sync_pool: ConnectionPool | None = None
+        self.tasks: dict[str, Task[Any]] = {}
+
+    # -- configuration ---------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        """The resolved DSN (resolving it may start the embedded PostgreSQL)."""
+        if self._dsn is None:
+            self._dsn = resolve_dsn(self._dsn_given)
+        return self._dsn
+
+    def task(
+        self,
+        fn: Callable[..., R] | None = None,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        max_attempts: int = 1,
+        timeout: float | None = None,
+        priority: int = 0,
+        retry_delay: float | None = None,
+    ) -> Any:
+        """Register a task. Use bare (``@queue.task``) or with options.
+
+        - ``name``: the name jobs carry (default: the function's ``__name__``).
+        - ``queue``: the queue its jobs go to by default.
+        - ``max_attempts``: total attempts including the first (1 = no retries).
+        - ``timeout``: seconds an attempt may run before it is cancelled.
+        - ``priority``: higher runs first.
+        - ``retry_delay``: fixed seconds between attempts (default: exponential
+          backoff 1 s, 2 s, 4 s... with jitter, capped at one hour).
+
+        The function takes a :class:`JobContext` first, then keyword arguments
+        that must be JSON-serialisable. It may be ``async def`` (run on the
+        worker's event loop) or plain ``def`` (run in a worker thread).
+        """
+
+        def register(func: Callable[..., R]) -> Task[R]:
+            task_name = name or func.__name__
+            if task_name in self.tasks:
+                raise ConfigurationError(f"a task named {task_name!r} is already registered")
+            _check_queue_name(queue)
+            if max_attempts < 1:
+                raise ConfigurationError(f"task {task_name!r}: max_attempts must be at least 1")
+            if timeout is not None and timeout <= 0:
+                raise ConfigurationError(f"task {task_name!r}: timeout must be positive")
+            params = list(inspect.signature(func).parameters.values())
+            if not params or params[0].kind not in (
+                inspect.Parameter.POSITIONAL_ONLY,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            ):
+                raise ConfigurationError(
+                    f"task {task_name!r} must take a JobContext as its first positional parameter"
+                )
+            clash = RESERVED_ARGUMENTS & {p.name for p in params[1:]}
+            if clash:
+                raise ConfigurationError(
+                    f"task {task_name!r}: parameter name {sorted(clash)[0]!r} is reserved"
+                )
+            task = Task(
+                self,
+                func,
+                name=task_name,
+                queue_name=queue,
+                max_attempts=max_attempts,
+                timeout=timeout,
+                priority=priority,
+                retry_delay=retry_delay,
+            )
+            self.tasks[task_name] = task
+            return task
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def get_task(self, name: str) -> Task[Any]:
+        """The registered task ``name``; :class:`UnknownTaskError` lists the known ones."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tasks)) or "none"
+            raise UnknownTaskError(f"unknown task {name!r} (registered: {known})") from None
+
+    @property
+    def queue_names(self) -> list[str]:
+        """The queues this app's tasks enqueue into by default."""
+        return sorted({t.queue_name for t in self.tasks.values()}) or ["default"]
+
+    def migrate(self) -> None:
+        """Create or upgrade the pgqueue schema (same as ``pgqueue migrate``)."""
+        _migrate.upgrade(self.dsn)
+
+    # -- connections -----------------------------------------------------------------
+
+    async def pool(self) -> AsyncConnectionPool:
+        """The async pool (autocommit connections), opened on first use."""
+        if self._pool is None:
+            if self._pool_lock is None:
+                self._pool_lock = asyncio.Lock()
+            async with self._pool_lock:
+                if self._pool is None:
+                    dsn = await asyncio.to_thread(lambda: self.dsn)
+                    pool = AsyncConnectionPool(
+                        dsn,
+                        min_size=1,
+                        max_size=self._pool_size,
+                        kwargs={"autocommit": True},
+                        open=False,
+                        name="pgqueue-client",
+                    )
+                    await pool.open()
+                    self._pool = pool
+        return self._pool
+
+    def sync_pool(self) -> ConnectionPool:
+        """The blocking pool used by the ``*_sync`` methods, opened on first use."""
+        if self._sync_pool is None:
+            pool = ConnectionPool(
+                self.dsn,
+                min_size=1,
+                max_size=self._pool_size,
+                kwargs={"autocommit": True},
+                open=False,
+                name="pgqueue-client-sync",
+            )
+            pool.open()
+            self._sync_pool = pool
+        return self._sync_pool
+
+    async def close(self) -> None:
+        """Close the pools this queue opened."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        if self._sync_pool is not None:
+            self._sync_pool.close()
+            self._sync_pool = None
+
+    async def __aenter__(self) -> Queue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _fetch(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run named query ``name`` and return its rows as dicts, translating errors."""
+        try:
+            if conn is not None:
+                async with conn.cursor(row_factory=dict_row) as cur:
+                    await cur.execute(query(name), params)
+                    return await cur.fetchall() if cur.description else []
+            pool = await self.pool()
+            async with pool.connection() as c, c.cursor(row_factory=dict_row) as cur:
+                await cur.execute(query(name), params)
+                return await cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    def _fetch_sync(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        try:
+            if conn is not None:
+                with conn.cursor(row_factory=dict_row) as cur:
+                    cur.execute(query(name), params)
+                    return cur.fetchall() if cur.description else []
+            with self.sync_pool().connection() as c, c.cursor(row_factory=dict_row) as cur:
+                cur.execute(query(name), params)
+                return cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    # -- enqueue ---------------------------------------------------------------------
+
+    def _row(
+        self,
+        task: Task[Any] | str,
+        args: Mapping[str, Any] | None,
+        options: EnqueueOptions,
+    ) -> _Row:
+        """Validate one job and resolve its defaults; raises :class:`InvalidJobError`."""
+        resolved = self.get_task(task) if isinstance(task, str) else task
+        if resolved._queue is not self:
+            raise InvalidJobError(f"task {resolved.name!r} belongs to another Queue")
+        args = {} if args is None else args
+        payload = _json_object(args, f"arguments of task {resolved.name!r}")
+        resolved.check_args(args)
+        queue_name = options.queue or resolved.queue_name
+        _check_queue_name(queue_name, InvalidJobError)
+        delay = _seconds(options.delay, "delay", allow_zero=True)
+        if options.run_at is not None and delay is not None:
+            raise InvalidJobError("give run_at or delay, not both")
+        run_at = options.run_at
+        if run_at is not None and run_at.tzinfo is None:
+            raise InvalidJobError(f"run_at must be timezone-aware, not {run_at!r}")
+        if delay:
+            run_at = datetime.now().astimezone() + delay
+        max_attempts = options.max_attempts or resolved.max_attempts
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise InvalidJobError(f"max_attempts must be an integer >= 1, not {max_attempts!r}")
+        priority = resolved.priority if options.priority is None else options.priority
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise InvalidJobError(f"priority must be an integer, not {priority!r}")
+        if not -(2**31) <= priority < 2**31:
+            raise InvalidJobError(f"priority must fit in 32 bits, not {priority!r}")
+        timeout = _seconds(
+            options.timeout if options.timeout is not None else resolved.timeout,
+            "timeout",
+            allow_zero=False,
+        )
+        metadata = _json_object(options.metadata or {}, "metadata")
+        return _Row(
+            task=resolved.name,
+            args=payload,
+            queue=queue_name,
+            priority=priority,
+            run_at=run_at,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            owner=options.owner,
+            metadata=metadata,
+        )
+
+    async def enqueue(
+        self,
+        task: Task[Any] | str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+        options: EnqueueOptions | None = None,
+        **option_values: Any,
+    ) -> int:
+        """Enqueue one job and return its id.
+
+        ``task`` is a :class:`Task` or a registered name; ``args`` its keyword
+        arguments. With ``conn`` the job is written inside that connection's
+        current transaction, so it exists iff the transaction commits. Options
+        (``queue``, ``priority``, ``run_at``, ``delay``, ``max_attempts``,
+        ``timeout``, ``owner``, ``metadata``) override the task's defaults.
+        """
+        row = self._row(task, args, _options(options, option_values))
+        rows = await self._fetch("enqueue", row.params(), conn)
+        return int(rows[0]["id"])
+
+    def enqueue_sync(
+        self,
+        task: Task[Any] | str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        conn: psycopg.Connection[Any] | None = None,
+        options: EnqueueOptions | None = None,
+        **option_values: Any,
+    ) -> int:
+        """Blocking form of :meth:`enqueue`."""
+        row = self._row(task, args, _options(options, option_values))
+        rows = self._fetch_sync("enqueue", row.params(), conn)
+        return int(rows[0]["id"])
+
+    def _many_params(
+        self,
+        task: Task[Any] | str,
+        args_list: Iterable[Mapping[str, Any]],
+        options: EnqueueOptions,
+    ) -> dict[str, list[Any]]:
+        rows: list[_Row] = []
+        for index, args in enumerate(args_list):
+            try:
+                rows.append(self._row(task, args, options))
+            except InvalidJobError as exc:
+                raise InvalidJobError(f"item {index}: {exc}; nothing was enqueued") from None
+        columns = {
+            "tasks": "task",
+            "args": "args",
+            "queues": "queue",
+            "priorities": "priority",
+            "run_ats": "run_at",
+            "max_attempts": "max_attempts",
+            "timeouts": "timeout",
+            "owners": "owner",
+            "metadata": "metadata",
+        }
+        return {param: [getattr(r, field) for r in rows] for param, field in columns.items()}
+
+    async def enqueue_many(
+        self,
+        task: Task[Any] | str,
+        args_list: Iterable[Mapping[str, Any]],
+        *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+        options: EnqueueOptions | None = None,
+        **option_values: Any,
+    ) -> list[int]:
+        """Enqueue many jobs of one task in one statement: all or nothing.
+
+        Returns the ids in the order of ``args_list``. An invalid item raises
+        :class:`InvalidJobError` naming its index, and nothing is written.
+        """
+        params = self._many_params(task, args_list, _options(options, option_values))
+        if not params["tasks"]:
+            return []
+        rows = await self._fetch("enqueue_many", params, conn)
+        return [int(r["id"]) for r in rows]
+
+    def enqueue_many_sync(
+        self,
+        task: Task[Any] | str,
+        args_list: Iterable[Mapping[str, Any]],
+        *,
+        conn: psycopg.Connection[Any] | None = None,
+        options: EnqueueOptions | None = None,
+        **option_values: Any,
+    ) -> list[int]:
+        """Blocking form of :meth:`enqueue_many`."""
+        params = self._many_params(task, args_list, _options(options, option_values))
+        if not params["tasks"]:
+            return []
+        rows = self._fetch_sync("enqueue_many", params, conn)
+        return [int(r["id"]) for r in rows]
+
+    # -- inspect and act -------------------------------------------------------------
+
+    async def get_job(self, job_id: int) -> Job | None:
+        """The job's current row, or None if there is no such job."""
+        rows = await self._fetch("get_job", {"id": job_id})
+        return Job.from_row(rows[0]) if rows else None
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | str | Sequence[JobStatus | str] | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Jobs, newest first, filtered; page with ``before_id`` = the last id seen."""
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be between 1 and 1000, not {limit}")
+        statuses: list[str] | None = None
+        if status is not None:
+            items = [status] if isinstance(status, str) else list(status)
+            statuses = [JobStatus(s).value for s in items]
+        rows = await self._fetch(
+            "list_jobs",
+            {
+                "status": statuses,
+                "queue": queue,
+                "task": task,
+                "before_id": before_id,
+                "limit": limit,
+            },
+        )
+        return [Job.from_row(r) for r in rows]
+
+    async def attempts(self, job_id: int) -> list[Attempt]:
+        """The finished attempts of a job, oldest first."""
+        rows = await self._fetch("list_attempts", {"id": job_id})
+        return [Attempt(**r) for r in rows]
+
+    async def cancel(self, job_id: int) -> JobStatus:
+        """Cancel a pending, retrying or running job (a running task is told to stop)."""
+        rows = await self._fetch("cancel", {"id": job_id})
+        return JobStatus(rows[0]["status"])
+
+    async def retry(self, job_id: int, *, extra_attempts: int = 1) -> JobStatus:
+        """Replay a job that ended without success (failed, timeout, zombie,
+        dead_letter, cancelled), giving it ``extra_attempts`` more attempts."""
+        rows = await self._fetch("replay", {"id": job_id, "extra_attempts": extra_attempts})
+        return JobStatus(rows[0]["status"])
+
+    async def pause_queue(self, name: str) -> None:
+        """Stop workers from claiming jobs of queue ``name`` (running jobs finish)."""
+        _check_queue_name(name, InvalidJobError)
+        await self._fetch("pause_queue", {"name": name})
+
+    async def resume_queue(self, name: str) -> None:
+        """Let workers claim jobs of queue ``name`` again."""
+        _check_queue_name(name, InvalidJobError)
+        await self._fetch("resume_queue", {"name": name})
+
+    async def queue_stats(self) -> list[dict[str, Any]]:
+        """Per queue: paused flag, job counts by state, age in seconds of the
+        oldest job waiting to run."""
+        return await self._fetch("queue_stats", {})
+
+    async def rescue(self, stale_after: float = 20.0) -> list[tuple[int, JobStatus]]:
+        """Rescue running jobs whose worker stopped heartbeating (workers do this
+        on their own; this is for operators and tests)."""
+        rows = await self._fetch("rescue", {"stale_after": timedelta(seconds=stale_after)})
+        return [(int(r["id"]), JobStatus(r["status"])) for r in rows]
+
+    async def wait(self, job_id: int, timeout: float | None = None) -> Any:
+        """Wait for a job to end; return its result, or raise :class:`JobFailed`
+        with its error if it ended any other way. Woken by NOTIFY, with a
+        slow re-check as backstop. Raises ``TimeoutError`` after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                await asyncio.to_thread(lambda: self.dsn), autocommit=True
+            )
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+        async with conn:
+            await conn.execute("LISTEN pgqueue_job")
+            while True:
+                rows = await self._fetch("get_job_status", {"id": job_id}, conn)
+                if not rows:
+                    raise JobNotFound(f"job {job_id} does not exist")
+                status = JobStatus(rows[0]["status"])
+                if status is JobStatus.COMPLETED:
+                    return rows[0]["result"]
+                if status.is_terminal:
+                    raise JobFailed(job_id, status.value, rows[0]["error"])
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"job {job_id} is still {status.value} after {timeout} s")
+                recheck = 5.0 if remaining is None else min(5.0, remaining)
+                async for note in conn.notifies(timeout=recheck):
+                    if _notified_job_id(note.payload) == job_id:
+                        break
+
+
+def _notified_job_id(payload: str) -> int | None:
+    try:
+        value = json.loads(payload).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _options(options: EnqueueOptions | None, values: Mapping[str, Any]) -> EnqueueOptions:
+    if options is not None and values:
+        raise InvalidJobError("pass options= or option keywords, not both")
+    if options is not None:
+        return options
+    try:
+        return EnqueueOptions(**values)
+    except TypeError as exc:
+        raise InvalidJobError(str(exc).replace("__init__()", "enqueue()")) from None
+
+
+def _check_queue_name(name: object, error: type[Exception] = ConfigurationError) -> None:
+    if not isinstance(name, str) or not 1 <= len(name) <= _MAX_QUEUE_NAME:
+        raise error(f"queue name must be 1 to {_MAX_QUEUE_NAME} characters, not {name!r}")

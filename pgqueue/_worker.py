@@ -1,0 +1,616 @@
+"""The worker: claims jobs, runs their tasks, reports outcomes, keeps leases alive.
+
+Design notes (the why; the what is in docs/worker.md):
+
+- Claims are sized to free slots and run as one statement (``pgqueue.claim``).
+- Successful outcomes are buffered and flushed with one ``complete_many`` call;
+  while one flush is in flight the next batch accumulates, so the batch grows
+  with load and latency stays low when idle.
+- One heartbeat statement refreshes every lease the worker holds, including
+  results still waiting to be flushed; a lease missing from its answer was
+  lost (rescued, cancelled) and its task is stopped.
+- Idle workers wait on NOTIFY ``pgqueue_enqueue`` with a jittered poll as the
+  backstop; the LISTEN connection reconnects after a database restart.
+- All database calls go through :meth:`Worker._call`, which retries connection
+  failures with backoff; refusals (stale lease) are final and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any, LiteralString
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from ._context import JobContext
+from ._queue import Queue, Task
+from ._sql import query
+from .errors import NonRetryableError, StaleLease, translate
+
+log = logging.getLogger("pgqueue.worker")
+
+_MAX_ERROR_CHARS = 16_000
+
+# Failures worth retrying: the connection or server went away (restart,
+# pg_terminate_backend, pool timeout) or a deadlock/serialization conflict.
+_RETRYABLE = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.errors.TransactionRollback,
+)
+
+
+@dataclasses.dataclass(eq=False)
+class _Lease:
+    """A job this worker holds: id + attempt, its context and its running body."""
+
+    job_id: int
+    attempt: int
+    task_name: str
+    ctx: JobContext
+    timeout: float | None
+    body: asyncio.Future[Any] | None = None
+    finished: bool = False  # the task body has ended; its outcome may be unflushed
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    """Tuning knobs of :class:`Worker`; every default suits production."""
+
+    concurrency: int = 10
+    """Jobs run at once (async tasks on the loop, sync tasks in as many threads)."""
+    poll_interval: float = 1.0
+    """Seconds between claims when idle and no NOTIFY arrives (jittered +/-20 %)."""
+    heartbeat_interval: float = 5.0
+    """Seconds between heartbeats of all leases (one statement)."""
+    stale_after: float = 20.0
+    """Seconds without heartbeat after which another worker rescues a lease."""
+    rescue_interval: float = 5.0
+    """Seconds between rescue passes (one worker at a time runs one)."""
+    shutdown_grace: float = 30.0
+    """Seconds running jobs get to finish after SIGTERM before being handed back."""
+    listen: bool = True
+    """Wake on LISTEN/NOTIFY; False polls only (e.g. behind a transaction pooler)."""
+    progress_interval: float = 0.25
+    """Seconds between progress writes of one job (reports in between coalesce)."""
+    pool_size: int = 4
+    """Database connections for claims, outcomes and heartbeats (tasks use none)."""
+
+    def __post_init__(self) -> None:
+        positive = (
+            "poll_interval",
+            "heartbeat_interval",
+            "stale_after",
+            "rescue_interval",
+            "progress_interval",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.pool_size < 2:
+            raise ValueError("pool_size must be at least 2")
+        if self.shutdown_grace < 0:
+            raise ValueError("shutdown_grace must not be negative")
+        if self.stale_after <= self.heartbeat_interval * 2:
+            raise ValueError("stale_after must exceed two heartbeat intervals")
+
+
+def _jitter(seconds: float, spread: float = 0.2) -> float:
+    return seconds * random.uniform(1 - spread, 1 + spread)
+
+
+def _format_error(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(exc)).strip()
+    if len(text) > _MAX_ERROR_CHARS:
+        text = "..." + text[-_MAX_ERROR_CHARS:]
+    return text
+
+
+class Worker:
+    """Runs the tasks of a :class:`Queue`.
+
+    ``await Worker(queue).run()`` works until :meth:`stop` is called or the
+    process gets SIGTERM/SIGINT; it then stops claiming, lets running jobs
+    finish for ``shutdown_grace`` seconds and hands the rest back, so no job
+    is left ``running``.
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        *,
+        queues: Sequence[str] | None = None,
+        worker_id: str | None = None,
+        settings: WorkerSettings | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.queue = queue
+        self.queues = list(queues) if queues else queue.queue_names
+        self.worker_id = worker_id or (
+            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        )
+        base = settings or WorkerSettings()
+        self.settings = dataclasses.replace(base, **overrides) if overrides else base
+        self._leases: dict[int, _Lease] = {}
+        self._completions: list[tuple[_Lease, Jsonb]] = []
+        self._stopping = False
+        self._hard_stop = False
+        self._wakeup = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._completion_ready = asyncio.Event()
+        self._progress_ready = asyncio.Event()
+        self._outcomes_pending: set[asyncio.Task[None]] = set()
+        self._flushing = False
+        self._pool: AsyncConnectionPool | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.jobs_done = 0
+        """Attempts this worker finished (any outcome); for tests and the demo."""
+
+    # -- public control ----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (safe to call from a signal handler)."""
+        if self._stopping:
+            self._hard_stop = True  # a second request skips the grace period
+            log.warning("second stop request: handing back running jobs now")
+        self._stopping = True
+        self._wakeup.set()
+        self._slot_freed.set()
+
+    async def run(self, *, install_signal_handlers: bool = True, until_idle: bool = False) -> None:
+        """Work until stopped. With ``until_idle`` return once no job is due,
+        none is running and every outcome is written (for scripts and tests)."""
+        self._loop = asyncio.get_running_loop()
+        dsn = await asyncio.to_thread(lambda: self.queue.dsn)
+        self._pool = AsyncConnectionPool(
+            dsn,
+            min_size=2,
+            max_size=self.settings.pool_size,
+            kwargs={"autocommit": True},
+            open=False,
+            name=f"pgqueue-worker-{self.worker_id}",
+            reconnect_timeout=0,  # never give up: the database may be restarting
+        )
+        await self._pool.open(wait=True, timeout=30)
+        self._threads = ThreadPoolExecutor(
+            max_workers=self.settings.concurrency, thread_name_prefix="pgqueue-task"
+        )
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self.stop)
+        log.info(
+            "worker %s started: queues=%s concurrency=%d",
+            self.worker_id,
+            ",".join(self.queues),
+            self.settings.concurrency,
+        )
+        helpers = [
+            asyncio.create_task(self._flush_completions_loop(), name="pgqueue-complete"),
+            asyncio.create_task(self._heartbeat_loop(), name="pgqueue-heartbeat"),
+            asyncio.create_task(self._rescue_loop(), name="pgqueue-rescue"),
+            asyncio.create_task(self._progress_loop(), name="pgqueue-progress"),
+        ]
+        if self.settings.listen:
+            helpers.append(asyncio.create_task(self._listen_loop(), name="pgqueue-listen"))
+        try:
+            await self._claim_loop(until_idle=until_idle)
+            await self._drain()
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    self._loop.remove_signal_handler(sig)
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            await self._pool.close()
+            log.info("worker %s stopped after %d jobs", self.worker_id, self.jobs_done)
+
+    # -- database access ---------------------------------------------------------------
+
+    async def _call(
+        self, name: str, params: dict[str, Any], *, give_up: float | None = None
+    ) -> list[Any]:
+        """Run named query ``name``. Connection failures and deadlocks are retried
+        with backoff (for at most ``give_up`` seconds; by default until it works),
+        so a database restart only pauses the worker. pgqueue refusals raise."""
+        assert self._pool is not None
+        sql: LiteralString = query(name)
+        delay = 0.05
+        started = time.monotonic()
+        while True:
+            try:
+                async with self._pool.connection(timeout=30) as conn:
+                    cur = await conn.execute(sql, params)
+                    return await cur.fetchall() if cur.description else []
+            except _RETRYABLE as exc:
+                if give_up is not None and time.monotonic() - started >= give_up:
+                    raise translate(exc) if isinstance(exc, psycopg.Error) else exc from exc
+                log.warning(
+                    "database unavailable for %s (%s); retrying in %.1fs",
+                    name,
+                    str(exc).strip()[:200],
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except psycopg.Error as exc:
+                raise translate(exc) from exc
+
+    # -- claiming ----------------------------------------------------------------------
+
+    async def _claim_loop(self, *, until_idle: bool) -> None:
+        settings = self.settings
+        while not self._stopping:
+            free = settings.concurrency - len(self._leases)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            self._wakeup.clear()
+            try:
+                rows = await self._call(
+                    "claim", {"worker_id": self.worker_id, "queues": self.queues, "limit": free}
+                )
+            except Exception:
+                log.exception("claim failed")
+                await asyncio.sleep(_jitter(settings.poll_interval))
+                continue
+            for row in rows:
+                self._start(row)
+            if len(rows) < free:
+                idle = not rows and not self._leases and not self._completions
+                if until_idle and idle and not await self._has_unfinished():
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), _jitter(settings.poll_interval))
+
+    async def _has_unfinished(self) -> bool:
+        """For ``until_idle``: whether any job of this worker's queues is still
+        pending, retrying (even if not yet due) or running anywhere."""
+        rows = await self._call("unfinished", {"queues": self.queues})
+        return bool(rows[0][0])
+
+    def _start(self, row: Sequence[Any]) -> None:
+        job_id, task_name, args, queue_name, attempt, max_attempts, timeout = row
+        ctx = JobContext(
+            job_id=job_id,
+            attempt=attempt,
+            max_attempts=max_attempts,
+            task_name=task_name,
+            queue=queue_name,
+            args=args,
+            on_progress=self._progress_reported,
+        )
+        lease = _Lease(job_id, attempt, task_name, ctx, timeout)
+        self._leases[job_id] = lease
+        runner = asyncio.create_task(self._execute(lease), name=f"pgqueue-job-{job_id}")
+        self._outcomes_pending.add(runner)
+        runner.add_done_callback(self._outcomes_pending.discard)
+
+    # -- running a job -----------------------------------------------------------------
+
+    async def _execute(self, lease: _Lease) -> None:
+        task = self.queue.tasks.get(lease.task_name)
+        timeout_cm = asyncio.timeout(lease.timeout)
+        try:
+            if task is None:
+                raise NonRetryableError(
+                    f"unknown task {lease.task_name!r}: "
+                    f"worker {self.worker_id} does not register it"
+                )
+            lease.body = self._body(task, lease)
+            async with timeout_cm:
+                result = await lease.body
+            payload = self._result_payload(task, result)
+        except asyncio.CancelledError:
+            self._finish(lease)
+            reason = lease.ctx.stop_reason
+            if reason == "shutdown":
+                await self._report(lease, "release", {})
+            elif reason in ("cancelled", "lost"):
+                log.info("job %s attempt %s stopped: %s", lease.job_id, lease.attempt, reason)
+                self._leases.pop(lease.job_id, None)
+            else:
+                raise
+            return
+        except TimeoutError as exc:
+            self._finish(lease)
+            if timeout_cm.expired():
+                lease.ctx.request_stop("timeout")
+                error = f"attempt {lease.attempt} exceeded its timeout of {lease.timeout} s"
+                await self._fail(lease, error, retryable=True, timed_out=True)
+            else:
+                await self._fail(lease, _format_error(exc), retryable=True)
+            return
+        except NonRetryableError as exc:
+            self._finish(lease)
+            await self._fail(lease, _format_error(exc), retryable=False)
+            return
+        except Exception as exc:
+            self._finish(lease)
+            await self._fail(lease, _format_error(exc), retryable=True, task=task)
+            return
+        self._finish(lease)
+        self._completions.append((lease, payload))
+        self._completion_ready.set()
+
+    def _body(self, task: Task[Any], lease: _Lease) -> asyncio.Future[Any]:
+        if task.is_async:
+            coroutine: Coroutine[Any, Any, Any] = task.fn(lease.ctx, **lease.ctx.args)
+            return asyncio.ensure_future(coroutine)
+        assert self._loop is not None
+        call = functools.partial(task.fn, lease.ctx, **lease.ctx.args)
+        return self._loop.run_in_executor(self._threads, call)
+
+    @staticmethod
+    def _result_payload(task: Task[Any], result: Any) -> Jsonb:
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError) as exc:
+            raise NonRetryableError(
+                f"task {task.name!r} returned a value that is not JSON-serialisable: {exc}"
+            ) from None
+        return Jsonb(result)
+
+    def _finish(self, lease: _Lease) -> None:
+        """The body ended: free its slot (the lease stays until its outcome is written)."""
+        lease.finished = True
+        self.jobs_done += 1
+        self._slot_freed.set()
+
+    async def _fail(
+        self,
+        lease: _Lease,
+        error: str,
+        *,
+        retryable: bool,
+        timed_out: bool = False,
+        task: Task[Any] | None = None,
+    ) -> None:
+        retry_in = None
+        if retryable and task is not None and task.retry_delay is not None:
+            retry_in = timedelta(seconds=task.retry_delay)
+        params = {
+            "error": error,
+            "retryable": retryable,
+            "timed_out": timed_out,
+            "retry_in": retry_in,
+        }
+        await self._report(lease, "fail", params)
+
+    async def _report(self, lease: _Lease, name: str, params: dict[str, Any]) -> None:
+        """Write a lease's final outcome; a refusal means the lease was lost."""
+        try:
+            rows = await self._call(name, {"id": lease.job_id, "attempt": lease.attempt, **params})
+            if name == "fail" and rows:
+                log.info("job %s attempt %s failed -> %s", lease.job_id, lease.attempt, rows[0][0])
+        except StaleLease as exc:
+            log.warning("late outcome of job %s discarded: %s", lease.job_id, exc)
+        except Exception:
+            log.exception("could not record outcome of job %s; it will be rescued", lease.job_id)
+        finally:
+            self._leases.pop(lease.job_id, None)
+            self._slot_freed.set()
+
+    # -- background loops ------------------------------------------------------------
+
+    async def _flush_completions_loop(self) -> None:
+        while True:
+            await self._completion_ready.wait()
+            self._completion_ready.clear()
+            while self._completions:
+                batch, self._completions = self._completions, []
+                self._flushing = True
+                try:
+                    await self._flush(batch)
+                finally:
+                    self._flushing = False
+
+    async def _flush(self, batch: list[tuple[_Lease, Jsonb]]) -> None:
+        params = {
+            "ids": [lease.job_id for lease, _ in batch],
+            "attempts": [lease.attempt for lease, _ in batch],
+            "results": [payload for _, payload in batch],
+        }
+        try:
+            rows = await self._call("complete_many", params)
+        except Exception:
+            log.exception("could not record %d completions; retrying", len(batch))
+            self._completions[:0] = batch
+            await asyncio.sleep(0.5)
+            self._completion_ready.set()
+            return
+        applied = {(row[0], row[1]) for row in rows}
+        for lease, _ in batch:
+            if (lease.job_id, lease.attempt) not in applied:
+                log.warning(
+                    "late result of job %s attempt %s discarded: the lease is no longer held",
+                    lease.job_id,
+                    lease.attempt,
+                )
+            self._leases.pop(lease.job_id, None)
+        self._slot_freed.set()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            leases = list(self._leases.values())
+            if not leases:
+                continue
+            try:
+                rows = await self._call(
+                    "heartbeat",
+                    {
+                        "worker_id": self.worker_id,
+                        "ids": [lease.job_id for lease in leases],
+                        "attempts": [lease.attempt for lease in leases],
+                    },
+                    give_up=self.settings.heartbeat_interval,
+                )
+            except Exception:
+                log.exception("heartbeat failed")
+                continue
+            held = {(row[0], row[1]) for row in rows}
+            for lease in leases:
+                if (lease.job_id, lease.attempt) not in held and not lease.finished:
+                    self._lost(lease, "lost")
+
+    def _lost(self, lease: _Lease, reason: str) -> None:
+        """The lease is gone (cancelled or rescued): stop the task, report nothing."""
+        if lease.finished or self._leases.get(lease.job_id) is not lease:
+            return
+        log.warning(
+            "job %s attempt %s: lease %s; stopping its task", lease.job_id, lease.attempt, reason
+        )
+        lease.ctx.request_stop(reason)
+        if lease.body is not None:
+            lease.body.cancel()
+
+    async def _rescue_loop(self) -> None:
+        stale = timedelta(seconds=self.settings.stale_after)
+        while True:
+            await asyncio.sleep(_jitter(self.settings.rescue_interval))
+            try:
+                rows = await self._call("rescue", {"stale_after": stale}, give_up=0)
+            except Exception as exc:
+                log.debug("rescue pass skipped: %s", exc)
+                continue
+            for job_id, status in rows:
+                log.warning("rescued job %s (lost lease) -> %s", job_id, status)
+
+    def _progress_reported(self, ctx: JobContext) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._progress_ready.set()
+        else:  # a sync task in a worker thread
+            loop.call_soon_threadsafe(self._progress_ready.set)
+
+    async def _progress_loop(self) -> None:
+        while True:
+            await self._progress_ready.wait()
+            self._progress_ready.clear()
+            await self._write_progress()
+            await asyncio.sleep(self.settings.progress_interval)
+
+    async def _write_progress(self) -> None:
+        for lease in list(self._leases.values()):
+            report = lease.ctx.take_progress()
+            if report is None or lease.finished:
+                continue
+            pct, message = report
+            try:
+                await self._call(
+                    "progress",
+                    {"id": lease.job_id, "attempt": lease.attempt, "pct": pct, "message": message},
+                    give_up=self.settings.heartbeat_interval,
+                )
+            except StaleLease:
+                self._lost(lease, "lost")
+            except Exception:
+                log.exception("could not record progress of job %s", lease.job_id)
+
+    async def _listen_loop(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.queue.dsn, autocommit=True)
+            except psycopg.Error as exc:
+                log.warning("LISTEN connection failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            try:
+                async with conn:
+                    await conn.execute("LISTEN pgqueue_enqueue")
+                    await conn.execute("LISTEN pgqueue_cancel")
+                    self._wakeup.set()  # anything enqueued while we were not listening
+                    async for note in conn.notifies():
+                        self._on_notify(note.channel, note.payload)
+            except psycopg.Error as exc:
+                log.warning("LISTEN connection lost (%s); reconnecting", exc)
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == "pgqueue_enqueue":
+            if payload in self.queues:
+                self._wakeup.set()
+        elif channel == "pgqueue_cancel":
+            with contextlib.suppress(ValueError):
+                lease = self._leases.get(int(payload))
+                if lease is not None:
+                    self._lost(lease, "cancelled")
+
+    # -- shutdown ----------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Stop: let running jobs finish within the grace period, hand back the
+        rest, and write every outcome before returning."""
+        running = sum(1 for lease in self._leases.values() if not lease.finished)
+        if running:
+            log.info(
+                "stopping: waiting up to %.0fs for %d running jobs",
+                self.settings.shutdown_grace,
+                running,
+            )
+        deadline = time.monotonic() + self.settings.shutdown_grace
+        while (
+            any(not lease.finished for lease in self._leases.values())
+            and time.monotonic() < deadline
+            and not self._hard_stop
+        ):
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), 0.1)
+        for lease in self._leases.values():
+            if not lease.finished and lease.body is not None:
+                # Async bodies are cancelled; a thread cannot be interrupted, so
+                # only its future is, and its eventual result is refused as stale.
+                # Either way _execute sees CancelledError and hands the job back.
+                lease.ctx.request_stop("shutdown")
+                lease.body.cancel()
+        if self._outcomes_pending:
+            await asyncio.wait(set(self._outcomes_pending), timeout=30)
+        deadline = time.monotonic() + 30
+        while (self._completions or self._flushing) and time.monotonic() < deadline:
+            self._completion_ready.set()
+            await asyncio.sleep(0.01)
+
+
+async def run_worker(
+    queue: Queue,
+    *,
+    queues: Sequence[str] | None = None,
+    until_idle: bool = False,
+    **settings: Any,
+) -> Worker:
+    """Create a :class:`Worker` and run it; returns it once it has stopped."""
+    worker = Worker(queue, queues=queues, **settings)
+    await worker.run(until_idle=until_idle)
+    return worker

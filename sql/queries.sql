@@ -1,0 +1,97 @@
+-- Named queries used by the pgqueue library. Each starts with "-- name: NAME"
+-- and is loaded by pgqueue/_sql.py; library code never assembles SQL text.
+-- Transitions are calls to the stored functions in functions.sql.
+
+-- name: enqueue
+SELECT pgqueue.enqueue(%(task)s::text, %(args)s::jsonb, %(queue)s::text, %(priority)s::int,
+                       %(run_at)s::timestamptz, %(max_attempts)s::int, %(timeout)s::interval,
+                       %(owner)s::text, %(metadata)s::jsonb) AS id
+
+-- name: enqueue_many
+SELECT id FROM pgqueue.enqueue_many(%(tasks)s::text[], %(args)s::jsonb[], %(queues)s::text[],
+                                    %(priorities)s::int[], %(run_ats)s::timestamptz[],
+                                    %(max_attempts)s::int[], %(timeouts)s::interval[],
+                                    %(owners)s::text[], %(metadata)s::jsonb[]) AS id
+
+-- name: claim
+SELECT id, task, args, queue, attempts, max_attempts,
+       EXTRACT(EPOCH FROM timeout)::float8 AS timeout
+  FROM pgqueue.claim(%(worker_id)s::text, %(queues)s::text[], %(limit)s::int)
+
+-- name: heartbeat
+SELECT id, attempt FROM pgqueue.heartbeat(%(worker_id)s::text, %(ids)s::bigint[], %(attempts)s::int[])
+
+-- name: progress
+SELECT pgqueue.progress(%(id)s::bigint, %(attempt)s::int, %(pct)s::numeric, %(message)s::text) AS progress
+
+-- name: complete_many
+SELECT id, attempt FROM pgqueue.complete_many(%(ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[])
+
+-- name: fail
+SELECT pgqueue.fail(%(id)s::bigint, %(attempt)s::int, %(error)s::text, %(retryable)s::boolean,
+                    %(timed_out)s::boolean, %(retry_in)s::interval) AS status
+
+-- name: release
+SELECT pgqueue.release(%(id)s::bigint, %(attempt)s::int)
+
+-- name: cancel
+SELECT pgqueue.cancel(%(id)s::bigint) AS status
+
+-- name: replay
+SELECT pgqueue.replay(%(id)s::bigint, %(extra_attempts)s::int) AS status
+
+-- name: rescue
+SELECT id, status FROM pgqueue.rescue(%(stale_after)s::interval)
+
+-- name: pause_queue
+SELECT pgqueue.pause_queue(%(name)s::text)
+
+-- name: resume_queue
+SELECT pgqueue.resume_queue(%(name)s::text)
+
+-- name: get_job
+SELECT * FROM pgqueue.jobs WHERE id = %(id)s::bigint
+
+-- name: get_job_status
+SELECT status, result, error FROM pgqueue.jobs WHERE id = %(id)s::bigint
+
+-- name: list_jobs
+SELECT *
+  FROM pgqueue.jobs
+ WHERE (%(status)s::pgqueue.job_status[] IS NULL OR status = ANY(%(status)s::pgqueue.job_status[]))
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+   AND (%(task)s::text IS NULL OR task = %(task)s::text)
+   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+ ORDER BY id DESC
+ LIMIT %(limit)s::int
+
+-- name: list_attempts
+SELECT job_id, attempt, worker_id, started_at, ended_at, outcome, error
+  FROM pgqueue.attempts
+ WHERE job_id = %(id)s::bigint
+ ORDER BY attempt
+
+-- name: queue_stats
+WITH counts AS (
+    SELECT queue, status, count(*) AS n, min(run_at) FILTER (WHERE status IN ('pending', 'retrying') AND run_at <= now()) AS oldest
+      FROM pgqueue.jobs
+     GROUP BY queue, status
+), names AS (
+    SELECT queue AS name FROM counts
+    UNION
+    SELECT name FROM pgqueue.queues
+)
+SELECT names.name AS queue,
+       COALESCE(q.paused, false) AS paused,
+       COALESCE(jsonb_object_agg(c.status, c.n) FILTER (WHERE c.status IS NOT NULL), '{}') AS counts,
+       EXTRACT(EPOCH FROM clock_timestamp() - min(c.oldest))::float8 AS oldest_pending_age
+  FROM names
+  LEFT JOIN counts c ON c.queue = names.name
+  LEFT JOIN pgqueue.queues q ON q.name = names.name
+ GROUP BY names.name, q.paused
+ ORDER BY names.name
+
+-- name: unfinished
+SELECT count(*) AS n
+  FROM pgqueue.jobs
+ WHERE status IN ('pending', 'retrying', 'running') AND queue = ANY(%(queues)s::text[])
