@@ -298,6 +298,12 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     return await run_demo(dsn=args.dsn, once=args.once, jobs=args.jobs)
 
 
+async def cmd_bench(args: argparse.Namespace) -> int:
+    from ._bench import run_bench
+
+    return await run_bench(dsn=args.dsn, jobs=args.jobs, as_json=args.json)
+
+
 async def cmd_embedded(args: argparse.Namespace) -> int:
     directory = _connect.data_dir()
     if args.action == "stop":
@@ -403,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="exit when the example jobs are done")
     p.add_argument("--jobs", type=int, default=12, help="example jobs to enqueue (default 12)")
 
+    p = command("bench", cmd_bench, "measure enqueue, drain and latency in a scratch database")
+    p.add_argument("--jobs", type=int, default=20000, help="jobs per drain (default 20000)")
+    json_option(p)
+
     p = command("embedded", cmd_embedded, "the embedded PostgreSQL: print its DSN, or stop it")
     p.add_argument("action", nargs="?", choices=["dsn", "stop"], default="dsn")
     json_option(p)
@@ -417,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         if args.dsn:
             args.dsn = _connect.normalize_dsn(args.dsn)

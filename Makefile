@@ -1,0 +1,44 @@
+# pgqueue developer commands. Everything runs from the project's own venv,
+# created on first use: a fresh machine needs only Python 3.11+.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench soak venv clean stop-db
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Run the example jobs through a worker on an embedded PostgreSQL (Ctrl-C stops).
+demo: $(STAMP)
+	$(BIN)/pgqueue demo
+
+## The whole test suite (PGQUEUE_TEST_DSN picks a server; default: embedded PostgreSQL).
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## Throughput and latency figures (see docs/performance.md).
+bench: $(STAMP)
+	$(BIN)/pgqueue bench
+
+## Long-running soak tests, kept out of `make test`.
+soak: $(STAMP)
+	$(BIN)/pytest -m soak -o addopts="" tests
+
+stop-db: $(STAMP)
+	$(BIN)/pgqueue embedded stop
+
+clean: stop-db
+	rm -rf .pgqueue $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
