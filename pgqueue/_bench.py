@@ -16,9 +16,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from . import _migrate
@@ -36,13 +38,15 @@ def noop(ctx: object) -> None:
 def _create_scratch(server_dsn: str) -> tuple[str, str]:
     name = f"pgqueue_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return name, make_conninfo(server_dsn, dbname=name)
 
 
 def _drop_scratch(server_dsn: str, name: str) -> None:
     with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 async def _single_enqueue(queue: Queue, n: int) -> float:
@@ -198,7 +202,7 @@ async def run_bench(*, dsn: str | None, jobs: int, as_json: bool) -> int:
             "python": platform.python_version(),
             "psycopg": psycopg.__version__,
         }
-        steps = [
+        steps: list[tuple[str, Callable[[], Awaitable[float]]]] = [
             ("single enqueue (jobs/s)", lambda: _single_enqueue(queue, 2000)),
             ("raw single INSERT (rows/s)", lambda: _raw_single_insert(scratch, 2000)),
             ("bulk enqueue (jobs/s)", lambda: _bulk_enqueue(queue, jobs)),
