@@ -330,7 +330,7 @@ class Worker:
                 await self._report(lease, "release", {})
             elif reason in ("cancelled", "lost"):
                 log.info("job %s attempt %s stopped: %s", lease.job_id, lease.attempt, reason)
-                self._leases.pop(lease.job_id, None)
+                self._drop(lease)
             else:
                 raise
             return
@@ -373,6 +373,13 @@ class Worker:
             ) from None
         return Jsonb(result)
 
+    def _drop(self, lease: _Lease) -> None:
+        """Forget a lease whose outcome is written (or refused). Only this exact
+        lease: the same job may already be running again here under a newer one."""
+        if self._leases.get(lease.job_id) is lease:
+            del self._leases[lease.job_id]
+        self._slot_freed.set()
+
     def _finish(self, lease: _Lease) -> None:
         """The body ended: free its slot (the lease stays until its outcome is written)."""
         lease.finished = True
@@ -410,8 +417,7 @@ class Worker:
         except Exception:
             log.exception("could not record outcome of job %s; it will be rescued", lease.job_id)
         finally:
-            self._leases.pop(lease.job_id, None)
-            self._slot_freed.set()
+            self._drop(lease)
 
     # -- background loops ------------------------------------------------------------
 
@@ -449,8 +455,7 @@ class Worker:
                     lease.job_id,
                     lease.attempt,
                 )
-            self._leases.pop(lease.job_id, None)
-        self._slot_freed.set()
+            self._drop(lease)
 
     async def _heartbeat_loop(self) -> None:
         while True:
