@@ -147,6 +147,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         heartbeat_interval=args.heartbeat_interval,
         stale_after=args.stale_after,
+        rescue_interval=args.rescue_interval,
         shutdown_grace=args.shutdown_grace,
         listen=not args.no_listen,
     )
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", type=float, default=1.0, help="idle poll seconds")
     p.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds (default 5)")
     p.add_argument("--stale-after", type=float, default=20.0, help="lease lost after (20 s)")
+    p.add_argument("--rescue-interval", type=float, default=5.0, help="rescue pass every (5 s)")
     p.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds (default 30)")
     p.add_argument("--no-listen", action="store_true", help="poll only, no LISTEN/NOTIFY")
     p.add_argument("--until-idle", action="store_true", help="exit when the queues are empty")
