@@ -1,0 +1,148 @@
+"""SIGKILL random workers while jobs drain: nothing is lost, attempts stay
+within max_attempts, and no job's body ever ran under two live leases."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import pgqueue
+from tests.chaos.test_restart import counts, start_worker, stop
+
+FAST = ("--heartbeat-interval", "0.3", "--stale-after", "1.5", "--rescue-interval", "0.5")
+
+
+def _prepare(dsn: str, total: int, pause: float) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE chaos_runs (job_id bigint, attempt int, pid int,"
+            " started_at timestamptz, ended_at timestamptz, PRIMARY KEY (job_id, attempt))"
+        )
+    q = pgqueue.Queue(dsn)
+    q.task(name="recorded", queue="chaos", max_attempts=10)(lambda ctx, n, pause=0.0: n)
+    q.enqueue_many_sync("recorded", [{"n": i, "pause": pause} for i in range(total)])
+
+
+def _check_invariants(dsn: str, total: int) -> dict[str, int]:
+    with psycopg.connect(dsn) as conn:
+        by_status = dict(
+            conn.execute("SELECT status::text, count(*) FROM pgqueue.jobs GROUP BY 1").fetchall()
+        )
+        over = conn.execute(
+            "SELECT count(*) FROM pgqueue.jobs WHERE attempts > max_attempts"
+        ).fetchone()
+        # A later attempt's body may only start after the earlier body ended
+        # (or its process was killed, leaving ended_at NULL).
+        overlaps = conn.execute(
+            """
+            SELECT count(*) FROM chaos_runs a JOIN chaos_runs b
+              ON a.job_id = b.job_id AND b.attempt > a.attempt
+             WHERE a.ended_at IS NOT NULL AND b.started_at < a.ended_at
+            """
+        ).fetchone()
+        unrun = conn.execute(
+            "SELECT count(*) FROM pgqueue.jobs j WHERE status = 'completed'"
+            " AND NOT EXISTS (SELECT 1 FROM chaos_runs r WHERE r.job_id = j.id"
+            " AND r.attempt = j.attempts AND r.ended_at IS NOT NULL)"
+        ).fetchone()
+        lost = conn.execute(
+            "SELECT count(*) FROM pgqueue.attempts WHERE outcome = 'lost'"
+        ).fetchone()
+    report = {
+        "jobs": total,
+        **by_status,
+        "attempts_over_max": over[0] if over else -1,
+        "overlapping_bodies": overlaps[0] if overlaps else -1,
+        "completed_without_a_finished_body": unrun[0] if unrun else -1,
+        "rescued_attempts": lost[0] if lost else -1,
+    }
+    print(f"\n[chaos sigkill] {report}")
+    return report
+
+
+def _run(dsn: str, tmp_path: Path, *, total: int, workers: int, kills: int, every: float) -> None:
+    _prepare(dsn, total, pause=0.002)
+    logs = [tmp_path / f"worker{i}.log" for i in range(workers)]
+    procs = [start_worker(dsn, logs[i], *FAST) for i in range(workers)]
+    rng = random.Random(7)
+    killed = 0
+    try:
+        while killed < kills and counts(dsn).get("completed", 0) < total:
+            time.sleep(every)
+            victim = rng.randrange(workers)
+            os.killpg(procs[victim].pid, signal.SIGKILL)
+            procs[victim].wait()
+            killed += 1
+            procs[victim] = start_worker(dsn, logs[victim], *FAST)
+        deadline = time.monotonic() + 180
+        while counts(dsn).get("completed", 0) < total and time.monotonic() < deadline:
+            time.sleep(0.3)
+    finally:
+        for proc in procs:
+            stop(proc)
+    report = _check_invariants(dsn, total)
+    tail = "\n".join(log.read_text()[-1500:] for log in logs)
+    assert killed >= 1, "no worker was killed: the scenario did not run"
+    assert report.get("completed") == total, f"{report}\n{tail}"
+    assert report["attempts_over_max"] == 0
+    assert report["overlapping_bodies"] == 0
+    assert report["completed_without_a_finished_body"] == 0
+    assert "CheckViolation" not in tail and "violates check constraint" not in tail
+
+
+def test_sigkill_random_workers_short(db_dsn: str, tmp_path: Path) -> None:
+    """The short version run by `make test`: 3 workers, 3 kills."""
+    _run(db_dsn, tmp_path, total=1500, workers=3, kills=3, every=1.0)
+
+
+@pytest.mark.soak
+def test_sigkill_random_workers_soak(db_dsn: str, tmp_path: Path) -> None:
+    """20,000 jobs through 4 workers, one SIGKILLed every 2 s (make soak)."""
+    _run(db_dsn, tmp_path, total=20_000, workers=4, kills=15, every=2.0)
+
+
+def test_stopped_then_resumed_worker_result_is_refused(db_dsn: str, tmp_path: Path) -> None:
+    """A worker frozen with SIGSTOP past its lease is rescued; another worker
+    re-runs the job; when the frozen one resumes, its late result is refused."""
+    _prepare(db_dsn, 1, pause=3.0)
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    a = start_worker(db_dsn, log_a, *FAST)
+    b = None
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with psycopg.connect(db_dsn) as conn:
+                row = conn.execute("SELECT count(*) FROM chaos_runs").fetchone()
+            if row and row[0] == 1:
+                break
+            time.sleep(0.05)
+        os.killpg(a.pid, signal.SIGSTOP)
+        b = start_worker(db_dsn, log_b, *FAST)
+        deadline = time.monotonic() + 30
+        while counts(db_dsn).get("completed", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert counts(db_dsn).get("completed") == 1, log_b.read_text()[-3000:]
+        query = "SELECT status::text, attempts, worker_id, completed_at, result FROM pgqueue.jobs"
+        with psycopg.connect(db_dsn) as conn:
+            before = conn.execute(query).fetchone()
+        os.killpg(a.pid, signal.SIGCONT)
+        time.sleep(4.0)  # a's body (3 s) finishes; nothing it reports may land
+        with psycopg.connect(db_dsn) as conn:
+            after = conn.execute(query).fetchone()
+            runs = conn.execute("SELECT attempt, pid FROM chaos_runs ORDER BY attempt").fetchall()
+        assert before is not None and before[0] == "completed" and before[1] == 2
+        assert after == before, "the stale worker changed the job after resuming"
+        assert [r[0] for r in runs] == [1, 2] and runs[0][1] == a.pid
+        log = log_a.read_text()
+        assert "lease lost" in log or "discarded" in log, log[-3000:]
+    finally:
+        os.killpg(a.pid, signal.SIGCONT)
+        stop(a)
+        if b is not None:
+            stop(b)
