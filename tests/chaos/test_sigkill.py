@@ -102,6 +102,7 @@ def test_sigkill_random_workers_short(db_dsn: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1200)
 def test_sigkill_random_workers_soak(db_dsn: str, tmp_path: Path) -> None:
     """20,000 jobs through 4 workers, one SIGKILLed every 2 s (make soak)."""
     _run(db_dsn, tmp_path, total=20_000, workers=4, kills=15, every=2.0)
