@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -17,6 +18,11 @@ from sqlalchemy.pool import NullPool
 
 from ._connect import resolve_dsn
 from .errors import translate
+
+# Alembic keeps the running command's context in module globals (alembic.op,
+# alembic.context), so two commands in one process must not overlap; separate
+# processes are serialised by the advisory lock in migrations/env.py.
+_ALEMBIC_LOCK = threading.Lock()
 
 VERSION_TABLE = "pgqueue_alembic_version"
 VERSION_SCHEMA = "pgqueue"
@@ -55,13 +61,13 @@ def _connection(dsn: str | None) -> Iterator[sqlalchemy.Connection]:
 
 def upgrade(dsn: str | None = None, revision: str = "heads") -> None:
     """Bring the pgqueue schema up to ``revision`` (default: the latest)."""
-    with _connection(dsn) as conn:
+    with _ALEMBIC_LOCK, _connection(dsn) as conn:
         command.upgrade(alembic_config(conn), revision)
 
 
 def downgrade(dsn: str | None = None, revision: str = "-1") -> None:
     """Step the pgqueue schema down to ``revision`` (``-1``: one step; ``base``: none)."""
-    with _connection(dsn) as conn:
+    with _ALEMBIC_LOCK, _connection(dsn) as conn:
         command.downgrade(alembic_config(conn), revision)
 
 

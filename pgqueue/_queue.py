@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import inspect
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -78,7 +79,12 @@ def _seconds(value: float | timedelta | None, field: str, *, allow_zero: bool) -
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
         raise InvalidJobError(f"{field} must be seconds or a timedelta, not {value!r}")
-    delta = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidJobError(f"{field} must be a finite number of seconds, not {value!r}")
+    try:
+        delta = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    except OverflowError:
+        raise InvalidJobError(f"{field} is too large: {value!r}") from None
     if delta < timedelta(0) or (delta == timedelta(0) and not allow_zero):
         raise InvalidJobError(
             f"{field} must be {'>= 0' if allow_zero else 'positive'}, not {value!r}"
@@ -91,11 +97,11 @@ def _json_object(value: Mapping[str, Any], what: str) -> Jsonb:
     if not isinstance(value, Mapping):
         raise InvalidJobError(f"{what} must be a mapping of names to JSON values, not {value!r}")
     try:
-        json.dumps(value)
+        json.dumps(value, allow_nan=False)  # jsonb has no NaN or Infinity
     except (TypeError, ValueError) as exc:
         for key, item in value.items():
             try:
-                json.dumps(item)
+                json.dumps(item, allow_nan=False)
             except (TypeError, ValueError):
                 raise InvalidJobError(
                     f"{what}: {key!r} is not JSON-serialisable ({type(item).__name__}): {exc}"
@@ -255,10 +261,7 @@ class Queue:
             if task_name in self.tasks:
                 raise ConfigurationError(f"a task named {task_name!r} is already registered")
             _check_queue_name(queue)
-            if max_attempts < 1:
-                raise ConfigurationError(f"task {task_name!r}: max_attempts must be at least 1")
-            if timeout is not None and timeout <= 0:
-                raise ConfigurationError(f"task {task_name!r}: timeout must be positive")
+            _check_task_options(task_name, max_attempts, timeout, priority, retry_delay)
             params = list(inspect.signature(func).parameters.values())
             if not params or params[0].kind not in (
                 inspect.Parameter.POSITIONAL_ONLY,
@@ -676,6 +679,38 @@ def _options(options: EnqueueOptions | None, values: Mapping[str, Any]) -> Enque
         return EnqueueOptions(**values)
     except TypeError as exc:
         raise InvalidJobError(str(exc).replace("__init__()", "enqueue()")) from None
+
+
+def _valid_seconds(value: object, *, allow_zero: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+
+
+def _check_task_options(
+    name: str, max_attempts: object, timeout: object, priority: object, retry_delay: object
+) -> None:
+    """Registration-time checks, so a bad option fails at import, not mid-job."""
+    if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
+        raise ConfigurationError(
+            f"task {name!r}: max_attempts must be an integer >= 1, not {max_attempts!r}"
+        )
+    if timeout is not None and not _valid_seconds(timeout, allow_zero=False):
+        raise ConfigurationError(
+            f"task {name!r}: timeout must be a positive number of seconds, not {timeout!r}"
+        )
+    if (
+        not isinstance(priority, int)
+        or isinstance(priority, bool)
+        or not -(2**31) <= priority < 2**31
+    ):
+        raise ConfigurationError(
+            f"task {name!r}: priority must be a 32-bit integer, not {priority!r}"
+        )
+    if retry_delay is not None and not _valid_seconds(retry_delay, allow_zero=True):
+        raise ConfigurationError(
+            f"task {name!r}: retry_delay must be a number of seconds >= 0, not {retry_delay!r}"
+        )
 
 
 def _check_queue_name(name: object, error: type[Exception] = ConfigurationError) -> None:

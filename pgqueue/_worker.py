@@ -42,7 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 from ._context import JobContext
 from ._queue import Queue, Task
 from ._sql import query
-from .errors import NonRetryableError, StaleLease, translate
+from .errors import ConfigurationError, NonRetryableError, StaleLease, translate
 
 log = logging.getLogger("pgqueue.worker")
 
@@ -68,6 +68,10 @@ class _Lease:
     timeout: float | None
     body: asyncio.Future[Any] | None = None
     finished: bool = False  # the task body has ended; its outcome may be unflushed
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.job_id, self.attempt)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,15 +107,15 @@ class WorkerSettings:
         )
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
+                raise ConfigurationError(f"{name} must be positive, not {getattr(self, name)!r}")
         if self.concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+            raise ConfigurationError("concurrency must be at least 1")
         if self.pool_size < 2:
-            raise ValueError("pool_size must be at least 2")
+            raise ConfigurationError("pool_size must be at least 2")
         if self.shutdown_grace < 0:
-            raise ValueError("shutdown_grace must not be negative")
+            raise ConfigurationError("shutdown_grace must not be negative")
         if self.stale_after <= self.heartbeat_interval * 2:
-            raise ValueError("stale_after must exceed two heartbeat intervals")
+            raise ConfigurationError("stale_after must exceed two heartbeat intervals")
 
 
 def _jitter(seconds: float, spread: float = 0.2) -> float:
@@ -150,7 +154,7 @@ class Worker:
         )
         base = settings or WorkerSettings()
         self.settings = dataclasses.replace(base, **overrides) if overrides else base
-        self._leases: dict[int, _Lease] = {}
+        self._leases: dict[tuple[int, int], _Lease] = {}  # by (job id, attempt)
         self._completions: list[tuple[_Lease, Jsonb]] = []
         self._stopping = False
         self._hard_stop = False
@@ -303,7 +307,7 @@ class Worker:
             on_progress=self._progress_reported,
         )
         lease = _Lease(job_id, attempt, task_name, ctx, timeout)
-        self._leases[job_id] = lease
+        self._leases[lease.key] = lease
         runner = asyncio.create_task(self._execute(lease), name=f"pgqueue-job-{job_id}")
         self._outcomes_pending.add(runner)
         runner.add_done_callback(self._outcomes_pending.discard)
@@ -323,7 +327,7 @@ class Worker:
             async with timeout_cm:
                 result = await lease.body
             payload = self._result_payload(task, result)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             self._finish(lease)
             reason = lease.ctx.stop_reason
             if reason == "shutdown":
@@ -332,7 +336,12 @@ class Worker:
                 log.info("job %s attempt %s stopped: %s", lease.job_id, lease.attempt, reason)
                 self._drop(lease)
             else:
-                raise
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # this runner itself is being cancelled
+                # The task raised CancelledError on its own (say, a future some
+                # library cancelled): an ordinary error of this attempt.
+                await self._fail(lease, _format_error(exc), retryable=True, task=task)
             return
         except TimeoutError as exc:
             self._finish(lease)
@@ -366,7 +375,7 @@ class Worker:
     @staticmethod
     def _result_payload(task: Task[Any], result: Any) -> Jsonb:
         try:
-            json.dumps(result)
+            json.dumps(result, allow_nan=False)  # jsonb has no NaN or Infinity
         except (TypeError, ValueError) as exc:
             raise NonRetryableError(
                 f"task {task.name!r} returned a value that is not JSON-serialisable: {exc}"
@@ -374,10 +383,8 @@ class Worker:
         return Jsonb(result)
 
     def _drop(self, lease: _Lease) -> None:
-        """Forget a lease whose outcome is written (or refused). Only this exact
-        lease: the same job may already be running again here under a newer one."""
-        if self._leases.get(lease.job_id) is lease:
-            del self._leases[lease.job_id]
+        """Forget a lease whose outcome is written (or refused)."""
+        self._leases.pop(lease.key, None)
         self._slot_freed.set()
 
     def _finish(self, lease: _Lease) -> None:
@@ -395,16 +402,23 @@ class Worker:
         timed_out: bool = False,
         task: Task[Any] | None = None,
     ) -> None:
+        retry_delay = task.retry_delay if task is not None else None
+        params = self._fail_params(error, retryable, timed_out=timed_out, retry_delay=retry_delay)
+        await self._report(lease, "fail", params)
+
+    @staticmethod
+    def _fail_params(
+        error: str, retryable: bool, *, timed_out: bool = False, retry_delay: float | None = None
+    ) -> dict[str, Any]:
         retry_in = None
-        if retryable and task is not None and task.retry_delay is not None:
-            retry_in = timedelta(seconds=task.retry_delay)
-        params = {
+        if retryable and retry_delay is not None:
+            retry_in = timedelta(seconds=max(0.0, retry_delay))
+        return {
             "error": error,
             "retryable": retryable,
             "timed_out": timed_out,
             "retry_in": retry_in,
         }
-        await self._report(lease, "fail", params)
 
     async def _report(self, lease: _Lease, name: str, params: dict[str, Any]) -> None:
         """Write a lease's final outcome; a refusal means the lease was lost."""
@@ -434,28 +448,38 @@ class Worker:
                     self._flushing = False
 
     async def _flush(self, batch: list[tuple[_Lease, Jsonb]]) -> None:
-        params = {
-            "ids": [lease.job_id for lease, _ in batch],
-            "attempts": [lease.attempt for lease, _ in batch],
-            "results": [payload for _, payload in batch],
-        }
         try:
-            rows = await self._call("complete_many", params)
+            rows = await self._complete(batch)
         except Exception:
-            log.exception("could not record %d completions; retrying", len(batch))
-            self._completions[:0] = batch
-            await asyncio.sleep(0.5)
-            self._completion_ready.set()
-            return
+            # _call retries connection failures itself, so this batch was
+            # refused for its content (e.g. a result jsonb rejects). Write the
+            # items one by one so one bad result cannot hold back the others.
+            log.exception("batch of %d completions refused; writing them one by one", len(batch))
+            rows = []
+            for item in batch:
+                try:
+                    rows += await self._complete([item])
+                except Exception as exc:
+                    await self._report(
+                        item[0], "fail", self._fail_params(_format_error(exc), retryable=False)
+                    )
         applied = {(row[0], row[1]) for row in rows}
         for lease, _ in batch:
-            if (lease.job_id, lease.attempt) not in applied:
+            if lease.key not in applied and lease.key in self._leases:
                 log.warning(
                     "late result of job %s attempt %s discarded: the lease is no longer held",
                     lease.job_id,
                     lease.attempt,
                 )
             self._drop(lease)
+
+    async def _complete(self, batch: list[tuple[_Lease, Jsonb]]) -> list[Any]:
+        params = {
+            "ids": [lease.job_id for lease, _ in batch],
+            "attempts": [lease.attempt for lease, _ in batch],
+            "results": [payload for _, payload in batch],
+        }
+        return await self._call("complete_many", params)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -478,12 +502,12 @@ class Worker:
                 continue
             held = {(row[0], row[1]) for row in rows}
             for lease in leases:
-                if (lease.job_id, lease.attempt) not in held and not lease.finished:
+                if lease.key not in held and not lease.finished:
                     self._lost(lease, "lost")
 
     def _lost(self, lease: _Lease, reason: str) -> None:
         """The lease is gone (cancelled or rescued): stop the task, report nothing."""
-        if lease.finished or self._leases.get(lease.job_id) is not lease:
+        if lease.finished or lease.key not in self._leases:
             return
         log.warning(
             "job %s attempt %s: lease %s; stopping its task", lease.job_id, lease.attempt, reason
@@ -568,8 +592,8 @@ class Worker:
                 self._wakeup.set()
         elif channel == "pgqueue_cancel":
             with contextlib.suppress(ValueError):
-                lease = self._leases.get(int(payload))
-                if lease is not None:
+                job_id = int(payload)
+                for lease in [lease for lease in self._leases.values() if lease.job_id == job_id]:
                     self._lost(lease, "cancelled")
 
     # -- shutdown ----------------------------------------------------------------------

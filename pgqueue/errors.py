@@ -15,7 +15,7 @@ class PgQueueError(Exception):
     """Base class of every pgqueue error."""
 
 
-class ConfigurationError(PgQueueError):
+class ConfigurationError(PgQueueError, ValueError):
     """The configuration (DSN, app path, settings) is wrong or incomplete."""
 
 

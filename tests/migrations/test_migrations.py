@@ -1,0 +1,377 @@
+"""The alembic migrations against the schema files, and their life cycle.
+
+- A database built from ``sql/schema.sql`` + ``sql/functions.sql`` must have the
+  same catalog as one built by the frozen alembic revisions.
+- Downgrading one step drops the code but keeps every job row; upgrading again
+  restores a working queue over the same rows.
+- pgqueue keeps its own version table and never touches an application's own
+  ``alembic_version``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+import pgqueue
+from pgqueue import _migrate, _sql
+from tests.conftest import create_database, drop_database
+
+from . import catalog
+
+
+@pytest.fixture
+def second_empty_db_dsn(pg_server: str) -> Iterator[str]:
+    """Another fresh database without any schema (for two-route comparisons)."""
+    name = f"pgqueue_e2_{uuid.uuid4().hex[:12]}"
+    dsn = create_database(pg_server, name)
+    try:
+        yield dsn
+    finally:
+        drop_database(pg_server, name)
+
+
+def _execute_script(dsn: str, script: str) -> None:
+    with psycopg.connect(dsn) as conn:  # one transaction
+        conn.execute(script)  # type: ignore[arg-type]
+
+
+def _table_rows(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return {
+            "jobs": conn.execute("SELECT * FROM pgqueue.jobs ORDER BY id").fetchall(),
+            "attempts": conn.execute(
+                "SELECT * FROM pgqueue.attempts ORDER BY job_id, attempt"
+            ).fetchall(),
+            "queues": conn.execute("SELECT * FROM pgqueue.queues ORDER BY name").fetchall(),
+        }
+
+
+def _regclass(conn: psycopg.Connection[Any], name: str) -> Any:
+    row = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def _pgqueue_function_count(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = 'pgqueue'"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# -- schema files == migrations -------------------------------------------------------------
+
+
+def test_migrated_schema_equals_schema_sql(empty_db_dsn: str, second_empty_db_dsn: str) -> None:
+    from_files, from_migrations = empty_db_dsn, second_empty_db_dsn
+    _execute_script(from_files, _sql.install_script())
+    pgqueue.migrate(from_migrations)
+
+    a = catalog.snapshot(from_files)
+    b = catalog.snapshot(from_migrations)
+
+    # Non-trivial: the comparison cannot pass on two empty schemas.
+    relations = {row[0] for row in a["relations"]}
+    assert {"jobs", "attempts", "queues"} <= relations
+    assert len(a["functions"]) >= 10, a["functions"]
+    assert len(a["triggers"]) >= 2, a["triggers"]
+    assert len(a["constraints"]) >= 10
+    assert [row[2] for row in a["enum_labels"]] == [s.value for s in pgqueue.JobStatus]
+    assert catalog.VERSION_TABLE not in {row[0] for row in b["relations"]}
+
+    difference = catalog.diff(a, b, "sql/schema.sql + sql/functions.sql", "alembic migrations")
+    assert a == b, "schema files and migrations differ:\n" + difference
+
+
+def test_snapshot_detects_a_difference(empty_db_dsn: str, second_empty_db_dsn: str) -> None:
+    """The comparison is sensitive: one changed function body shows up in the diff."""
+    pgqueue.migrate(empty_db_dsn)
+    pgqueue.migrate(second_empty_db_dsn)
+    with psycopg.connect(second_empty_db_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION pgqueue.retry_backoff(p_attempt integer)"
+            " RETURNS interval LANGUAGE sql VOLATILE AS $$ SELECT interval '1 second' $$"
+        )
+    a, b = catalog.snapshot(empty_db_dsn), catalog.snapshot(second_empty_db_dsn)
+    assert a != b
+    assert "retry_backoff" in catalog.diff(a, b)
+
+
+# -- downgrade and upgrade keep the data ----------------------------------------------------
+
+
+def _seed_jobs(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """One job in each of several states, made only through the stored functions.
+    Each job gets its own queue so each claim picks exactly that job."""
+
+    def enqueue(queue: str, max_attempts: int = 1) -> int:
+        row = conn.execute(
+            "SELECT pgqueue.enqueue('seed', %s::jsonb, %s, p_max_attempts => %s)",
+            (f'{{"queue": "{queue}"}}', queue, max_attempts),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def claim(queue: str) -> tuple[int, int]:
+        rows = conn.execute(
+            "SELECT id, attempts FROM pgqueue.claim('seed-worker', ARRAY[%s], 1)", (queue,)
+        ).fetchall()
+        assert len(rows) == 1, f"nothing claimable in {queue}"
+        return int(rows[0][0]), int(rows[0][1])
+
+    ids = {
+        "pending": enqueue("q-pending"),
+        "running": enqueue("q-running", max_attempts=2),
+        "completed": enqueue("q-completed"),
+        "retrying": enqueue("q-retrying", max_attempts=3),
+        "failed": enqueue("q-failed", max_attempts=3),
+        "cancelled": enqueue("q-cancelled"),
+    }
+    claim("q-running")
+    job, attempt = claim("q-completed")
+    conn.execute("SELECT pgqueue.complete(%s, %s, '{\"ok\": true}')", (job, attempt))
+    job, attempt = claim("q-retrying")
+    status = conn.execute(
+        "SELECT pgqueue.fail(%s, %s, 'boom', true, false, interval '0')", (job, attempt)
+    ).fetchone()
+    assert status == ("retrying",)
+    job, attempt = claim("q-failed")
+    status = conn.execute("SELECT pgqueue.fail(%s, %s, 'fatal', false)", (job, attempt)).fetchone()
+    assert status == ("failed",)
+    conn.execute("SELECT pgqueue.cancel(%s)", (ids["cancelled"],))
+    conn.execute("SELECT pgqueue.pause_queue('q-paused')")
+
+    statuses = dict(conn.execute("SELECT id, status::text FROM pgqueue.jobs").fetchall())
+    assert {statuses[i] for i in ids.values()} == set(ids)
+    return ids
+
+
+def test_upgrade_downgrade_upgrade_keeps_job_rows(empty_db_dsn: str) -> None:
+    dsn = empty_db_dsn
+    pgqueue.migrate(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ids = _seed_jobs(conn)
+    before = _table_rows(dsn)
+    assert len(before["jobs"]) == 6
+    assert len(before["attempts"]) == 3  # completed, retried and failed attempts
+    head = pgqueue.head_revision()
+
+    _migrate.downgrade(dsn, "-1")
+
+    assert pgqueue.current_revision(dsn) == "0001"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert _pgqueue_function_count(conn) == 0
+        triggers = conn.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'pgqueue.jobs'::regclass"
+            " AND NOT tgisinternal"
+        ).fetchone()
+        assert triggers == (0,)
+        with pytest.raises(psycopg.errors.UndefinedFunction):
+            conn.execute("SELECT pgqueue.enqueue('x')")
+    assert _table_rows(dsn) == before, "downgrade -1 changed the job rows"
+
+    pgqueue.migrate(dsn)
+
+    assert pgqueue.current_revision(dsn) == head
+    assert _table_rows(dsn) == before, "upgrade changed the job rows"
+
+    # The old rows still move through the (re-created) functions.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # the running job: its lease (attempt 1) is still valid and can complete
+        conn.execute("SELECT pgqueue.complete(%s, 1, '\"late but valid\"')", (ids["running"],))
+        # the pending and retrying jobs are claimable and completable
+        for key in ("pending", "retrying"):
+            queue = f"q-{key}"
+            rows = conn.execute(
+                "SELECT id, attempts FROM pgqueue.claim('w2', ARRAY[%s], 5)", (queue,)
+            ).fetchall()
+            assert [r[0] for r in rows] == [ids[key]]
+            conn.execute("SELECT pgqueue.complete(%s, %s, '1')", (rows[0][0], rows[0][1]))
+        # the terminal ones can be replayed
+        assert conn.execute("SELECT pgqueue.replay(%s)", (ids["failed"],)).fetchone() == (
+            "pending",
+        )
+        # and new jobs get fresh ids after the old ones
+        new_id = conn.execute("SELECT pgqueue.enqueue('new')").fetchone()
+        assert new_id is not None and new_id[0] > max(ids.values())
+        statuses = dict(conn.execute("SELECT id, status::text FROM pgqueue.jobs").fetchall())
+        paused = conn.execute("SELECT paused FROM pgqueue.queues WHERE name = 'q-paused'")
+        assert paused.fetchone() == (True,)
+    assert statuses[ids["running"]] == "completed"
+    assert statuses[ids["pending"]] == "completed"
+    assert statuses[ids["retrying"]] == "completed"
+    assert statuses[ids["completed"]] == "completed"
+    assert statuses[ids["failed"]] == "pending"
+    assert statuses[ids["cancelled"]] == "cancelled"
+
+
+def test_downgrade_to_base_removes_everything_then_upgrade_restores(empty_db_dsn: str) -> None:
+    dsn = empty_db_dsn
+    pgqueue.migrate(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pgqueue.enqueue('doomed')")
+
+    _migrate.downgrade(dsn, "base")
+
+    assert pgqueue.current_revision(dsn) is None
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in ("pgqueue.jobs", "pgqueue.attempts", "pgqueue.queues"):
+            assert _regclass(conn, table) is None, f"{table} survived downgrade to base"
+        assert conn.execute("SELECT to_regtype('pgqueue.job_status')").fetchone() == (None,)
+        assert _pgqueue_function_count(conn) == 0
+        # only the version table may remain in the schema
+        leftovers = conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'pgqueue' AND c.relkind IN ('r', 'v', 'm', 'S')"
+        ).fetchall()
+        assert {r[0] for r in leftovers} <= {catalog.VERSION_TABLE}
+
+    pgqueue.migrate(dsn)
+
+    assert pgqueue.current_revision(dsn) == pgqueue.head_revision()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pgqueue.jobs").fetchone() == (0,)
+        job = conn.execute("SELECT pgqueue.enqueue('reborn')").fetchone()
+        assert job is not None
+        claimed = conn.execute("SELECT id FROM pgqueue.claim('w', ARRAY['default'], 1)")
+        assert claimed.fetchall() == [(job[0],)]
+
+
+# -- version bookkeeping ----------------------------------------------------------------------
+
+
+def test_migrate_is_idempotent(empty_db_dsn: str) -> None:
+    pgqueue.migrate(empty_db_dsn)
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pgqueue.enqueue('kept')")
+    first = catalog.snapshot(empty_db_dsn)
+
+    pgqueue.migrate(empty_db_dsn)
+    pgqueue.migrate(empty_db_dsn)
+
+    assert catalog.snapshot(empty_db_dsn) == first
+    assert pgqueue.current_revision(empty_db_dsn) == pgqueue.head_revision()
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT task FROM pgqueue.jobs").fetchall() == [("kept",)]
+        versions = conn.execute("SELECT * FROM pgqueue.pgqueue_alembic_version").fetchall()
+    assert versions == [(pgqueue.head_revision(),)]
+
+
+def test_current_revision_reports_head(empty_db_dsn: str) -> None:
+    assert pgqueue.current_revision(empty_db_dsn) is None
+    head = pgqueue.head_revision()
+    assert head == "0002"  # the latest frozen revision in migrations/versions
+
+    _migrate.upgrade(empty_db_dsn, "0001")
+    assert pgqueue.current_revision(empty_db_dsn) == "0001"
+
+    pgqueue.migrate(empty_db_dsn)
+    assert pgqueue.current_revision(empty_db_dsn) == head
+
+
+def test_version_table_is_pgqueue_own_and_app_alembic_is_untouched(empty_db_dsn: str) -> None:
+    dsn = empty_db_dsn
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE public.alembic_version ( version_num varchar(32) NOT NULL PRIMARY KEY)"
+        )
+        conn.execute("INSERT INTO public.alembic_version VALUES ('app_rev_123abc')")
+
+    pgqueue.migrate(dsn)
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT version_num FROM public.alembic_version").fetchall() == [
+            ("app_rev_123abc",)
+        ]
+        assert _regclass(conn, "pgqueue.pgqueue_alembic_version") is not None
+        assert conn.execute(
+            "SELECT version_num FROM pgqueue.pgqueue_alembic_version"
+        ).fetchall() == [(pgqueue.head_revision(),)]
+        # pgqueue created nothing in public besides what the app had
+        public = conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'v', 'm', 'S')"
+        ).fetchall()
+        assert {r[0] for r in public} == {"alembic_version"}
+    assert _migrate.VERSION_SCHEMA == "pgqueue"
+    assert _migrate.VERSION_TABLE == "pgqueue_alembic_version"
+
+    # stepping down and back up leaves the application's row alone too
+    _migrate.downgrade(dsn, "base")
+    pgqueue.migrate(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT version_num FROM public.alembic_version").fetchall() == [
+            ("app_rev_123abc",)
+        ]
+
+
+def test_concurrent_migrate_is_safe(empty_db_dsn: str) -> None:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        try:
+            barrier.wait(timeout=10)
+            pgqueue.migrate(empty_db_dsn)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a migrate call hung"
+    assert errors == []
+    _assert_at_head_and_working(empty_db_dsn)
+
+
+_MIGRATE_AT = """
+import sys, time
+import pgqueue
+start_at, dsn = float(sys.argv[1]), sys.argv[2]
+time.sleep(max(0.0, start_at - time.time()))
+pgqueue.migrate(dsn)
+print(pgqueue.current_revision(dsn))
+"""
+
+
+def test_concurrent_migrate_from_processes_is_safe(empty_db_dsn: str) -> None:
+    """Several processes (e.g. workers starting together) migrate at once: the
+    advisory lock serialises them, all succeed, the schema is built once."""
+    start_at = time.time() + 2.0  # after every interpreter has imported pgqueue
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _MIGRATE_AT, str(start_at), empty_db_dsn],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outcomes = [p.communicate(timeout=60) for p in procs]
+    for proc, (out, err) in zip(procs, outcomes, strict=True):
+        assert proc.returncode == 0, err
+        assert out.strip() == pgqueue.head_revision()
+    _assert_at_head_and_working(empty_db_dsn)
+
+
+def _assert_at_head_and_working(dsn: str) -> None:
+    assert pgqueue.current_revision(dsn) == pgqueue.head_revision()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        versions = conn.execute("SELECT * FROM pgqueue.pgqueue_alembic_version").fetchall()
+        assert versions == [(pgqueue.head_revision(),)]
+        assert _pgqueue_function_count(conn) >= 10
+        job = conn.execute("SELECT pgqueue.enqueue('after-race')").fetchone()
+        assert job is not None

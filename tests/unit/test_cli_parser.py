@@ -1,0 +1,127 @@
+"""The command-line parser (no database: nothing here runs a command)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+from pgqueue import cli
+
+CONTRACT_COMMANDS = ["migrate", "worker", "enqueue", "jobs", "queues", "demo"]
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise AssertionError("no subcommands")
+
+
+def test_help_lists_every_contract_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: pgqueue")
+    for name in CONTRACT_COMMANDS:
+        assert re.search(rf"^\s+{name}\s", out, re.MULTILINE), f"{name} missing from --help"
+
+
+def test_main_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    assert "migrate" in capsys.readouterr().out
+
+
+def test_jobs_subcommands() -> None:
+    jobs = _subcommands(cli.build_parser())["jobs"]
+    assert set(_subcommands(jobs)) == {"list", "show", "retry", "cancel"}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["migrate", "--json"],
+        ["enqueue", "send", "--json"],
+        ["jobs", "list", "--json"],
+        ["jobs", "show", "3", "--json"],
+        ["jobs", "retry", "3", "--json"],
+        ["jobs", "cancel", "3", "--json"],
+        ["queues", "--json"],
+    ],
+)
+def test_reporting_commands_take_json(argv: list[str]) -> None:
+    args = cli.build_parser().parse_args(argv)
+    assert args.json is True
+    assert callable(args.handler)
+
+
+def test_worker_options() -> None:
+    args = cli.build_parser().parse_args(
+        ["worker", "--app", "m:q", "--queues", "a,b", "--concurrency", "3", "--until-idle"]
+    )
+    assert (args.app, args.queues, args.concurrency, args.until_idle) == ("m:q", "a,b", 3, True)
+    assert args.handler is cli.cmd_worker
+
+
+def test_enqueue_options() -> None:
+    args = cli.build_parser().parse_args(
+        ["enqueue", "send", "--args", '{"to": "x"}', "--queue", "mail", "--priority", "5"]
+    )
+    assert (args.task, args.args, args.queue, args.priority) == ("send", '{"to": "x"}', "mail", 5)
+
+
+def test_queues_pause_and_resume() -> None:
+    parser = cli.build_parser()
+    assert parser.parse_args(["queues"]).action == "list"
+    args = parser.parse_args(["queues", "pause", "images"])
+    assert (args.action, args.name) == ("pause", "images")
+    assert parser.parse_args(["queues", "resume", "images"]).action == "resume"
+
+
+def test_global_dsn_option() -> None:
+    args = cli.build_parser().parse_args(["--dsn", "postgresql://x@h/db", "migrate"])
+    assert args.dsn == "postgresql://x@h/db"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["no-such-command"],
+        ["jobs"],
+        ["jobs", "show", "not-a-number"],
+        ["worker", "--concurrency", "many"],
+        ["queues", "explode"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(argv)
+    assert info.value.code == 2
+    assert "usage: pgqueue" in capsys.readouterr().err
+
+
+def test_malformed_dsn_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """main() rejects a malformed --dsn before connecting anywhere."""
+    code = cli.main(["--dsn", "not a dsn", "migrate"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("pgqueue: error: malformed PostgreSQL DSN")
+
+
+def test_load_app_errors_are_configuration_errors() -> None:
+    from pgqueue import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="--app MODULE:QUEUE"):
+        cli.load_app(None)
+    with pytest.raises(ConfigurationError, match="must look like MODULE:QUEUE"):
+        cli.load_app("no_colon")
+    with pytest.raises(ConfigurationError, match="cannot import app module"):
+        cli.load_app("pgqueue_no_such_module_xyz:queue")
+    with pytest.raises(ConfigurationError, match=r"is not a pgqueue\.Queue"):
+        cli.load_app("pgqueue:__version__")

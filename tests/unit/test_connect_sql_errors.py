@@ -1,0 +1,257 @@
+"""DSN normalisation, the named-query file, and error translation (no database)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.pq import DiagnosticField
+
+import pgqueue
+from pgqueue import _sql, errors
+from pgqueue._connect import normalize_dsn, resolve_dsn
+
+PACKAGE = Path(pgqueue.__file__).resolve().parent
+
+# -- normalize_dsn / resolve_dsn ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgresql+psycopg://u:p@db:5433/app", "postgresql://u:p@db:5433/app"),
+        ("postgresql+psycopg2://u@db/app?sslmode=disable", "postgresql://u@db/app?sslmode=disable"),
+        ("postgres+asyncpg://u@db/app", "postgresql://u@db/app"),
+        ("postgresql://u@db/app", "postgresql://u@db/app"),
+        ("postgres://u@db/app", "postgres://u@db/app"),
+        ("host=db dbname=app user=u", "host=db dbname=app user=u"),
+    ],
+)
+def test_normalize_dsn_accepts(given: str, expected: str) -> None:
+    assert normalize_dsn(given) == expected
+    # and psycopg can parse the result
+    assert psycopg.conninfo.conninfo_to_dict(normalize_dsn(given))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not a dsn",
+        "host=db dbname",
+        "host='unterminated",
+        "mysql+pymysql://u@db/app",
+    ],
+)
+def test_normalize_dsn_rejects_malformed(bad: str) -> None:
+    with pytest.raises(pgqueue.ConfigurationError, match="malformed PostgreSQL DSN"):
+        normalize_dsn(bad)
+
+
+def test_malformed_dsn_error_hides_nothing_secret_and_no_traceback_chain() -> None:
+    with pytest.raises(pgqueue.ConfigurationError) as info:
+        normalize_dsn("host=db password")
+    assert info.value.__cause__ is None
+    assert info.value.__suppress_context__ is True
+
+
+def test_resolve_dsn_prefers_argument_then_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGQUEUE_DSN", "postgresql+psycopg://env@pgq/one")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://env@url/two")
+    assert resolve_dsn("postgresql://arg@x/y") == "postgresql://arg@x/y"
+    assert resolve_dsn() == "postgresql://env@pgq/one"
+    monkeypatch.delenv("PGQUEUE_DSN")
+    assert resolve_dsn() == "postgresql://env@url/two"
+    monkeypatch.setenv("PGQUEUE_DSN", "garbage dsn")
+    with pytest.raises(pgqueue.ConfigurationError):
+        resolve_dsn()
+
+
+# -- named queries --------------------------------------------------------------------------
+
+# Every way library code names a query: query("x"), _fetch("x"...), _fetch_sync("x"...),
+# _call("x"...), _report(lease, "x"...).
+_NAMED = re.compile(
+    r"""(?:\bquery|\._fetch|\._fetch_sync|\._call)\(\s*["'](\w+)["']"""
+    r"""|\._report\(\s*\w+\s*,\s*["'](\w+)["']"""
+)
+
+
+def _names_used_in_code() -> set[str]:
+    used: set[str] = set()
+    sources = list(PACKAGE.rglob("*.py"))
+    service = PACKAGE.parent / "service"
+    if service.is_dir():
+        sources += list(service.rglob("*.py"))
+    for path in sources:
+        for match in _NAMED.finditer(path.read_text(encoding="utf-8")):
+            used.add(match.group(1) or match.group(2))
+    return used
+
+
+def test_every_query_named_in_the_code_exists() -> None:
+    used = _names_used_in_code()
+    # guard against a regex that silently finds nothing
+    assert {"enqueue", "claim", "complete_many", "fail", "release", "heartbeat"} <= used
+    assert len(used) >= 15, used
+    missing = sorted(used - set(_sql.queries()))
+    assert missing == [], f"queries used in code but missing from sql/queries.sql: {missing}"
+
+
+def test_query_names_are_unique_and_bodies_non_empty() -> None:
+    text = _sql.read("queries.sql")
+    names = re.findall(r"^-- name: (\w+)\s*$", text, flags=re.MULTILINE)
+    duplicates = [n for n, count in Counter(names).items() if count > 1]
+    assert duplicates == [], f"duplicate query names in sql/queries.sql: {duplicates}"
+    queries = _sql.queries()
+    assert sorted(queries) == sorted(names)
+    for name, body in queries.items():
+        assert body.strip(), f"query {name} is empty"
+        assert "-- name:" not in body
+
+
+def test_transition_queries_call_the_stored_functions() -> None:
+    """Library code never writes to pgqueue.jobs directly; transitions go
+    through the stored functions."""
+    for name, body in _sql.queries().items():
+        writes = re.search(r"\b(INSERT\s+INTO|UPDATE)\s+pgqueue\.jobs\b", body, re.IGNORECASE)
+        assert writes is None, f"query {name} writes pgqueue.jobs directly"
+    for name in ("claim", "heartbeat", "complete_many", "fail", "release", "cancel", "rescue"):
+        assert f"pgqueue.{name}(" in _sql.query(name)
+
+
+def test_unknown_query_name_raises_key_error_naming_it() -> None:
+    with pytest.raises(KeyError, match="no query named 'does_not_exist'"):
+        _sql.query("does_not_exist")
+
+
+def test_install_script_contains_schema_then_functions() -> None:
+    script = _sql.install_script()
+    assert script.index("CREATE TABLE pgqueue.jobs") < script.index(
+        "CREATE OR REPLACE FUNCTION pgqueue.claim"
+    )
+    assert script.startswith(_sql.read("schema.sql"))
+
+
+def test_python_enum_mirrors_schema_enum_text() -> None:
+    """The job_status labels in schema.sql, in order, equal pgqueue.JobStatus."""
+    schema = _sql.read("schema.sql")
+    block = re.search(r"CREATE TYPE pgqueue\.job_status AS ENUM \((.*?)\);", schema, re.S)
+    assert block is not None
+    labels = re.findall(r"'(\w+)'", re.sub(r"--[^\n]*", "", block.group(1)))
+    assert labels == [s.value for s in pgqueue.JobStatus]
+    assert {s for s in pgqueue.JobStatus if s.is_terminal} == set(pgqueue.TERMINAL_STATUSES)
+    assert {s.value for s in pgqueue.TERMINAL_STATUSES} == {
+        "completed",
+        "failed",
+        "timeout",
+        "zombie",
+        "dead_letter",
+        "cancelled",
+    }
+
+
+# -- errors.translate -----------------------------------------------------------------------
+
+
+def db_error(sqlstate: str, message: str) -> psycopg.Error:
+    """A psycopg error as the server would raise it (class chosen by SQLSTATE),
+    with its diagnostics carried in the picklable dict form psycopg supports."""
+    info: Any = {
+        DiagnosticField.SQLSTATE: sqlstate.encode(),
+        DiagnosticField.MESSAGE_PRIMARY: message.encode(),
+    }
+    cls = psycopg.errors._class_for_state(sqlstate)
+    return cls(f"ERROR: {message}", info=info)
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "expected"),
+    [
+        ("PQ001", pgqueue.JobNotFound),
+        ("PQ002", pgqueue.InvalidTransition),
+        ("PQ003", pgqueue.StaleLease),
+        ("22023", pgqueue.InvalidJobError),
+    ],
+)
+def test_translate_maps_pgqueue_sqlstates(sqlstate: str, expected: type[Exception]) -> None:
+    exc = db_error(sqlstate, "pgqueue: cannot complete job 5 attempt 1: the lease is gone")
+    assert exc.sqlstate == sqlstate
+    translated = errors.translate(exc)
+    assert type(translated) is expected
+    assert str(translated) == "cannot complete job 5 attempt 1: the lease is gone"
+
+
+@pytest.mark.parametrize("sqlstate", ["23514", "22P02"])  # check_violation, invalid text
+def test_translate_bad_input_is_invalid_job_error(sqlstate: str) -> None:
+    translated = errors.translate(db_error(sqlstate, "new row violates check constraint"))
+    assert type(translated) is pgqueue.InvalidJobError
+    assert "violates check constraint" in str(translated)
+
+
+def test_translate_missing_schema_is_configuration_error() -> None:
+    for sqlstate, message in [
+        ("42P01", 'relation "pgqueue.jobs" does not exist'),
+        ("42883", "function pgqueue.claim(text, text[], integer) does not exist"),
+    ]:
+        translated = errors.translate(db_error(sqlstate, message))
+        assert isinstance(translated, pgqueue.ConfigurationError)
+        assert "pgqueue migrate" in str(translated)
+
+
+def test_translate_unrelated_undefined_table_is_unchanged() -> None:
+    exc = db_error("42P01", 'relation "public.orders" does not exist')
+    assert errors.translate(exc) is exc
+
+
+def test_translate_connection_failure_is_database_unavailable() -> None:
+    exc = psycopg.OperationalError(
+        'connection failed: connection to server at "127.0.0.1", port 1 failed\nmore detail'
+    )
+    translated = errors.translate(exc)
+    assert isinstance(translated, pgqueue.DatabaseUnavailable)
+    assert str(translated) == (
+        'connection failed: connection to server at "127.0.0.1", port 1 failed'
+    )
+
+
+def test_translate_server_side_operational_error_is_unchanged() -> None:
+    """An OperationalError with a SQLSTATE (e.g. admin shutdown) is not a
+    connection failure to report as unavailable; it is passed through."""
+    exc = db_error("57P01", "terminating connection due to administrator command")
+    assert isinstance(exc, psycopg.OperationalError)
+    assert errors.translate(exc) is exc
+
+
+@pytest.mark.parametrize("sqlstate", ["23505", "40001", "XX000"])
+def test_translate_leaves_foreign_errors_unchanged(sqlstate: str) -> None:
+    exc = db_error(sqlstate, "something else")
+    assert errors.translate(exc) is exc
+
+
+def test_exception_hierarchy() -> None:
+    for cls in (
+        pgqueue.ConfigurationError,
+        pgqueue.DatabaseUnavailable,
+        pgqueue.InvalidJobError,
+        pgqueue.UnknownTaskError,
+        pgqueue.JobNotFound,
+        pgqueue.InvalidTransition,
+        pgqueue.StaleLease,
+        pgqueue.JobFailed,
+        pgqueue.NonRetryableError,
+    ):
+        assert issubclass(cls, pgqueue.PgQueueError)
+    assert issubclass(pgqueue.UnknownTaskError, pgqueue.InvalidJobError)
+    assert issubclass(pgqueue.InvalidJobError, ValueError)
+    assert issubclass(pgqueue.JobNotFound, LookupError)
+
+
+def test_job_failed_carries_status_and_error() -> None:
+    exc = pgqueue.JobFailed(7, "dead_letter", "ValueError: bad")
+    assert (exc.job_id, exc.status, exc.error) == (7, "dead_letter", "ValueError: bad")
+    assert str(exc) == "job 7 ended dead_letter: ValueError: bad"
+    assert "no error recorded" in str(pgqueue.JobFailed(8, "cancelled", None))

@@ -1,0 +1,182 @@
+"""Input helpers of the client (_json_object, _seconds) and WorkerSettings (no database)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from psycopg.types.json import Jsonb
+
+import pgqueue
+from pgqueue import InvalidJobError, WorkerSettings
+from pgqueue._queue import _json_object, _seconds
+
+# -- _json_object ---------------------------------------------------------------------------
+
+
+def test_json_object_returns_a_jsonb_copy() -> None:
+    source = OrderedDict(a=1, b=[1, "x", None], c={"d": True})
+    wrapped = _json_object(source, "args")
+    assert isinstance(wrapped, Jsonb)
+    assert wrapped.obj == {"a": 1, "b": [1, "x", None], "c": {"d": True}}
+    assert type(wrapped.obj) is dict
+    source["a"] = 2  # later changes to the caller's mapping do not leak in
+    assert wrapped.obj["a"] == 1
+
+
+def test_json_object_accepts_empty_mapping() -> None:
+    assert _json_object({}, "metadata").obj == {}
+
+
+@pytest.mark.parametrize("value", [[1, 2], "text", None, 3, (("a", 1),)])
+def test_json_object_rejects_non_mappings(value: Any) -> None:
+    with pytest.raises(InvalidJobError, match="args must be a mapping of names to JSON values"):
+        _json_object(value, "args")
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "type_name"),
+    [
+        ({"ok": 1, "when": {1, 2}}, "when", "set"),
+        ({"blob": b"\x00"}, "blob", "bytes"),
+        ({"nested": {"deep": object()}}, "nested", "dict"),
+        ({"fn": print}, "fn", "builtin_function_or_method"),
+    ],
+)
+def test_json_object_names_the_offending_key(value: Any, key: str, type_name: str) -> None:
+    with pytest.raises(InvalidJobError) as info:
+        _json_object(value, "arguments of task 'x'")
+    message = str(info.value)
+    assert message.startswith("arguments of task 'x': ")
+    assert repr(key) in message
+    assert f"({type_name})" in message
+
+
+def test_json_object_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        _json_object({"x": {1}}, "args")
+
+
+# -- _seconds -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1, timedelta(seconds=1)),
+        (0.25, timedelta(milliseconds=250)),
+        (timedelta(minutes=2), timedelta(minutes=2)),
+        (3600, timedelta(hours=1)),
+    ],
+)
+def test_seconds_converts(value: Any, expected: timedelta) -> None:
+    assert _seconds(value, "timeout", allow_zero=False) == expected
+    assert _seconds(value, "delay", allow_zero=True) == expected
+
+
+def test_seconds_none_is_none() -> None:
+    assert _seconds(None, "timeout", allow_zero=False) is None
+
+
+def test_seconds_zero_only_when_allowed() -> None:
+    assert _seconds(0, "delay", allow_zero=True) == timedelta(0)
+    assert _seconds(timedelta(0), "delay", allow_zero=True) == timedelta(0)
+    with pytest.raises(InvalidJobError, match="timeout must be positive, not 0"):
+        _seconds(0, "timeout", allow_zero=False)
+    with pytest.raises(InvalidJobError, match="timeout must be positive"):
+        _seconds(timedelta(0), "timeout", allow_zero=False)
+
+
+@pytest.mark.parametrize("value", [-1, -0.001, timedelta(seconds=-1)])
+def test_seconds_negative_is_refused(value: Any) -> None:
+    with pytest.raises(InvalidJobError, match="delay must be >= 0"):
+        _seconds(value, "delay", allow_zero=True)
+    with pytest.raises(InvalidJobError, match="timeout must be positive"):
+        _seconds(value, "timeout", allow_zero=False)
+
+
+@pytest.mark.parametrize("value", [True, False, "5", [5], object()])
+def test_seconds_wrong_type_is_refused(value: Any) -> None:
+    with pytest.raises(InvalidJobError, match="delay must be seconds or a timedelta"):
+        _seconds(value, "delay", allow_zero=True)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_seconds_non_finite_is_invalid_job_error(value: float) -> None:
+    with pytest.raises(InvalidJobError):
+        _seconds(value, "delay", allow_zero=True)
+
+
+# -- WorkerSettings -------------------------------------------------------------------------
+
+
+def test_worker_settings_defaults_are_consistent() -> None:
+    s = WorkerSettings()
+    assert s.concurrency >= 1
+    assert s.stale_after > 2 * s.heartbeat_interval
+    assert s.pool_size >= 2
+    assert s.listen is True
+
+
+def test_worker_settings_are_frozen() -> None:
+    s = WorkerSettings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.concurrency = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"stale_after": 10.0, "heartbeat_interval": 5.0}, "stale_after must exceed two"),
+        ({"stale_after": 9.0, "heartbeat_interval": 5.0}, "stale_after must exceed two"),
+        ({"concurrency": 0}, "concurrency must be at least 1"),
+        ({"concurrency": -3}, "concurrency must be at least 1"),
+        ({"pool_size": 1}, "pool_size must be at least 2"),
+        ({"shutdown_grace": -1}, "shutdown_grace must not be negative"),
+        ({"poll_interval": 0}, "poll_interval must be positive"),
+        ({"heartbeat_interval": -1}, "heartbeat_interval must be positive"),
+        ({"stale_after": 0}, "stale_after must be positive"),
+        ({"rescue_interval": 0}, "rescue_interval must be positive"),
+        ({"progress_interval": 0}, "progress_interval must be positive"),
+    ],
+)
+def test_worker_settings_refuse_bad_values(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        WorkerSettings(**overrides)
+
+
+def test_worker_settings_accept_edge_values() -> None:
+    s = WorkerSettings(stale_after=10.01, heartbeat_interval=5.0, concurrency=1, pool_size=2)
+    assert s.stale_after == 10.01
+    assert WorkerSettings(shutdown_grace=0).shutdown_grace == 0
+
+
+def test_worker_overrides_are_validated_too() -> None:
+    queue = pgqueue.Queue("postgresql://nobody@127.0.0.1:1/nowhere")
+    with pytest.raises(ValueError, match="stale_after must exceed two"):
+        pgqueue.Worker(queue, heartbeat_interval=1.0, stale_after=1.5)
+    with pytest.raises(ValueError, match="concurrency"):
+        pgqueue.Worker(queue, settings=WorkerSettings(concurrency=4), concurrency=0)
+    worker = pgqueue.Worker(queue, settings=WorkerSettings(concurrency=4), poll_interval=0.5)
+    assert (worker.settings.concurrency, worker.settings.poll_interval) == (4, 0.5)
+    with pytest.raises(TypeError):
+        pgqueue.Worker(queue, no_such_setting=1)
+
+
+def test_worker_defaults_to_the_apps_queues() -> None:
+    queue = pgqueue.Queue("postgresql://nobody@127.0.0.1:1/nowhere")
+
+    @queue.task(queue="mail")
+    def send(ctx: Any) -> None: ...
+
+    @queue.task(queue="images")
+    def resize(ctx: Any) -> None: ...
+
+    assert pgqueue.Worker(queue).queues == ["images", "mail"]
+    assert pgqueue.Worker(queue, queues=["x"]).queues == ["x"]
+    a, b = pgqueue.Worker(queue), pgqueue.Worker(queue)
+    assert a.worker_id != b.worker_id
+    assert pgqueue.Worker(queue, worker_id="w-1").worker_id == "w-1"
