@@ -417,7 +417,7 @@ class Queue:
         args = {} if args is None else args
         payload = _json_object(args, f"arguments of task {resolved.name!r}")
         resolved.check_args(args)
-        queue_name = options.queue or resolved.queue_name
+        queue_name = resolved.queue_name if options.queue is None else options.queue
         _check_queue_name(queue_name, InvalidJobError)
         delay = _seconds(options.delay, "delay", allow_zero=True)
         if options.run_at is not None and delay is not None:
@@ -427,7 +427,9 @@ class Queue:
             raise InvalidJobError(f"run_at must be timezone-aware, not {run_at!r}")
         if delay:
             run_at = datetime.now().astimezone() + delay
-        max_attempts = options.max_attempts or resolved.max_attempts
+        max_attempts = (
+            resolved.max_attempts if options.max_attempts is None else options.max_attempts
+        )
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise InvalidJobError(f"max_attempts must be an integer >= 1, not {max_attempts!r}")
         priority = resolved.priority if options.priority is None else options.priority
@@ -440,7 +442,7 @@ class Queue:
             "timeout",
             allow_zero=False,
         )
-        metadata = _json_object(options.metadata or {}, "metadata")
+        metadata = _json_object({} if options.metadata is None else options.metadata, "metadata")
         return _Row(
             task=resolved.name,
             args=payload,
@@ -498,8 +500,8 @@ class Queue:
         for index, args in enumerate(args_list):
             try:
                 rows.append(self._row(task, args, options))
-            except InvalidJobError as exc:
-                raise InvalidJobError(f"item {index}: {exc}; nothing was enqueued") from None
+            except InvalidJobError as exc:  # keep the class: UnknownTaskError stays one
+                raise type(exc)(f"item {index}: {exc}; nothing was enqueued") from None
         columns = {
             "tasks": "task",
             "args": "args",

@@ -283,8 +283,9 @@ END $$;
 -- p_retry_in or the default backoff) while attempts remain and the error is
 -- retryable; otherwise it ends terminal:
 --   timed out on its final attempt                  -> timeout
---   not retryable, or max_attempts = 1              -> failed
+--   not retryable, or no retries configured         -> failed
 --   retryable but max_attempts (> 1) used up        -> dead_letter
+-- (attempts handed back by release() do not count as configured retries)
 -- Returns the job's new status; raises PQ003 if the lease is stale.
 CREATE OR REPLACE FUNCTION pgqueue.fail(
     p_id         bigint,
@@ -300,13 +301,21 @@ BEGIN
     IF p_retry_in < interval '0' THEN
         RAISE EXCEPTION 'pgqueue: fail: retry_in must not be negative' USING ERRCODE = '22023';
     END IF;
+    IF p_retryable IS NULL OR p_timed_out IS NULL THEN
+        RAISE EXCEPTION 'pgqueue: fail: retryable and timed_out must not be null' USING ERRCODE = '22023';
+    END IF;
     WITH ts AS (SELECT clock_timestamp() AS now),
     cur AS (
         SELECT j.id,
                CASE
                    WHEN p_retryable AND j.attempts < j.max_attempts THEN 'retrying'
                    WHEN p_timed_out THEN 'timeout'
-                   WHEN NOT p_retryable OR j.max_attempts = 1 THEN 'failed'
+                   WHEN NOT p_retryable THEN 'failed'
+                   -- attempts handed back at shutdown (release) were not
+                   -- charged: they do not turn "no retries" into retries
+                   WHEN j.max_attempts - (SELECT count(*) FROM pgqueue.attempts a
+                                           WHERE a.job_id = j.id
+                                             AND a.outcome = 'interrupted') <= 1 THEN 'failed'
                    ELSE 'dead_letter'
                END::pgqueue.job_status AS next
           FROM pgqueue.jobs j
