@@ -18,9 +18,9 @@ Design notes (the why; the what is in docs/worker.md):
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -42,11 +42,21 @@ from psycopg_pool import AsyncConnectionPool
 from ._context import JobContext
 from ._queue import Queue, Task
 from ._sql import query
-from .errors import ConfigurationError, NonRetryableError, StaleLease, translate
+from .errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    NonRetryableError,
+    StaleLease,
+    translate,
+)
 
 log = logging.getLogger("pgqueue.worker")
 
 _MAX_ERROR_CHARS = 16_000
+
+THREAD_RELEASE_DELAY = 2.0
+"""Seconds before a job whose sync thread could not be stopped at shutdown
+becomes claimable again."""
 
 # Failures worth retrying: the connection or server went away (restart,
 # pg_terminate_backend, pool timeout) or a deadlock/serialization conflict.
@@ -67,6 +77,7 @@ class _Lease:
     ctx: JobContext
     timeout: float | None
     body: asyncio.Future[Any] | None = None
+    thread: concurrent.futures.Future[Any] | None = None  # a sync task's thread
     finished: bool = False  # the task body has ended; its outcome may be unflushed
 
     @property
@@ -96,9 +107,13 @@ class WorkerSettings:
     """Seconds between progress writes of one job (reports in between coalesce)."""
     pool_size: int = 4
     """Database connections for claims, outcomes and heartbeats (tasks use none)."""
+    startup_timeout: float = 60.0
+    """Seconds to wait for the database at start before giving up (once running,
+    a worker rides out outages of any length)."""
 
     def __post_init__(self) -> None:
         positive = (
+            "startup_timeout",
             "poll_interval",
             "heartbeat_interval",
             "stale_after",
@@ -164,6 +179,7 @@ class Worker:
         self._progress_ready = asyncio.Event()
         self._outcomes_pending: set[asyncio.Task[None]] = set()
         self._flushing = False
+        self._abandoned: list[concurrent.futures.Future[Any]] = []
         self._pool: AsyncConnectionPool | None = None
         self._threads: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -186,6 +202,7 @@ class Worker:
         none is running and every outcome is written (for scripts and tests)."""
         self._loop = asyncio.get_running_loop()
         dsn = await asyncio.to_thread(lambda: self.queue.dsn)
+        await self._wait_for_database(dsn)
         self._pool = AsyncConnectionPool(
             dsn,
             min_size=2,
@@ -193,7 +210,9 @@ class Worker:
             kwargs={"autocommit": True},
             open=False,
             name=f"pgqueue-worker-{self.worker_id}",
-            reconnect_timeout=0,  # never give up: the database may be restarting
+            # Keep reconnecting through a database restart or outage (a day is
+            # "forever" here; psycopg_pool treats 0 as "give up at once").
+            reconnect_timeout=86_400,
         )
         await self._pool.open(wait=True, timeout=30)
         self._threads = ThreadPoolExecutor(
@@ -227,8 +246,41 @@ class Worker:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     self._loop.remove_signal_handler(sig)
             self._threads.shutdown(wait=False, cancel_futures=True)
+            if self.abandoned_threads:
+                log.warning(
+                    "%d sync task(s) ignored should_stop and still hold a thread; their jobs "
+                    "were handed back and their results will be refused",
+                    self.abandoned_threads,
+                )
             await self._pool.close()
             log.info("worker %s stopped after %d jobs", self.worker_id, self.jobs_done)
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Sync task threads still running after the worker stopped: Python
+        cannot stop a thread, so a process should exit rather than wait."""
+        return sum(1 for f in self._abandoned if not f.done())
+
+    async def _wait_for_database(self, dsn: str) -> None:
+        """Wait (with backoff, logging each failure) for PostgreSQL to accept a
+        connection, up to ``startup_timeout``; then raise DatabaseUnavailable."""
+        deadline = time.monotonic() + self.settings.startup_timeout
+        delay = 0.5
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(dsn, connect_timeout=5)
+            except psycopg.Error as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                if time.monotonic() + delay > deadline:
+                    raise DatabaseUnavailable(
+                        f"database unreachable for {self.settings.startup_timeout:.0f}s: {reason}"
+                    ) from exc
+                log.warning("waiting for the database (%s); retrying in %.1fs", reason, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            await conn.close()
+            return
 
     # -- database access ---------------------------------------------------------------
 
@@ -331,7 +383,11 @@ class Worker:
             self._finish(lease)
             reason = lease.ctx.stop_reason
             if reason == "shutdown":
-                await self._report(lease, "release", {})
+                # A thread cannot be stopped: hand its job back a little later,
+                # by when the process has exited (see pgqueue.cli), so no other
+                # worker runs it while this thread still does.
+                delay = THREAD_RELEASE_DELAY if lease.thread is not None else 0.0
+                await self._report(lease, "release", {"run_in": timedelta(seconds=delay)})
             elif reason in ("cancelled", "lost"):
                 log.info("job %s attempt %s stopped: %s", lease.job_id, lease.attempt, reason)
                 self._drop(lease)
@@ -368,9 +424,9 @@ class Worker:
         if task.is_async:
             coroutine: Coroutine[Any, Any, Any] = task.fn(lease.ctx, **lease.ctx.args)
             return asyncio.ensure_future(coroutine)
-        assert self._loop is not None
-        call = functools.partial(task.fn, lease.ctx, **lease.ctx.args)
-        return self._loop.run_in_executor(self._threads, call)
+        assert self._threads is not None
+        lease.thread = self._threads.submit(task.fn, lease.ctx, **lease.ctx.args)
+        return asyncio.wrap_future(lease.thread)
 
     @staticmethod
     def _result_payload(task: Task[Any], result: Any) -> Jsonb:
@@ -624,6 +680,8 @@ class Worker:
                 # Either way _execute sees CancelledError and hands the job back.
                 lease.ctx.request_stop("shutdown")
                 lease.body.cancel()
+                if lease.thread is not None and not lease.thread.done():
+                    self._abandoned.append(lease.thread)
         if self._outcomes_pending:
             await asyncio.wait(set(self._outcomes_pending), timeout=30)
         deadline = time.monotonic() + 30

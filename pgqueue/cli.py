@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 
@@ -149,6 +149,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         stale_after=args.stale_after,
         rescue_interval=args.rescue_interval,
         shutdown_grace=args.shutdown_grace,
+        startup_timeout=args.startup_timeout,
         listen=not args.no_listen,
     )
     worker = Worker(queue, queues=queues, worker_id=args.worker_id, settings=settings)
@@ -156,6 +157,13 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         await worker.run(until_idle=args.until_idle)
     finally:
         await queue.close()
+    if worker.abandoned_threads:
+        # Python cannot stop those threads and would wait for them at exit;
+        # their jobs are already handed back, so leave now.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
@@ -322,8 +330,15 @@ async def cmd_embedded(args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other pgqueue error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"pgqueue: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pgqueue",
         description="A job queue that lives entirely in PostgreSQL.",
         epilog="The database: --dsn, else PGQUEUE_DSN, else DATABASE_URL, else an embedded "
@@ -363,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stale-after", type=float, default=20.0, help="lease lost after (20 s)")
     p.add_argument("--rescue-interval", type=float, default=5.0, help="rescue pass every (5 s)")
     p.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds (default 30)")
+    p.add_argument(
+        "--startup-timeout", type=float, default=60.0, help="wait for the database (60 s)"
+    )
     p.add_argument("--no-listen", action="store_true", help="poll only, no LISTEN/NOTIFY")
     p.add_argument("--until-idle", action="store_true", help="exit when the queues are empty")
 

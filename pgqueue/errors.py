@@ -78,9 +78,13 @@ def translate(exc: psycopg.Error) -> Exception:
     Errors pgqueue does not own are returned unchanged; a connection failure
     becomes :class:`DatabaseUnavailable`.
     """
-    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction) and (
-        "pgqueue." in str(exc)
-    ):
+    missing = (
+        psycopg.errors.UndefinedTable,
+        psycopg.errors.UndefinedFunction,
+        psycopg.errors.InvalidSchemaName,
+        psycopg.errors.UndefinedObject,
+    )
+    if isinstance(exc, missing) and "pgqueue" in str(exc):
         return ConfigurationError(
             "the pgqueue schema is missing or outdated in this database: run `pgqueue migrate`"
         )

@@ -349,16 +349,20 @@ BEGIN
     RETURN v_status;
 END $$;
 
--- release: hand a running job back at worker shutdown. The interrupted
--- attempt is recorded but not charged: max_attempts grows by one, so the job
--- keeps its full retry budget and the lease numbers stay unique.
-CREATE OR REPLACE FUNCTION pgqueue.release(p_id bigint, p_attempt integer)
+-- release: hand a running job back at worker shutdown, claimable after
+-- p_run_in. The interrupted attempt is recorded but not charged: max_attempts
+-- grows by one, so the job keeps its full retry budget and the lease numbers
+-- stay unique.
+CREATE OR REPLACE FUNCTION pgqueue.release(p_id bigint, p_attempt integer, p_run_in interval DEFAULT '0')
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
+    IF p_run_in IS NULL OR p_run_in < interval '0' THEN
+        RAISE EXCEPTION 'pgqueue: release: run_in must be a non-negative interval' USING ERRCODE = '22023';
+    END IF;
     WITH ts AS (SELECT clock_timestamp() AS now),
     released AS (
         UPDATE pgqueue.jobs j
-           SET status = 'pending', run_at = ts.now, max_attempts = j.max_attempts + 1
+           SET status = 'pending', run_at = ts.now + p_run_in, max_attempts = j.max_attempts + 1
           FROM ts
          WHERE j.id = p_id AND j.attempts = p_attempt AND j.status = 'running'
         RETURNING j.id, j.attempts, j.worker_id, j.leased_at, GREATEST(ts.now, j.leased_at) AS ended_at

@@ -32,7 +32,7 @@ SELECT pgqueue.fail(%(id)s::bigint, %(attempt)s::int, %(error)s::text, %(retryab
                     %(timed_out)s::boolean, %(retry_in)s::interval) AS status
 
 -- name: release
-SELECT pgqueue.release(%(id)s::bigint, %(attempt)s::int)
+SELECT pgqueue.release(%(id)s::bigint, %(attempt)s::int, %(run_in)s::interval)
 
 -- name: cancel
 SELECT pgqueue.cancel(%(id)s::bigint) AS status

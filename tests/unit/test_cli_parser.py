@@ -102,7 +102,10 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as info:
         cli.build_parser().parse_args(argv)
     assert info.value.code == 2
-    assert "usage: pgqueue" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("pgqueue: error: ")
+    assert err.count("\n") == 1, f"usage errors are one line: {err!r}"
+    assert "--help" in err
 
 
 def test_malformed_dsn_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
