@@ -72,23 +72,17 @@ async def _bulk_enqueue(queue: Queue, n: int, chunk: int = 1000) -> float:
     return n / (time.perf_counter() - started)
 
 
+def _worker_command(*options: str) -> list[str]:
+    """``pgqueue worker`` on the bench queue, run by this Python."""
+    app = ["--app", APP, "--queues", BENCH_QUEUE]
+    return [sys.executable, "-m", "pgqueue.cli", "worker", *app, *options]
+
+
 def _drain(dsn: str, processes: int, concurrency: int) -> float:
     """Run worker processes until the bench queue is empty; jobs/s measured from
     the database's own timestamps (first start to last completion)."""
     env = {**os.environ, "PGQUEUE_DSN": dsn}
-    command = [
-        sys.executable,
-        "-m",
-        "pgqueue.cli",
-        "worker",
-        "--app",
-        APP,
-        "--queues",
-        BENCH_QUEUE,
-        "--concurrency",
-        str(concurrency),
-        "--until-idle",
-    ]
+    command = _worker_command("--concurrency", str(concurrency), "--until-idle")
     workers = [
         subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for _ in range(processes)
@@ -145,16 +139,7 @@ def _raw_drain(dsn: str, n: int, batch: int = 100) -> float:
 async def _latency(queue: Queue, dsn: str, samples: int) -> dict[str, float]:
     """enqueue -> start latency with an idle worker woken by NOTIFY, in ms."""
     worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "pgqueue.cli",
-        "worker",
-        "--app",
-        APP,
-        "--queues",
-        BENCH_QUEUE,
-        "--poll-interval",
-        "5",
+        *_worker_command("--poll-interval", "5"),
         env={**os.environ, "PGQUEUE_DSN": dsn},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

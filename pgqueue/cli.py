@@ -246,17 +246,21 @@ async def cmd_jobs_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_status(args: argparse.Namespace, status: JobStatus, text: str) -> int:
+    if args.json:
+        _print_json({"id": args.id, "status": status.value})
+    else:
+        print(text)
+    return 0
+
+
 async def cmd_jobs_retry(args: argparse.Namespace) -> int:
     queue = _queue(args)
     try:
         status = await queue.retry(args.id, extra_attempts=args.attempts)
     finally:
         await queue.close()
-    if args.json:
-        _print_json({"id": args.id, "status": status.value})
-    else:
-        print(f"job {args.id} is {status.value} again")
-    return 0
+    return _print_status(args, status, f"job {args.id} is {status.value} again")
 
 
 async def cmd_jobs_cancel(args: argparse.Namespace) -> int:
@@ -265,11 +269,7 @@ async def cmd_jobs_cancel(args: argparse.Namespace) -> int:
         status = await queue.cancel(args.id)
     finally:
         await queue.close()
-    if args.json:
-        _print_json({"id": args.id, "status": status.value})
-    else:
-        print(f"job {args.id} is {status.value}")
-    return 0
+    return _print_status(args, status, f"job {args.id} is {status.value}")
 
 
 async def cmd_queues(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import os
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -89,6 +90,18 @@ def drop_database(server_dsn: str, name: str) -> None:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
 
 
+@contextmanager
+def scratch_database(server_dsn: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """A new database (cloned from ``template`` if given), dropped afterwards;
+    yields its DSN."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    dsn = create_database(server_dsn, name, template=template)
+    try:
+        yield dsn
+    finally:
+        drop_database(server_dsn, name)
+
+
 @pytest.fixture(scope="session")
 def template_db(pg_server: str) -> Iterator[str]:
     """Name of a database migrated to head with ``pgqueue migrate``'s code path."""
@@ -122,12 +135,8 @@ def module_db_dsn(
     if not getattr(request.module, "SHARED_DATABASE", False):
         yield None
         return
-    name = f"pgqueue_m_{uuid.uuid4().hex[:12]}"
-    dsn = create_database(pg_server, name, template=template_db)
-    try:
+    with scratch_database(pg_server, "pgqueue_m", template=template_db) as dsn:
         yield dsn
-    finally:
-        drop_database(pg_server, name)
 
 
 @pytest.fixture
@@ -139,23 +148,15 @@ def db_dsn(module_db_dsn: str | None, pg_server: str, template_db: str) -> Itera
             admin.execute(_RESET)
         yield module_db_dsn
         return
-    name = f"pgqueue_t_{uuid.uuid4().hex[:12]}"
-    dsn = create_database(pg_server, name, template=template_db)
-    try:
+    with scratch_database(pg_server, "pgqueue_t", template=template_db) as dsn:
         yield dsn
-    finally:
-        drop_database(pg_server, name)
 
 
 @pytest.fixture
 def empty_db_dsn(pg_server: str) -> Iterator[str]:
     """DSN of a fresh database with no pgqueue schema."""
-    name = f"pgqueue_e_{uuid.uuid4().hex[:12]}"
-    dsn = create_database(pg_server, name)
-    try:
+    with scratch_database(pg_server, "pgqueue_e") as dsn:
         yield dsn
-    finally:
-        drop_database(pg_server, name)
 
 
 @pytest.fixture

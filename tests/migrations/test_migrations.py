@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +22,7 @@ import pytest
 
 import pgqueue
 from pgqueue import _migrate, _sql
-from tests.conftest import create_database, drop_database
+from tests.conftest import scratch_database
 
 from . import catalog
 
@@ -31,12 +30,8 @@ from . import catalog
 @pytest.fixture
 def second_empty_db_dsn(pg_server: str) -> Iterator[str]:
     """Another fresh database without any schema (for two-route comparisons)."""
-    name = f"pgqueue_e2_{uuid.uuid4().hex[:12]}"
-    dsn = create_database(pg_server, name)
-    try:
+    with scratch_database(pg_server, "pgqueue_e2") as dsn:
         yield dsn
-    finally:
-        drop_database(pg_server, name)
 
 
 def _execute_script(dsn: str, script: str) -> None:
