@@ -16,7 +16,7 @@ class JobContext:
 
     ``progress()`` never blocks: the latest value is written by the worker
     shortly after (updates are coalesced, so a chatty task cannot flood the
-    database), and always before the job completes.
+    database). A completed job's progress is 100.
     """
 
     __slots__ = (
@@ -79,11 +79,12 @@ class JobContext:
         if not isinstance(pct, int | float) or pct != pct:  # rejects NaN too
             raise ValueError(f"progress must be a number, not {pct!r}")
         with self._lock:
+            was_dirty = self._dirty
             self._pct = float(pct)
             self._message = message
             self._dirty = True
-        if self._on_progress is not None:
-            self._on_progress(self)
+        if self._on_progress is not None and not was_dirty:
+            self._on_progress(self)  # the worker writes the latest value shortly
 
     def take_progress(self) -> tuple[float, str | None] | None:
         """The unwritten progress report, if any (used by the worker)."""

@@ -107,7 +107,21 @@ def _json_object(value: Mapping[str, Any], what: str) -> Jsonb:
                     f"{what}: {key!r} is not JSON-serialisable ({type(item).__name__}): {exc}"
                 ) from None
         raise InvalidJobError(f"{what} is not JSON-serialisable: {exc}") from None
+    if _has_nul(value):
+        raise InvalidJobError(
+            f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store"
+        )
     return Jsonb(dict(value))
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 class Task(Generic[R]):
@@ -426,7 +440,10 @@ class Queue:
         if run_at is not None and run_at.tzinfo is None:
             raise InvalidJobError(f"run_at must be timezone-aware, not {run_at!r}")
         if delay:
-            run_at = datetime.now().astimezone() + delay
+            try:
+                run_at = datetime.now().astimezone() + delay
+            except OverflowError:
+                raise InvalidJobError(f"delay is too large: {options.delay!r}") from None
         max_attempts = (
             resolved.max_attempts if options.max_attempts is None else options.max_attempts
         )
@@ -443,6 +460,11 @@ class Queue:
             allow_zero=False,
         )
         metadata = _json_object({} if options.metadata is None else options.metadata, "metadata")
+        owner = options.owner
+        if owner is not None and (
+            not isinstance(owner, str) or not 1 <= len(owner) <= 256 or "\x00" in owner
+        ):
+            raise InvalidJobError(f"owner must be 1 to 256 characters, not {owner!r}")
         return _Row(
             task=resolved.name,
             args=payload,
@@ -451,7 +473,7 @@ class Queue:
             run_at=run_at,
             max_attempts=max_attempts,
             timeout=timeout,
-            owner=options.owner,
+            owner=owner,
             metadata=metadata,
         )
 
@@ -716,5 +738,5 @@ def _check_task_options(
 
 
 def _check_queue_name(name: object, error: type[Exception] = ConfigurationError) -> None:
-    if not isinstance(name, str) or not 1 <= len(name) <= _MAX_QUEUE_NAME:
+    if not isinstance(name, str) or not 1 <= len(name) <= _MAX_QUEUE_NAME or "\x00" in name:
         raise error(f"queue name must be 1 to {_MAX_QUEUE_NAME} characters, not {name!r}")

@@ -1,6 +1,6 @@
 """The worker: claims jobs, runs their tasks, reports outcomes, keeps leases alive.
 
-Design notes (the why; the what is in docs/worker.md):
+Design notes (the why; the what is in docs/operations.md):
 
 - Claims are sized to free slots and run as one statement (``pgqueue.claim``).
 - Successful outcomes are buffered and flushed with one ``complete_many`` call;
@@ -54,6 +54,10 @@ log = logging.getLogger("pgqueue.worker")
 
 _MAX_ERROR_CHARS = 16_000
 
+OUTCOME_DEADLINE = 10.0
+"""Seconds a stopping worker spends writing outcomes before giving up on them
+(their leases are then rescued)."""
+
 THREAD_RELEASE_DELAY = 2.0
 """Seconds before a job whose sync thread could not be stopped at shutdown
 becomes claimable again."""
@@ -78,6 +82,7 @@ class _Lease:
     timeout: float | None
     body: asyncio.Future[Any] | None = None
     thread: concurrent.futures.Future[Any] | None = None  # a sync task's thread
+    stop: str | None = None  # why the worker stopped it: lost, cancelled, shutdown
     finished: bool = False  # the task body has ended; its outcome may be unflushed
 
     @property
@@ -180,6 +185,8 @@ class Worker:
         self._outcomes_pending: set[asyncio.Task[None]] = set()
         self._flushing = False
         self._abandoned: list[concurrent.futures.Future[Any]] = []
+        self._release_at_exit: list[_Lease] = []
+        self._retries = 0  # database calls retried after a connection failure
         self._pool: AsyncConnectionPool | None = None
         self._threads: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -236,8 +243,10 @@ class Worker:
         if self.settings.listen:
             helpers.append(asyncio.create_task(self._listen_loop(), name="pgqueue-listen"))
         try:
-            await self._claim_loop(until_idle=until_idle)
-            await self._drain()
+            try:
+                await self._claim_loop(until_idle=until_idle)
+            finally:
+                await self._drain()
         finally:
             for helper in helpers:
                 helper.cancel()
@@ -257,9 +266,11 @@ class Worker:
 
     @property
     def abandoned_threads(self) -> int:
-        """Sync task threads still running after the worker stopped: Python
-        cannot stop a thread, so a process should exit rather than wait."""
-        return sum(1 for f in self._abandoned if not f.done())
+        """Threads of stopped sync tasks that are still running (Python cannot
+        stop a thread). Each holds a slot; after :meth:`run` returns, a
+        process should exit rather than wait for them, as ``pgqueue worker`` does."""
+        self._abandoned = [f for f in self._abandoned if not f.done()]
+        return len(self._abandoned)
 
     async def _wait_for_database(self, dsn: str) -> None:
         """Wait (with backoff, logging each failure) for PostgreSQL to accept a
@@ -296,12 +307,14 @@ class Worker:
         started = time.monotonic()
         while True:
             try:
-                async with self._pool.connection(timeout=30) as conn:
+                async with self._pool.connection(timeout=5) as conn:
                     cur = await conn.execute(sql, params)
                     return await cur.fetchall() if cur.description else []
             except _RETRYABLE as exc:
-                if give_up is not None and time.monotonic() - started >= give_up:
+                stopping = self._hard_stop or (self._stopping and name == "claim")
+                if stopping or (give_up is not None and time.monotonic() - started >= give_up):
                     raise translate(exc) if isinstance(exc, psycopg.Error) else exc from exc
+                self._retries += 1
                 log.warning(
                     "database unavailable for %s (%s); retrying in %.1fs",
                     name,
@@ -317,29 +330,52 @@ class Worker:
 
     async def _claim_loop(self, *, until_idle: bool) -> None:
         settings = self.settings
+        params: dict[str, Any] = {
+            "worker_id": self.worker_id,
+            "queues": self.queues,
+            "lease_timeout": timedelta(seconds=settings.stale_after),
+            "tasks": sorted(self.queue.tasks),
+        }
         while not self._stopping:
-            free = settings.concurrency - len(self._leases)
+            # Threads of stopped sync tasks still hold executor threads: count them.
+            free = settings.concurrency - len(self._leases) - self.abandoned_threads
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
             self._wakeup.clear()
+            retries = self._retries
             try:
-                rows = await self._call(
-                    "claim", {"worker_id": self.worker_id, "queues": self.queues, "limit": free}
-                )
+                rows = await self._call("claim", {**params, "limit": free})
+                for row in rows:
+                    self._start(row)
+                if self._retries != retries:
+                    # The connection broke mid-claim: an earlier try may have
+                    # committed rows this worker never saw. Hand them back.
+                    await self._release_orphans()
+                if len(rows) < free:
+                    idle = not rows and not self._leases and not self._completions
+                    if until_idle and idle and not await self._has_unfinished():
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), _jitter(settings.poll_interval))
             except Exception:
+                if self._stopping:
+                    return
                 log.exception("claim failed")
                 await asyncio.sleep(_jitter(settings.poll_interval))
-                continue
-            for row in rows:
-                self._start(row)
-            if len(rows) < free:
-                idle = not rows and not self._leases and not self._completions
-                if until_idle and idle and not await self._has_unfinished():
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), _jitter(settings.poll_interval))
+
+    async def _release_orphans(self) -> None:
+        rows = await self._call("held_by_worker", {"worker_id": self.worker_id})
+        for job_id, attempt in rows:
+            if (job_id, attempt) not in self._leases:
+                log.warning(
+                    "job %s attempt %s was claimed but never seen; handing it back", job_id, attempt
+                )
+                with contextlib.suppress(StaleLease):
+                    await self._call(
+                        "release", {"id": job_id, "attempt": attempt, "run_in": timedelta(0)}
+                    )
 
     async def _has_unfinished(self) -> bool:
         """For ``until_idle``: whether any job of this worker's queues is still
@@ -367,10 +403,13 @@ class Worker:
     # -- running a job -----------------------------------------------------------------
 
     async def _execute(self, lease: _Lease) -> None:
+        """Run one attempt and write its outcome: exactly one of complete
+        (batched), fail, release, or nothing when the lease is already gone."""
         task = self.queue.tasks.get(lease.task_name)
         timeout_cm = asyncio.timeout(lease.timeout)
+        timed_out = False
         try:
-            if task is None:
+            if task is None:  # claim filters by task name; kept as a safety net
                 raise NonRetryableError(
                     f"unknown task {lease.task_name!r}: "
                     f"worker {self.worker_id} does not register it"
@@ -380,45 +419,86 @@ class Worker:
                 result = await lease.body
             payload = self._result_payload(task, result)
         except asyncio.CancelledError as exc:
-            self._finish(lease)
-            reason = lease.ctx.stop_reason
-            if reason == "shutdown":
-                # A thread cannot be stopped: hand its job back a little later,
-                # by when the process has exited (see pgqueue.cli), so no other
-                # worker runs it while this thread still does.
-                delay = THREAD_RELEASE_DELAY if lease.thread is not None else 0.0
-                await self._report(lease, "release", {"run_in": timedelta(seconds=delay)})
-            elif reason in ("cancelled", "lost"):
-                log.info("job %s attempt %s stopped: %s", lease.job_id, lease.attempt, reason)
-                self._drop(lease)
-            else:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise  # this runner itself is being cancelled
-                # The task raised CancelledError on its own (say, a future some
-                # library cancelled): an ordinary error of this attempt.
-                await self._fail(lease, _format_error(exc), retryable=True, task=task)
-            return
+            if lease.stop is not None:
+                await self._stopped(lease)
+                return
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                self._finish(lease)
+                raise  # this runner itself is being cancelled
+            # The task raised CancelledError on its own (say, a future some
+            # library cancelled): an ordinary error of this attempt.
+            error, retryable = _format_error(exc), True
         except TimeoutError as exc:
-            self._finish(lease)
             if timeout_cm.expired():
                 lease.ctx.request_stop("timeout")
+                if not await self._join_thread(lease):
+                    return
                 error = f"attempt {lease.attempt} exceeded its timeout of {lease.timeout} s"
-                await self._fail(lease, error, retryable=True, timed_out=True)
+                retryable, timed_out = True, True
             else:
-                await self._fail(lease, _format_error(exc), retryable=True)
-            return
+                error, retryable = _format_error(exc), True
         except NonRetryableError as exc:
-            self._finish(lease)
-            await self._fail(lease, _format_error(exc), retryable=False)
-            return
+            error, retryable = _format_error(exc), False
         except Exception as exc:
+            error, retryable = _format_error(exc), True
+        else:
             self._finish(lease)
-            await self._fail(lease, _format_error(exc), retryable=True, task=task)
+            self._completions.append((lease, payload))
+            self._completion_ready.set()
             return
         self._finish(lease)
-        self._completions.append((lease, payload))
-        self._completion_ready.set()
+        await self._fail(lease, error, retryable=retryable, timed_out=timed_out, task=task)
+
+    async def _join_thread(self, lease: _Lease) -> bool:
+        """After a sync task's timeout: Python cannot interrupt its thread, so keep
+        the lease (heartbeats go on) and its slot until the thread returns; the
+        next attempt then cannot run beside it. False if the worker stopped the
+        attempt meanwhile (lost, cancelled, shutdown)."""
+        if lease.thread is None or lease.thread.done():
+            return True
+        log.warning(
+            "job %s attempt %s timed out; waiting for its thread to return",
+            lease.job_id,
+            lease.attempt,
+        )
+        lease.body = asyncio.wrap_future(lease.thread)
+        try:
+            await lease.body
+        except asyncio.CancelledError:
+            if lease.stop is None:
+                raise
+            await self._stopped(lease)
+            return False
+        except Exception:
+            pass  # it failed after its time was up: the outcome is the timeout
+        return True
+
+    async def _stopped(self, lease: _Lease) -> None:
+        """The worker stopped this attempt (``lease.stop`` says why)."""
+        self._finish(lease)
+        thread_alive = lease.thread is not None and not lease.thread.done()
+        if thread_alive:
+            assert lease.thread is not None
+            self._abandon(lease.thread)
+        if lease.stop == "shutdown":
+            if thread_alive:
+                # Released as the very last step of shutdown, just before the
+                # process exits (pgqueue.cli), so no other worker runs the job
+                # while this thread still does.
+                self._release_at_exit.append(lease)
+            else:
+                await self._report(lease, "release", {"run_in": timedelta(0)})
+            return
+        log.info("job %s attempt %s stopped: %s", lease.job_id, lease.attempt, lease.stop)
+        self._drop(lease)
+
+    def _abandon(self, thread: concurrent.futures.Future[Any]) -> None:
+        """A stopped sync task's thread runs on; it holds a slot until it returns."""
+        self._abandoned.append(thread)
+        loop = self._loop
+        if loop is not None:
+            thread.add_done_callback(lambda _: loop.call_soon_threadsafe(self._slot_freed.set))
 
     def _body(self, task: Task[Any], lease: _Lease) -> asyncio.Future[Any]:
         if task.is_async:
@@ -538,10 +618,13 @@ class Worker:
         return await self._call("complete_many", params)
 
     async def _heartbeat_loop(self) -> None:
+        settings = self.settings
+        last_beat = time.monotonic()
         while True:
-            await asyncio.sleep(self.settings.heartbeat_interval)
+            await asyncio.sleep(settings.heartbeat_interval)
             leases = list(self._leases.values())
             if not leases:
+                last_beat = time.monotonic()
                 continue
             try:
                 rows = await self._call(
@@ -551,11 +634,18 @@ class Worker:
                         "ids": [lease.job_id for lease in leases],
                         "attempts": [lease.attempt for lease in leases],
                     },
-                    give_up=self.settings.heartbeat_interval,
+                    give_up=settings.heartbeat_interval,
                 )
-            except Exception:
-                log.exception("heartbeat failed")
+            except Exception as exc:
+                silent = time.monotonic() - last_beat
+                log.warning("heartbeat failed (%s); none for %.0fs", exc, silent)
+                if silent > settings.stale_after - settings.heartbeat_interval:
+                    # Our leases are about to be rescued and run elsewhere:
+                    # stop their tasks now rather than run them twice at once.
+                    for lease in leases:
+                        self._lost(lease, "lost")
                 continue
+            last_beat = time.monotonic()
             held = {(row[0], row[1]) for row in rows}
             for lease in leases:
                 if lease.key not in held and not lease.finished:
@@ -568,6 +658,7 @@ class Worker:
         log.warning(
             "job %s attempt %s: lease %s; stopping its task", lease.job_id, lease.attempt, reason
         )
+        lease.stop = reason
         lease.ctx.request_stop(reason)
         if lease.body is not None:
             lease.body.cancel()
@@ -673,21 +764,28 @@ class Worker:
             self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._slot_freed.wait(), 0.1)
-        for lease in self._leases.values():
+        for lease in list(self._leases.values()):
             if not lease.finished and lease.body is not None:
                 # Async bodies are cancelled; a thread cannot be interrupted, so
-                # only its future is, and its eventual result is refused as stale.
-                # Either way _execute sees CancelledError and hands the job back.
+                # only its future is. Either way _execute hands the job back.
+                lease.stop = "shutdown"
                 lease.ctx.request_stop("shutdown")
                 lease.body.cancel()
-                if lease.thread is not None and not lease.thread.done():
-                    self._abandoned.append(lease.thread)
+        # Outcomes take milliseconds to write; the deadline only matters when
+        # the database is unreachable, and then waiting longer does not help.
+        deadline = time.monotonic() + OUTCOME_DEADLINE
         if self._outcomes_pending:
-            await asyncio.wait(set(self._outcomes_pending), timeout=30)
-        deadline = time.monotonic() + 30
+            await asyncio.wait(set(self._outcomes_pending), timeout=OUTCOME_DEADLINE)
         while (self._completions or self._flushing) and time.monotonic() < deadline:
             self._completion_ready.set()
             await asyncio.sleep(0.01)
+        # Whatever is still retrying a database call now gives up: the jobs
+        # concerned will be rescued.
+        self._hard_stop = True
+        for lease in self._release_at_exit:
+            await self._report(
+                lease, "release", {"run_in": timedelta(seconds=THREAD_RELEASE_DELAY)}
+            )
 
 
 async def run_worker(

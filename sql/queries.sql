@@ -16,10 +16,15 @@ SELECT id FROM pgqueue.enqueue_many(%(tasks)s::text[], %(args)s::jsonb[], %(queu
 -- name: claim
 SELECT id, task, args, queue, attempts, max_attempts,
        EXTRACT(EPOCH FROM timeout)::float8 AS timeout
-  FROM pgqueue.claim(%(worker_id)s::text, %(queues)s::text[], %(limit)s::int)
+  FROM pgqueue.claim(%(worker_id)s::text, %(queues)s::text[], %(limit)s::int,
+                     %(lease_timeout)s::interval, %(tasks)s::text[])
 
 -- name: heartbeat
-SELECT id, attempt FROM pgqueue.heartbeat(%(worker_id)s::text, %(ids)s::bigint[], %(attempts)s::int[])
+SELECT id, attempt, refreshed
+  FROM pgqueue.heartbeat(%(worker_id)s::text, %(ids)s::bigint[], %(attempts)s::int[])
+
+-- name: held_by_worker
+SELECT id, attempts FROM pgqueue.jobs WHERE status = 'running' AND worker_id = %(worker_id)s::text
 
 -- name: progress
 SELECT pgqueue.progress(%(id)s::bigint, %(attempt)s::int, %(pct)s::numeric, %(message)s::text) AS progress

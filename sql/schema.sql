@@ -37,6 +37,7 @@ CREATE TABLE pgqueue.jobs (
     leased_at        timestamptz,          -- start of the current (or last) attempt
     completed_at     timestamptz,          -- set exactly when the job is terminal
     heartbeat_at     timestamptz,
+    lease_timeout    interval,             -- the holder's heartbeat deadline (stale_after)
     worker_id        text,
     progress         smallint NOT NULL DEFAULT 0,
     progress_message text,
@@ -53,6 +54,8 @@ CREATE TABLE pgqueue.jobs (
     CONSTRAINT jobs_attempts_range CHECK (attempts >= 0 AND attempts <= max_attempts),
     CONSTRAINT jobs_max_attempts_positive CHECK (max_attempts >= 1),
     CONSTRAINT jobs_timeout_positive CHECK (timeout IS NULL OR timeout > interval '0'),
+    CONSTRAINT jobs_lease_timeout_positive CHECK (lease_timeout > interval '0'),
+    CONSTRAINT jobs_owner_valid CHECK (owner <> '' AND length(owner) <= 256),
     CONSTRAINT jobs_progress_range CHECK (progress BETWEEN 0 AND 100),
     CONSTRAINT jobs_started_after_created CHECK (started_at >= created_at),
     CONSTRAINT jobs_leased_after_started CHECK (leased_at >= started_at),

@@ -17,21 +17,35 @@ def upgrade() -> None:
     run_sql_file("0002_functions.sql")
 
 
+# The functions this revision creates; user-defined functions that may live in
+# the schema are left alone.
+FUNCTIONS = (
+    "raise_lease_error",
+    "raise_state_error",
+    "retry_backoff",
+    "enqueue",
+    "enqueue_many",
+    "claim",
+    "heartbeat",
+    "progress",
+    "complete",
+    "complete_many",
+    "fail",
+    "release",
+    "cancel",
+    "rescue",
+    "replay",
+    "pause_queue",
+    "resume_queue",
+    "notify_enqueued",
+    "notify_changed",
+)
+
+
 def downgrade() -> None:
     # Tables and their rows stay; only the code is removed.
     run_sql(
-        """
-        DROP TRIGGER jobs_notify_enqueued ON pgqueue.jobs;
-        DROP TRIGGER jobs_notify_changed ON pgqueue.jobs;
-        DO $$
-        DECLARE f regprocedure;
-        BEGIN
-            FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
-                     JOIN pg_namespace n ON n.oid = p.pronamespace
-                     WHERE n.nspname = 'pgqueue'
-            LOOP
-                EXECUTE 'DROP FUNCTION ' || f;
-            END LOOP;
-        END $$;
-        """
+        "DROP TRIGGER jobs_notify_enqueued ON pgqueue.jobs;"
+        " DROP TRIGGER jobs_notify_changed ON pgqueue.jobs;"
+        " DROP FUNCTION " + ", ".join(f"pgqueue.{name}" for name in FUNCTIONS) + ";"
     )

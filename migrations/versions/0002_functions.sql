@@ -125,10 +125,18 @@ END $$;
 
 -- claim: lease up to p_limit due jobs from p_queues (paused queues skipped),
 -- highest priority first, then oldest run_at, then id. Each claimed job
--- becomes running under a new lease (attempts + 1). Never returns more than
--- p_limit rows; rows locked by concurrent claimers are skipped, not waited on.
-CREATE OR REPLACE FUNCTION pgqueue.claim(p_worker_id text, p_queues text[], p_limit integer)
-RETURNS SETOF pgqueue.jobs LANGUAGE plpgsql AS $$
+-- becomes running under a new lease (attempts + 1) that stays valid while its
+-- heartbeat is younger than p_lease_timeout. With p_tasks, only jobs of those
+-- tasks are claimed, so a worker never takes a job it cannot run (e.g. during a
+-- rolling deploy). Never returns more than p_limit rows; rows locked by
+-- concurrent claimers are skipped, not waited on.
+CREATE OR REPLACE FUNCTION pgqueue.claim(
+    p_worker_id     text,
+    p_queues        text[],
+    p_limit         integer,
+    p_lease_timeout interval DEFAULT '20 seconds',
+    p_tasks         text[] DEFAULT NULL
+) RETURNS SETOF pgqueue.jobs LANGUAGE plpgsql AS $$
 BEGIN
     IF p_limit IS NULL OR p_limit < 1 THEN
         RAISE EXCEPTION 'pgqueue: claim: limit must be at least 1, not %', p_limit USING ERRCODE = '22023';
@@ -138,6 +146,9 @@ BEGIN
     END IF;
     IF p_queues IS NULL OR cardinality(p_queues) = 0 THEN
         RAISE EXCEPTION 'pgqueue: claim: name at least one queue' USING ERRCODE = '22023';
+    END IF;
+    IF p_lease_timeout IS NULL OR p_lease_timeout <= interval '0' THEN
+        RAISE EXCEPTION 'pgqueue: claim: lease_timeout must be positive' USING ERRCODE = '22023';
     END IF;
 
     RETURN QUERY
@@ -156,6 +167,7 @@ BEGIN
                WHERE j.queue = active.name
                  AND j.status IN ('pending', 'retrying')
                  AND j.run_at <= (SELECT now FROM ts)
+                 AND (p_tasks IS NULL OR j.task = ANY(p_tasks))
                ORDER BY j.priority DESC, j.run_at, j.id
                LIMIT p_limit
                  FOR UPDATE SKIP LOCKED
@@ -167,6 +179,9 @@ BEGIN
        SET status = 'running',
            attempts = j.attempts + 1,
            worker_id = p_worker_id,
+           lease_timeout = p_lease_timeout,
+           progress = 0,
+           progress_message = NULL,
            started_at = COALESCE(j.started_at, GREATEST(ts.now, j.created_at)),
            leased_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at),
            heartbeat_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at)
@@ -176,24 +191,40 @@ BEGIN
 END $$;
 
 -- heartbeat: refresh the leases this worker still holds, in one statement.
--- Returns the leases that are still valid; a lease missing from the result
--- was lost (rescued, cancelled or timed out) and its task must stop.
+-- Returns the leases that are still this worker's; `refreshed` is false for a
+-- lease whose row another transaction has locked right now (it is skipped, not
+-- waited on, so one busy row cannot stall the heartbeat of all the others).
+-- A lease missing from the result was lost (rescued, cancelled or timed out)
+-- and its task must stop.
 CREATE OR REPLACE FUNCTION pgqueue.heartbeat(p_worker_id text, p_ids bigint[], p_attempts integer[])
-RETURNS TABLE (id bigint, attempt integer) LANGUAGE sql AS $$
+RETURNS TABLE (id bigint, attempt integer, refreshed boolean) LANGUAGE sql AS $$
     WITH ts AS (SELECT clock_timestamp() AS now),
+    leases AS (
+        SELECT * FROM unnest(p_ids, p_attempts) AS l(id, attempt)
+    ),
     held AS (
         SELECT j.id
           FROM pgqueue.jobs j
-          JOIN unnest(p_ids, p_attempts) AS l(id, attempt) ON j.id = l.id AND j.attempts = l.attempt
+          JOIN leases l ON j.id = l.id AND j.attempts = l.attempt
          WHERE j.status = 'running' AND j.worker_id = p_worker_id
          ORDER BY j.id
-           FOR UPDATE OF j
+           FOR NO KEY UPDATE OF j SKIP LOCKED
+    ),
+    beat AS (
+        UPDATE pgqueue.jobs j
+           SET heartbeat_at = GREATEST(ts.now, j.heartbeat_at)
+          FROM held, ts
+         WHERE j.id = held.id AND j.status = 'running'
+        RETURNING j.id, j.attempts
     )
-    UPDATE pgqueue.jobs j
-       SET heartbeat_at = GREATEST(ts.now, j.heartbeat_at)
-      FROM held, ts
-     WHERE j.id = held.id AND j.status = 'running'
-    RETURNING j.id, j.attempts
+    SELECT beat.id, beat.attempts, true FROM beat
+    UNION ALL
+    SELECT l.id, l.attempt, false
+      FROM leases l
+     WHERE NOT EXISTS (SELECT 1 FROM beat WHERE beat.id = l.id)
+       AND EXISTS (SELECT 1 FROM pgqueue.jobs j
+                    WHERE j.id = l.id AND j.attempts = l.attempt
+                      AND j.status = 'running' AND j.worker_id = p_worker_id)
 $$;
 
 -- progress: record a running job's progress (clamped to 0..100) under its lease.
@@ -395,8 +426,9 @@ BEGIN
 END $$;
 
 -- rescue: turn lost leases into retrying (attempts left) or a terminal state.
--- A lease is lost when its heartbeat is older than p_stale_after, or when the
--- job has a timeout and has run past timeout + p_stale_after (its worker is
+-- A lease is lost when its heartbeat is older than the lease timeout its
+-- holder claimed it with (p_stale_after for rows without one), or when the job
+-- has a timeout and has run past timeout + that lease timeout (its worker is
 -- alive but did not enforce the limit). One rescuer at a time: the advisory
 -- lock is transaction-scoped, so it also works behind a transaction pooler.
 CREATE OR REPLACE FUNCTION pgqueue.rescue(p_stale_after interval, p_limit integer DEFAULT 1000)
@@ -424,10 +456,11 @@ BEGIN
                                 j.attempts, j.worker_id, j.heartbeat_at)
                END AS reason
           FROM pgqueue.jobs j, ts,
+               LATERAL (SELECT COALESCE(j.lease_timeout, p_stale_after) AS stale_after) AS l,
                LATERAL (SELECT j.timeout IS NOT NULL
-                               AND j.leased_at + j.timeout + p_stale_after < ts.now AS overdue) AS o
+                               AND j.leased_at + j.timeout + l.stale_after < ts.now AS overdue) AS o
          WHERE j.status = 'running'
-           AND (j.heartbeat_at < ts.now - p_stale_after OR o.overdue)
+           AND (j.heartbeat_at < ts.now - l.stale_after OR o.overdue)
          ORDER BY j.id
          LIMIT p_limit
            FOR UPDATE OF j SKIP LOCKED
@@ -454,8 +487,9 @@ BEGIN
 END $$;
 
 -- replay: operator re-run of a job that ended without success. It becomes
--- pending again with p_extra_attempts more attempts; its attempt history and
--- last error are kept, and attempt numbers keep counting (old leases stay stale).
+-- pending again with at least p_extra_attempts more attempts (never fewer than
+-- it had left); its attempt history and last error are kept, and attempt
+-- numbers keep counting (old leases stay stale).
 CREATE OR REPLACE FUNCTION pgqueue.replay(p_id bigint, p_extra_attempts integer DEFAULT 1)
 RETURNS pgqueue.job_status LANGUAGE plpgsql AS $$
 BEGIN
@@ -469,7 +503,7 @@ BEGIN
            result = NULL,
            progress = 0,
            progress_message = NULL,
-           max_attempts = attempts + p_extra_attempts
+           max_attempts = GREATEST(max_attempts, attempts + p_extra_attempts)
      WHERE id = p_id AND status IN ('failed', 'timeout', 'zombie', 'dead_letter', 'cancelled');
     IF NOT FOUND THEN
         PERFORM pgqueue.raise_state_error(p_id, 'replay', 'failed, timeout, zombie, dead_letter or cancelled');

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
+import time
 from collections import Counter
 
+import psycopg
 import pytest
 
 import pgqueue
@@ -339,3 +341,31 @@ def test_worker_started_while_the_database_is_down_connects_when_it_is_back(
     )
     assert worker.poll() is None, "the worker gave up although the database is back"
     assert attempt_outcomes(runs_dsn) == {job_id: ["completed"]}
+
+
+def test_sigterm_during_a_database_outage_still_exits_promptly(
+    runs_dsn: str, procs, client: pgqueue.Queue, db_proxy
+) -> None:
+    """A worker whose database has vanished must still stop when told: it may
+    not hang in its reconnect loop. Its jobs are rescued once the database is back."""
+    job_id = client.enqueue_sync("slow", {"seconds": 30, "then_seconds": 0.1})
+    worker = procs.worker(db_proxy.dsn(runs_dsn), "--shutdown-grace", "1")
+    wait_until(
+        lambda: status_counts(runs_dsn).get("running") == 1,
+        timeout=15,
+        what="the slow job to start",
+    )
+    db_proxy.down()
+    time.sleep(1.0)  # the worker notices: its calls start failing
+    worker.send(signal.SIGTERM)
+    started = time.monotonic()
+    code = worker.wait(timeout=60)
+    took = time.monotonic() - started
+    assert took < 25, f"shutdown during the outage took {took:.0f}s\n{worker.log()}"
+    assert code == 0, worker.log()
+    # The hand-back could not be written: the lease stays until it is rescued.
+    with psycopg.connect(runs_dsn) as conn:
+        row = conn.execute(
+            "SELECT status::text FROM pgqueue.jobs WHERE id = %s", (job_id,)
+        ).fetchone()
+    assert row is not None and row[0] in ("running", "pending")

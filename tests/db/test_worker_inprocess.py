@@ -826,26 +826,41 @@ async def test_listen_wakes_an_idle_worker(queue: pgqueue.Queue, db_dsn: str) ->
         assert await queue.wait(job_id, timeout=WAIT) == "pong"
 
 
-async def test_unknown_task_in_database_fails_naming_it(
-    queue: pgqueue.Queue, conn: psycopg.Connection[Any]
+async def test_worker_leaves_jobs_of_tasks_it_does_not_register_for_a_worker_that_does(
+    queue: pgqueue.Queue, db_dsn: str, conn: psycopg.Connection[Any]
 ) -> None:
+    """During a rolling deploy an old worker must not take (and fail) a job of a
+    task only the new version knows: it stays pending until a worker that
+    registers the task claims it."""
+
     @queue.task
-    async def known(ctx: pgqueue.JobContext) -> None: ...
+    async def known(ctx: pgqueue.JobContext) -> str:
+        return "known"
 
     row = conn.execute(
-        "SELECT pgqueue.enqueue('mystery.task', '{}'::jsonb, p_max_attempts => 3)"
+        "SELECT pgqueue.enqueue('new_task', '{}'::jsonb, p_max_attempts => 3)"
     ).fetchone()
     assert row is not None
     job_id = int(row[0])
+    known_id = await known.enqueue()
 
     async with running_worker(queue, queues=["default"]):
-        with pytest.raises(pgqueue.JobFailed) as info:
-            await queue.wait(job_id, timeout=WAIT)
+        assert await queue.wait(known_id, timeout=WAIT) == "known"
+        await asyncio.sleep(0.5)  # several polls of the old worker
+        waiting = await job(queue, job_id)
+        assert (waiting.status, waiting.attempts) == (JobStatus.PENDING, 0)
 
-    assert info.value.status == "failed"
-    assert "unknown task 'mystery.task'" in (info.value.error or "")
-    final = await job(queue, job_id)
-    assert (final.status, final.attempts) == (JobStatus.FAILED, 1)  # not retried
+    newer = pgqueue.Queue(db_dsn)
+
+    @newer.task(name="new_task")
+    async def new_task(ctx: pgqueue.JobContext) -> str:
+        return "ran on the new worker"
+
+    try:
+        async with running_worker(newer, queues=["default"]):
+            assert await newer.wait(job_id, timeout=WAIT) == "ran on the new worker"
+    finally:
+        await newer.close()
 
 
 # -- bugs found -------------------------------------------------------------------------------

@@ -75,11 +75,16 @@ def test_take_progress_coalesces_to_the_latest_report() -> None:
     assert ctx.take_progress() == (40.0, None)  # message of a new report replaces the old
 
 
-def test_progress_calls_the_worker_hook_each_time() -> None:
+def test_progress_wakes_the_worker_once_per_unwritten_report() -> None:
+    """Reports coalesce until the worker takes them: a chatty task does not
+    wake the worker's loop (across threads) on every call."""
     calls: list[pgqueue.JobContext] = []
     ctx = make_ctx(on_progress=calls.append)
     ctx.progress(1)
     ctx.progress(2)
+    assert calls == [ctx]
+    assert ctx.take_progress() == (2.0, None)
+    ctx.progress(3)
     assert calls == [ctx, ctx]
 
 
