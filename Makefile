@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak venv clean stop-db
+.PHONY: demo test lint bench soak chaos venv clean stop-db
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench: $(STAMP)
 ## Long-running soak tests, kept out of `make test`.
 soak: $(STAMP)
 	$(BIN)/pytest -m soak -o addopts="" tests
+
+## The fault-injection scenarios, long versions included (real worker processes).
+chaos: $(STAMP)
+	$(BIN)/pytest -o addopts="" tests/chaos
 
 stop-db: $(STAMP)
 	$(BIN)/pgqueue embedded stop
