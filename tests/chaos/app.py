@@ -36,3 +36,16 @@ def recorded(ctx: pgqueue.JobContext, n: int, pause: float = 0.0) -> int:
             (ctx.job_id, ctx.attempt),
         )
     return n
+
+
+@queue.task(queue="chaos", max_attempts=2, retry_delay=0)
+async def churn(ctx: pgqueue.JobContext, n: int) -> int:
+    """Reports progress in bursts; odd jobs fail their first attempt. Many at
+    once make every outcome, retry and progress write compete for the worker's
+    few pool connections."""
+    for pct in range(0, 101, 20):
+        ctx.progress(pct)
+        await asyncio.sleep(0.001)
+    if n % 2 and ctx.attempt == 1:
+        raise RuntimeError(f"transient failure of {n}")
+    return n

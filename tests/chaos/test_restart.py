@@ -4,9 +4,6 @@ back off, reconnect, re-LISTEN and finish every job."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -16,75 +13,7 @@ import psycopg
 import pytest
 
 import pgqueue
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def start_worker(dsn: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pgqueue.cli",
-            "worker",
-            "--app",
-            "tests.chaos.app:queue",
-            "--concurrency",
-            "20",
-            "--poll-interval",
-            "0.2",
-            "--heartbeat-interval",
-            "1",
-            "--stale-after",
-            "5",
-            *extra,
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PGQUEUE_DSN": dsn},
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def counts(dsn: str) -> dict[str, int]:
-    with psycopg.connect(dsn, connect_timeout=5) as conn:
-        rows = conn.execute("SELECT status::text, count(*) FROM pgqueue.jobs GROUP BY 1").fetchall()
-    return {status: n for status, n in rows}
-
-
-def wait_all_completed(dsn: str, total: int, timeout: float, log: Path) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
-    seen: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        try:
-            seen = counts(dsn)
-        except psycopg.OperationalError:
-            seen = {}
-        if seen.get("completed") == total:
-            return seen
-        time.sleep(0.2)
-    raise AssertionError(
-        f"jobs not all completed after {timeout}s: {seen}\n{log.read_text()[-4000:]}"
-    )
-
-
-def stop(worker: subprocess.Popen[bytes]) -> int:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            return worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
-            raise
-    return worker.returncode
-
-
-def enqueue(dsn: str, n: int, pause: float) -> None:
-    q = pgqueue.Queue(dsn)
-    q.task(name="tick", queue="chaos", max_attempts=5)(lambda ctx, n, pause=0.0: n)
-    q.enqueue_many_sync("tick", [{"n": i, "pause": pause} for i in range(n)])
+from tests.chaos._scenario import counts, enqueue, start_worker, stop, wait_all_completed
 
 
 def test_worker_survives_backend_termination_storm(db_dsn: str, tmp_path: Path) -> None:

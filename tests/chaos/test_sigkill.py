@@ -12,62 +12,18 @@ from pathlib import Path
 import psycopg
 import pytest
 
-import pgqueue
-from tests.chaos.test_restart import counts, start_worker, stop
-
-FAST = ("--heartbeat-interval", "0.3", "--stale-after", "1.5", "--rescue-interval", "0.5")
-
-
-def _prepare(dsn: str, total: int, pause: float) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE chaos_runs (job_id bigint, attempt int, pid int,"
-            " started_at timestamptz, ended_at timestamptz, PRIMARY KEY (job_id, attempt))"
-        )
-    q = pgqueue.Queue(dsn)
-    q.task(name="recorded", queue="chaos", max_attempts=10)(lambda ctx, n, pause=0.0: n)
-    q.enqueue_many_sync("recorded", [{"n": i, "pause": pause} for i in range(total)])
-
-
-def _check_invariants(dsn: str, total: int) -> dict[str, int]:
-    with psycopg.connect(dsn) as conn:
-        by_status = dict(
-            conn.execute("SELECT status::text, count(*) FROM pgqueue.jobs GROUP BY 1").fetchall()
-        )
-        over = conn.execute(
-            "SELECT count(*) FROM pgqueue.jobs WHERE attempts > max_attempts"
-        ).fetchone()
-        # A later attempt's body may only start after the earlier body ended
-        # (or its process was killed, leaving ended_at NULL).
-        overlaps = conn.execute(
-            """
-            SELECT count(*) FROM chaos_runs a JOIN chaos_runs b
-              ON a.job_id = b.job_id AND b.attempt > a.attempt
-             WHERE a.ended_at IS NOT NULL AND b.started_at < a.ended_at
-            """
-        ).fetchone()
-        unrun = conn.execute(
-            "SELECT count(*) FROM pgqueue.jobs j WHERE status = 'completed'"
-            " AND NOT EXISTS (SELECT 1 FROM chaos_runs r WHERE r.job_id = j.id"
-            " AND r.attempt = j.attempts AND r.ended_at IS NOT NULL)"
-        ).fetchone()
-        lost = conn.execute(
-            "SELECT count(*) FROM pgqueue.attempts WHERE outcome = 'lost'"
-        ).fetchone()
-    report = {
-        "jobs": total,
-        **by_status,
-        "attempts_over_max": over[0] if over else -1,
-        "overlapping_bodies": overlaps[0] if overlaps else -1,
-        "completed_without_a_finished_body": unrun[0] if unrun else -1,
-        "rescued_attempts": lost[0] if lost else -1,
-    }
-    print(f"\n[chaos sigkill] {report}")
-    return report
+from tests.chaos._scenario import (
+    FAST,
+    check_invariants,
+    counts,
+    prepare_recorded,
+    start_worker,
+    stop,
+)
 
 
 def _run(dsn: str, tmp_path: Path, *, total: int, workers: int, kills: int, every: float) -> None:
-    _prepare(dsn, total, pause=0.002)
+    prepare_recorded(dsn, total, pause=0.002)
     logs = [tmp_path / f"worker{i}.log" for i in range(workers)]
     procs = [start_worker(dsn, logs[i], *FAST) for i in range(workers)]
     rng = random.Random(7)
@@ -86,7 +42,7 @@ def _run(dsn: str, tmp_path: Path, *, total: int, workers: int, kills: int, ever
     finally:
         for proc in procs:
             stop(proc)
-    report = _check_invariants(dsn, total)
+    report = check_invariants(dsn, total)
     tail = "\n".join(log.read_text()[-1500:] for log in logs)
     assert killed >= 1, "no worker was killed: the scenario did not run"
     assert report.get("completed") == total, f"{report}\n{tail}"
@@ -111,7 +67,7 @@ def test_sigkill_random_workers_soak(db_dsn: str, tmp_path: Path) -> None:
 def test_stopped_then_resumed_worker_result_is_refused(db_dsn: str, tmp_path: Path) -> None:
     """A worker frozen with SIGSTOP past its lease is rescued; another worker
     re-runs the job; when the frozen one resumes, its late result is refused."""
-    _prepare(db_dsn, 1, pause=3.0)
+    prepare_recorded(db_dsn, 1, pause=3.0)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     a = start_worker(db_dsn, log_a, *FAST)
     b = None

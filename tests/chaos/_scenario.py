@@ -1,0 +1,148 @@
+"""Shared pieces of the chaos scenarios: real worker processes, the recorded
+task's bookkeeping, and the invariants every scenario must leave intact."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+import pgqueue
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FAST = ("--heartbeat-interval", "0.3", "--stale-after", "1.5", "--rescue-interval", "0.5")
+"""Worker flags for scenarios that need rescues within seconds."""
+
+
+def start_worker(dsn: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pgqueue.cli",
+            "worker",
+            "--app",
+            "tests.chaos.app:queue",
+            "--concurrency",
+            "20",
+            "--poll-interval",
+            "0.2",
+            "--heartbeat-interval",
+            "1",
+            "--stale-after",
+            "5",
+            *extra,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PGQUEUE_DSN": dsn},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_started(worker: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    """Wait for the worker's "started" line, as a deploy waits for readiness."""
+    deadline = time.monotonic() + timeout
+    while " started: queues=" not in log.read_text(errors="replace"):
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"worker did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+def counts(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn, connect_timeout=5) as conn:
+        rows = conn.execute("SELECT status::text, count(*) FROM pgqueue.jobs GROUP BY 1").fetchall()
+    return {status: n for status, n in rows}
+
+
+def wait_all_completed(dsn: str, total: int, timeout: float, log: Path) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    seen: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        try:
+            seen = counts(dsn)
+        except psycopg.OperationalError:
+            seen = {}
+        if seen.get("completed") == total:
+            return seen
+        time.sleep(0.2)
+    raise AssertionError(
+        f"jobs not all completed after {timeout}s: {seen}\n{log.read_text()[-4000:]}"
+    )
+
+
+def stop(worker: subprocess.Popen[bytes]) -> int:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            return worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+            raise
+    return worker.returncode
+
+
+def enqueue(dsn: str, n: int, pause: float) -> None:
+    q = pgqueue.Queue(dsn)
+    q.task(name="tick", queue="chaos", max_attempts=5)(lambda ctx, n, pause=0.0: n)
+    q.enqueue_many_sync("tick", [{"n": i, "pause": pause} for i in range(n)])
+
+
+def prepare_recorded(dsn: str, total: int, pause: float) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE chaos_runs (job_id bigint, attempt int, pid int,"
+            " started_at timestamptz, ended_at timestamptz, PRIMARY KEY (job_id, attempt))"
+        )
+    q = pgqueue.Queue(dsn)
+    q.task(name="recorded", queue="chaos", max_attempts=10)(lambda ctx, n, pause=0.0: n)
+    q.enqueue_many_sync("recorded", [{"n": i, "pause": pause} for i in range(total)])
+
+
+def check_invariants(dsn: str, total: int) -> dict[str, int]:
+    with psycopg.connect(dsn) as conn:
+        by_status = dict(
+            conn.execute("SELECT status::text, count(*) FROM pgqueue.jobs GROUP BY 1").fetchall()
+        )
+        over = conn.execute(
+            "SELECT count(*) FROM pgqueue.jobs WHERE attempts > max_attempts"
+        ).fetchone()
+        # A later attempt's body may only start after the earlier body ended
+        # (or its process was killed, leaving ended_at NULL).
+        overlaps = conn.execute(
+            """
+            SELECT count(*) FROM chaos_runs a JOIN chaos_runs b
+              ON a.job_id = b.job_id AND b.attempt > a.attempt
+             WHERE a.ended_at IS NOT NULL AND b.started_at < a.ended_at
+            """
+        ).fetchone()
+        unrun = conn.execute(
+            "SELECT count(*) FROM pgqueue.jobs j WHERE status = 'completed'"
+            " AND NOT EXISTS (SELECT 1 FROM chaos_runs r WHERE r.job_id = j.id"
+            " AND r.attempt = j.attempts AND r.ended_at IS NOT NULL)"
+        ).fetchone()
+        lost = conn.execute(
+            "SELECT count(*) FROM pgqueue.attempts WHERE outcome = 'lost'"
+        ).fetchone()
+        interrupted = conn.execute(
+            "SELECT count(*) FROM pgqueue.attempts WHERE outcome = 'interrupted'"
+        ).fetchone()
+    report = {
+        "jobs": total,
+        **by_status,
+        "attempts_over_max": over[0] if over else -1,
+        "overlapping_bodies": overlaps[0] if overlaps else -1,
+        "completed_without_a_finished_body": unrun[0] if unrun else -1,
+        "rescued_attempts": lost[0] if lost else -1,
+        "handed_back_attempts": interrupted[0] if interrupted else -1,
+    }
+    print(f"\n[chaos] {report}")
+    return report
