@@ -92,13 +92,38 @@ def _seconds(value: float | timedelta | None, field: str, *, allow_zero: bool) -
     return delta
 
 
-def _json_object(value: Mapping[str, Any], what: str) -> Jsonb:
-    """Check that ``value`` is a JSON object, naming the offending key if not."""
+DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
+"""Largest JSON text accepted for a job's arguments, metadata or result."""
+
+
+def encode_json(value: Any, what: str, limit: int) -> Jsonb:
+    """``value`` as a jsonb parameter, encoded once (the text is reused when the
+    query is sent). Raises ``ValueError`` naming ``what`` for NaN, Infinity,
+    NUL characters or a text over ``limit`` bytes; ``TypeError`` for values
+    JSON cannot represent."""
+    text = json.dumps(value, allow_nan=False)  # jsonb has no NaN or Infinity
+    if _has_nul(value):
+        raise ValueError(
+            f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store"
+        )
+    size = len(text.encode())
+    if size > limit:
+        raise ValueError(f"{what} is {size:,} bytes of JSON, over the limit of {limit:,}")
+    return Jsonb(value, dumps=lambda _value: text)
+
+
+def _json_object(
+    value: Mapping[str, Any], what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> Jsonb:
+    """Check that ``value`` is a JSON object within ``limit`` bytes, naming the
+    offending key if it is not JSON."""
     if not isinstance(value, Mapping):
         raise InvalidJobError(f"{what} must be a mapping of names to JSON values, not {value!r}")
     try:
-        json.dumps(value, allow_nan=False)  # jsonb has no NaN or Infinity
+        return encode_json(dict(value), what, limit)
     except (TypeError, ValueError) as exc:
+        if "NUL character" in str(exc) or "over the limit" in str(exc):
+            raise InvalidJobError(str(exc)) from None
         for key, item in value.items():
             try:
                 json.dumps(item, allow_nan=False)
@@ -107,11 +132,6 @@ def _json_object(value: Mapping[str, Any], what: str) -> Jsonb:
                     f"{what}: {key!r} is not JSON-serialisable ({type(item).__name__}): {exc}"
                 ) from None
         raise InvalidJobError(f"{what} is not JSON-serialisable: {exc}") from None
-    if _has_nul(value):
-        raise InvalidJobError(
-            f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store"
-        )
-    return Jsonb(dict(value))
 
 
 def _has_nul(value: Any) -> bool:
@@ -211,8 +231,16 @@ class Queue:
     ``async with queue``).
     """
 
-    def __init__(self, dsn: str | None = None, *, pool_size: int = 5) -> None:
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool_size: int = 5,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
         self._dsn_given = dsn
+        self.max_payload_bytes = max_payload_bytes
+        """Largest JSON text accepted for a job's arguments, metadata or result."""
         self._dsn: str | None = None
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool | None = None
@@ -429,7 +457,7 @@ class Queue:
         if resolved._queue is not self:
             raise InvalidJobError(f"task {resolved.name!r} belongs to another Queue")
         args = {} if args is None else args
-        payload = _json_object(args, f"arguments of task {resolved.name!r}")
+        payload = _json_object(args, f"arguments of task {resolved.name!r}", self.max_payload_bytes)
         resolved.check_args(args)
         queue_name = resolved.queue_name if options.queue is None else options.queue
         _check_queue_name(queue_name, InvalidJobError)
@@ -459,7 +487,11 @@ class Queue:
             "timeout",
             allow_zero=False,
         )
-        metadata = _json_object({} if options.metadata is None else options.metadata, "metadata")
+        metadata = _json_object(
+            {} if options.metadata is None else options.metadata,
+            "metadata",
+            self.max_payload_bytes,
+        )
         owner = options.owner
         if owner is not None and (
             not isinstance(owner, str) or not 1 <= len(owner) <= 256 or "\x00" in owner

@@ -21,7 +21,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import random
@@ -40,7 +39,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ._context import JobContext
-from ._queue import Queue, Task
+from ._queue import Queue, Task, encode_json
 from ._sql import query
 from .errors import (
     ConfigurationError,
@@ -508,15 +507,15 @@ class Worker:
         lease.thread = self._threads.submit(task.fn, lease.ctx, **lease.ctx.args)
         return asyncio.wrap_future(lease.thread)
 
-    @staticmethod
-    def _result_payload(task: Task[Any], result: Any) -> Jsonb:
+    def _result_payload(self, task: Task[Any], result: Any) -> Jsonb:
         try:
-            json.dumps(result, allow_nan=False)  # jsonb has no NaN or Infinity
+            return encode_json(
+                result, f"the result of task {task.name!r}", self.queue.max_payload_bytes
+            )
         except (TypeError, ValueError) as exc:
             raise NonRetryableError(
-                f"task {task.name!r} returned a value that is not JSON-serialisable: {exc}"
+                f"task {task.name!r} returned a value that cannot be stored as JSON: {exc}"
             ) from None
-        return Jsonb(result)
 
     def _drop(self, lease: _Lease) -> None:
         """Forget a lease whose outcome is written (or refused)."""

@@ -270,3 +270,20 @@ async def test_priority_is_respected_by_claim_order(queue: pgqueue.Queue, conn: 
         by_priority[p] = await t.options(priority=p).enqueue(x=p)
     order = [r["id"] for _ in range(4) for r in claim(conn, limit=1)]
     assert order == [by_priority[p] for p in (10, 3, 0, -5)]
+
+
+async def test_oversized_arguments_are_refused_naming_the_limit(db_dsn: str) -> None:
+    small = pgqueue.Queue(db_dsn, max_payload_bytes=1000)
+    try:
+
+        @small.task
+        async def t(ctx: pgqueue.JobContext, blob: str) -> None: ...
+
+        with pytest.raises(pgqueue.InvalidJobError, match="over the limit of 1,000"):
+            await t.enqueue(blob="x" * 2000)
+        with pytest.raises(pgqueue.InvalidJobError, match=r"item 1: .*over the limit"):
+            await small.enqueue_many(t, [{"blob": "ok"}, {"blob": "x" * 2000}])
+        assert await t.enqueue(blob="x" * 500) > 0
+        assert [j.args for j in await small.list_jobs()] == [{"blob": "x" * 500}]
+    finally:
+        await small.close()

@@ -911,3 +911,21 @@ async def test_task_raising_cancelled_error_itself_is_not_stuck_running(
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_oversized_result_fails_the_job_with_a_clear_error(db_dsn: str) -> None:
+    small = pgqueue.Queue(db_dsn, max_payload_bytes=1000)
+    try:
+
+        @small.task
+        async def big(ctx: pgqueue.JobContext) -> str:
+            return "x" * 5000
+
+        job_id = await big.enqueue()
+        async with running_worker(small, queues=["default"]):
+            with pytest.raises(pgqueue.JobFailed) as info:
+                await small.wait(job_id, timeout=WAIT)
+        assert info.value.status == "failed"
+        assert "over the limit of 1,000" in (info.value.error or "")
+    finally:
+        await small.close()
