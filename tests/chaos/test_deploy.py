@@ -23,8 +23,10 @@ from tests.chaos._scenario import (
 def test_rolling_sigterm_deploy_loses_nothing(db_dsn: str, tmp_path: Path) -> None:
     """Three workers drain jobs while each is replaced in turn with SIGTERM, half
     of them with no grace at all (so running jobs are handed back)."""
-    total = 2000
-    prepare_recorded(db_dsn, total, pause=0.02)
+    total = 3000
+    # ~5 s of work at full capacity, longer than the restarts, so every
+    # restart lands mid-drain.
+    prepare_recorded(db_dsn, total, pause=0.1)
     logs = [tmp_path / f"worker{i}.log" for i in range(3)]
 
     def start(i: int) -> subprocess.Popen[bytes]:
@@ -40,7 +42,7 @@ def test_rolling_sigterm_deploy_loses_nothing(db_dsn: str, tmp_path: Path) -> No
             time.sleep(0.8)
             if counts(db_dsn).get("completed", 0) >= total:
                 break
-            i = round_ % 3
+            i = (round_ + 1) % 3  # the no-grace worker (1) goes first
             exits.append(stop(procs[i]))  # SIGTERM, wait for a clean exit
             procs[i] = start(i)
         deadline = time.monotonic() + 120
