@@ -18,7 +18,7 @@ from tests.chaos._scenario import counts, enqueue, start_worker, stop, wait_all_
 
 def test_worker_survives_backend_termination_storm(db_dsn: str, tmp_path: Path) -> None:
     total = 3000
-    enqueue(db_dsn, total, pause=0.005)
+    enqueue(db_dsn, total, pause=0.02)  # ~3 s of work: outlasts the storm
     log = tmp_path / "worker.log"
     worker = start_worker(db_dsn, log)
     try:
@@ -68,7 +68,7 @@ def test_worker_survives_postgres_restart(own_server: tuple[str, Path], tmp_path
     dsn, data = own_server
     pgqueue.migrate(dsn)
     total = 2000
-    enqueue(dsn, total, pause=0.01)
+    enqueue(dsn, total, pause=0.05)  # ~5 s of work: the restart lands mid-drain
     log = tmp_path / "worker.log"
     worker = start_worker(dsn, log)
     try:

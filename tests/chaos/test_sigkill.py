@@ -22,8 +22,10 @@ from tests.chaos._scenario import (
 )
 
 
-def _run(dsn: str, tmp_path: Path, *, total: int, workers: int, kills: int, every: float) -> None:
-    prepare_recorded(dsn, total, pause=0.002)
+def _run(
+    dsn: str, tmp_path: Path, *, total: int, workers: int, kills: int, every: float, pause: float
+) -> None:
+    prepare_recorded(dsn, total, pause=pause)
     logs = [tmp_path / f"worker{i}.log" for i in range(workers)]
     procs = [start_worker(dsn, logs[i], *FAST) for i in range(workers)]
     rng = random.Random(7)
@@ -54,14 +56,15 @@ def _run(dsn: str, tmp_path: Path, *, total: int, workers: int, kills: int, ever
 
 def test_sigkill_random_workers_short(db_dsn: str, tmp_path: Path) -> None:
     """The short version run by `make test`: 3 workers, 3 kills."""
-    _run(db_dsn, tmp_path, total=1500, workers=3, kills=3, every=1.0)
+    # ~2.5 s of work at full capacity, so the kills land mid-drain.
+    _run(db_dsn, tmp_path, total=1500, workers=3, kills=3, every=0.7, pause=0.1)
 
 
 @pytest.mark.soak
 @pytest.mark.timeout(1200)
 def test_sigkill_random_workers_soak(db_dsn: str, tmp_path: Path) -> None:
     """20,000 jobs through 4 workers, one SIGKILLed every 2 s (make soak)."""
-    _run(db_dsn, tmp_path, total=20_000, workers=4, kills=15, every=2.0)
+    _run(db_dsn, tmp_path, total=20_000, workers=4, kills=15, every=2.0, pause=0.002)
 
 
 def test_stopped_then_resumed_worker_result_is_refused(db_dsn: str, tmp_path: Path) -> None:
