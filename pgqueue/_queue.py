@@ -238,6 +238,14 @@ class Queue:
         pool_size: int = 5,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
+        if (
+            isinstance(max_payload_bytes, bool)
+            or not isinstance(max_payload_bytes, int)
+            or (max_payload_bytes < 1)
+        ):
+            raise ConfigurationError(
+                f"max_payload_bytes must be a positive integer, not {max_payload_bytes!r}"
+            )
         self._dsn_given = dsn
         self.max_payload_bytes = max_payload_bytes
         """Largest JSON text accepted for a job's arguments, metadata or result."""

@@ -168,9 +168,10 @@ class Worker:
     ) -> None:
         self.queue = queue
         self.queues = list(queues) if queues else queue.queue_names
-        self.worker_id = worker_id or (
-            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        )
+        # Unique per process: leases and orphan recovery rely on it, so a given
+        # id is a prefix and gets a random suffix.
+        prefix = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.worker_id = f"{prefix}:{uuid.uuid4().hex[:6]}"
         base = settings or WorkerSettings()
         self.settings = dataclasses.replace(base, **overrides) if overrides else base
         self._leases: dict[tuple[int, int], _Lease] = {}  # by (job id, attempt)
@@ -185,7 +186,8 @@ class Worker:
         self._flushing = False
         self._abandoned: list[concurrent.futures.Future[Any]] = []
         self._release_at_exit: list[_Lease] = []
-        self._retries = 0  # database calls retried after a connection failure
+        self._claim_retries = 0  # claims retried after a connection failure
+        self._last_beat = time.monotonic()  # when the last heartbeat that got through was sent
         self._pool: AsyncConnectionPool | None = None
         self._threads: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -236,6 +238,7 @@ class Worker:
         helpers = [
             asyncio.create_task(self._flush_completions_loop(), name="pgqueue-complete"),
             asyncio.create_task(self._heartbeat_loop(), name="pgqueue-heartbeat"),
+            asyncio.create_task(self._fence_loop(), name="pgqueue-fence"),
             asyncio.create_task(self._rescue_loop(), name="pgqueue-rescue"),
             asyncio.create_task(self._progress_loop(), name="pgqueue-progress"),
         ]
@@ -313,7 +316,8 @@ class Worker:
                 stopping = self._hard_stop or (self._stopping and name == "claim")
                 if stopping or (give_up is not None and time.monotonic() - started >= give_up):
                     raise translate(exc) if isinstance(exc, psycopg.Error) else exc from exc
-                self._retries += 1
+                if name == "claim":
+                    self._claim_retries += 1
                 log.warning(
                     "database unavailable for %s (%s); retrying in %.1fs",
                     name,
@@ -343,15 +347,15 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             self._wakeup.clear()
-            retries = self._retries
+            retries, claim_started = self._claim_retries, time.monotonic()
             try:
                 rows = await self._call("claim", {**params, "limit": free})
                 for row in rows:
                     self._start(row)
-                if self._retries != retries:
+                if self._claim_retries != retries:
                     # The connection broke mid-claim: an earlier try may have
                     # committed rows this worker never saw. Hand them back.
-                    await self._release_orphans()
+                    await self._release_orphans(time.monotonic() - claim_started)
                 if len(rows) < free:
                     idle = not rows and not self._leases and not self._completions
                     if until_idle and idle and not await self._has_unfinished():
@@ -364,12 +368,20 @@ class Worker:
                 log.exception("claim failed")
                 await asyncio.sleep(_jitter(settings.poll_interval))
 
-    async def _release_orphans(self) -> None:
-        rows = await self._call("held_by_worker", {"worker_id": self.worker_id})
+    async def _release_orphans(self, within: float) -> None:
+        """Release rows leased to this worker in the last ``within`` seconds (the
+        retried claim) that it does not hold: the reply to a committed claim
+        was lost, so nobody runs them."""
+        rows = await self._call(
+            "held_by_worker",
+            {"worker_id": self.worker_id, "within": timedelta(seconds=within + 1)},
+        )
         for job_id, attempt in rows:
             if (job_id, attempt) not in self._leases:
                 log.warning(
-                    "job %s attempt %s was claimed but never seen; handing it back", job_id, attempt
+                    "job %s attempt %s was claimed but never seen; handing it back",
+                    job_id,
+                    attempt,
                 )
                 with contextlib.suppress(StaleLease):
                     await self._call(
@@ -454,6 +466,9 @@ class Worker:
         the lease (heartbeats go on) and its slot until the thread returns; the
         next attempt then cannot run beside it. False if the worker stopped the
         attempt meanwhile (lost, cancelled, shutdown)."""
+        if lease.stop is not None:  # stopped while the timeout was being handled
+            await self._stopped(lease)
+            return False
         if lease.thread is None or lease.thread.done():
             return True
         log.warning(
@@ -618,36 +633,55 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         settings = self.settings
-        last_beat = time.monotonic()
         while True:
             await asyncio.sleep(settings.heartbeat_interval)
             leases = list(self._leases.values())
+            sent = time.monotonic()
             if not leases:
-                last_beat = time.monotonic()
+                self._last_beat = sent
                 continue
             try:
-                rows = await self._call(
-                    "heartbeat",
-                    {
-                        "worker_id": self.worker_id,
-                        "ids": [lease.job_id for lease in leases],
-                        "attempts": [lease.attempt for lease in leases],
-                    },
-                    give_up=settings.heartbeat_interval,
+                # Bounded, so a hung connection cannot hold back the next beat.
+                rows = await asyncio.wait_for(
+                    self._call(
+                        "heartbeat",
+                        {
+                            "worker_id": self.worker_id,
+                            "ids": [lease.job_id for lease in leases],
+                            "attempts": [lease.attempt for lease in leases],
+                        },
+                        give_up=settings.heartbeat_interval,
+                    ),
+                    timeout=settings.heartbeat_interval,
                 )
             except Exception as exc:
-                silent = time.monotonic() - last_beat
-                log.warning("heartbeat failed (%s); none for %.0fs", exc, silent)
-                if silent > settings.stale_after - settings.heartbeat_interval:
-                    # Our leases are about to be rescued and run elsewhere:
-                    # stop their tasks now rather than run them twice at once.
-                    for lease in leases:
-                        self._lost(lease, "lost")
+                log.warning(
+                    "heartbeat failed (%s); none for %.0fs", exc, time.monotonic() - self._last_beat
+                )
                 continue
-            last_beat = time.monotonic()
+            self._last_beat = sent
             held = {(row[0], row[1]) for row in rows}
             for lease in leases:
                 if lease.key not in held and not lease.finished:
+                    self._lost(lease, "lost")
+
+    async def _fence_loop(self) -> None:
+        """Self-fencing: once the last heartbeat that got through is nearly a
+        lease timeout old, other workers may soon rescue and re-run our jobs, so
+        stop their tasks now rather than run them twice at once."""
+        settings = self.settings
+        limit = settings.stale_after - settings.heartbeat_interval
+        while True:
+            await asyncio.sleep(settings.heartbeat_interval / 4)
+            silent = time.monotonic() - self._last_beat
+            running = [lease for lease in self._leases.values() if not lease.finished]
+            if running and silent > limit:
+                log.error(
+                    "no heartbeat for %.0fs: stopping %d tasks before their leases are rescued",
+                    silent,
+                    len(running),
+                )
+                for lease in running:
                     self._lost(lease, "lost")
 
     def _lost(self, lease: _Lease, reason: str) -> None:

@@ -372,7 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     app_option(p)
     p.add_argument("--queues", help="comma-separated queues (default: the app's task queues)")
     p.add_argument("--concurrency", type=int, default=10, help="jobs at once (default 10)")
-    p.add_argument("--worker-id", help="name in leases and logs (default host:pid:random)")
+    p.add_argument(
+        "--worker-id",
+        help="prefix of the id in leases and logs (default host:pid); "
+        "a random suffix keeps it unique",
+    )
     p.add_argument("--poll-interval", type=float, default=1.0, help="idle poll seconds")
     p.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds (default 5)")
     p.add_argument("--stale-after", type=float, default=20.0, help="lease lost after (20 s)")

@@ -24,7 +24,10 @@ SELECT id, attempt, refreshed
   FROM pgqueue.heartbeat(%(worker_id)s::text, %(ids)s::bigint[], %(attempts)s::int[])
 
 -- name: held_by_worker
-SELECT id, attempts FROM pgqueue.jobs WHERE status = 'running' AND worker_id = %(worker_id)s::text
+SELECT id, attempts
+  FROM pgqueue.jobs
+ WHERE status = 'running' AND worker_id = %(worker_id)s::text
+   AND leased_at >= clock_timestamp() - %(within)s::interval
 
 -- name: progress
 SELECT pgqueue.progress(%(id)s::bigint, %(attempt)s::int, %(pct)s::numeric, %(message)s::text) AS progress

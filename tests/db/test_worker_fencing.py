@@ -154,7 +154,7 @@ async def test_claimed_rows_the_worker_never_saw_are_handed_back(
         await asyncio.sleep(0.5)  # let it connect
         with psycopg.connect(db_dsn, autocommit=True) as conn:
             conn.execute("SELECT 1 FROM pgqueue.claim(%s, ARRAY['side'], 1)", (worker.worker_id,))
-        await worker._release_orphans()
+        await worker._release_orphans(within=5.0)
         released = await job(queue, job_id)
         assert (released.status, released.attempts) == (JobStatus.PENDING, 1)
     assert [a.outcome for a in await queue.attempts(job_id)] == ["interrupted"]
@@ -162,7 +162,10 @@ async def test_claimed_rows_the_worker_never_saw_are_handed_back(
         assert await queue.wait(job_id, timeout=WAIT) == "done"
 
 
-async def test_worker_stops_its_tasks_when_it_cannot_heartbeat(queue: pgqueue.Queue) -> None:
+@pytest.mark.parametrize("failure", ["raises", "hangs"])
+async def test_worker_stops_its_tasks_when_it_cannot_heartbeat(
+    queue: pgqueue.Queue, failure: str
+) -> None:
     """A worker that cannot reach the database for nearly its lease timeout stops
     its tasks itself, before another worker rescues and re-runs them."""
     stopped = asyncio.Event()
@@ -183,6 +186,8 @@ async def test_worker_stops_its_tasks_when_it_cannot_heartbeat(queue: pgqueue.Qu
 
         async def unreachable(name: str, params: dict[str, Any], **kw: Any) -> list[Any]:
             if name == "heartbeat":
+                if failure == "hangs":  # e.g. a TCP connection lost in a partition
+                    await asyncio.sleep(3600)
                 raise pgqueue.DatabaseUnavailable("simulated outage")
             return await original(name, params, **kw)
 

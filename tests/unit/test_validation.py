@@ -179,4 +179,5 @@ def test_worker_defaults_to_the_apps_queues() -> None:
     assert pgqueue.Worker(queue, queues=["x"]).queues == ["x"]
     a, b = pgqueue.Worker(queue), pgqueue.Worker(queue)
     assert a.worker_id != b.worker_id
-    assert pgqueue.Worker(queue, worker_id="w-1").worker_id == "w-1"
+    named = pgqueue.Worker(queue, worker_id="w-1").worker_id
+    assert named.startswith("w-1:") and len(named) == len("w-1:") + 6  # unique suffix
