@@ -20,13 +20,15 @@ Run workers with ``pgqueue worker --app myapp.tasks:queue``.
 """
 
 from ._context import JobContext
-from ._job import Attempt, Job
+from ._job import Attempt, Batch, Job, ProgressEntry
 from ._migrate import current_revision, head_revision
 from ._migrate import upgrade as migrate
 from ._queue import BoundTask, EnqueueOptions, Queue, Task
-from ._status import TERMINAL_STATUSES, JobStatus
+from ._status import TERMINAL_STATUSES, BatchStatus, JobStatus
 from ._worker import Worker, WorkerSettings, run_worker
 from .errors import (
+    BatchFailed,
+    BatchNotFound,
     ConfigurationError,
     DatabaseUnavailable,
     InvalidJobError,
@@ -34,6 +36,7 @@ from .errors import (
     JobFailed,
     JobNotFound,
     NonRetryableError,
+    NotFound,
     PgQueueError,
     StaleLease,
     UnknownTaskError,
@@ -44,6 +47,10 @@ __version__ = "0.1.0"
 __all__ = [
     "TERMINAL_STATUSES",
     "Attempt",
+    "Batch",
+    "BatchFailed",
+    "BatchNotFound",
+    "BatchStatus",
     "BoundTask",
     "ConfigurationError",
     "DatabaseUnavailable",
@@ -56,7 +63,9 @@ __all__ = [
     "JobNotFound",
     "JobStatus",
     "NonRetryableError",
+    "NotFound",
     "PgQueueError",
+    "ProgressEntry",
     "Queue",
     "StaleLease",
     "Task",

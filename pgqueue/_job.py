@@ -1,4 +1,4 @@
-"""Read-only views of rows: a job and one of its attempts."""
+"""Read-only views of rows: a job, one of its attempts, a progress report, a batch."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ import dataclasses
 from datetime import datetime, timedelta
 from typing import Any
 
-from ._status import JobStatus
+from ._status import BatchStatus, JobStatus
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, JobStatus | BatchStatus):
+        return value.value
+    return value
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,17 +57,7 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form: timestamps as ISO 8601, the timeout in seconds."""
-        out: dict[str, Any] = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, datetime):
-                value = value.isoformat()
-            elif isinstance(value, timedelta):
-                value = value.total_seconds()
-            elif isinstance(value, JobStatus):
-                value = value.value
-            out[field.name] = value
-        return out
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,7 +73,74 @@ class Attempt:
     error: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["started_at"] = self.started_at.isoformat()
-        out["ended_at"] = self.ended_at.isoformat()
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProgressEntry:
+    """One progress report of a job (a row of ``pgqueue.progress_history``);
+    ``id`` orders reports and is the cursor for paging through them."""
+
+    id: int
+    job_id: int
+    attempt: int
+    at: datetime
+    pct: int
+    message: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+# The per-state counters of a batch, in the order of JobStatus.
+BATCH_COUNTERS = tuple(s.value for s in JobStatus)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Batch:
+    """A snapshot of one row of ``pgqueue.batches``: a parent of many child jobs.
+
+    ``counts`` holds the number of children in each job state (always equal to
+    a recount: the database keeps them in the statement that moves a child).
+    """
+
+    id: int
+    queue: str
+    task: str
+    status: BatchStatus
+    paused: bool
+    total: int
+    counts: dict[str, int]
+    owner: str | None
+    metadata: dict[str, Any]
+    on_complete: dict[str, Any] | None
+    on_complete_job_id: int | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Batch:
+        values = {f.name: row[f.name] for f in dataclasses.fields(cls) if f.name != "counts"}
+        values["status"] = BatchStatus(values["status"])
+        values["counts"] = {name: int(row[name]) for name in BATCH_COUNTERS}
+        return cls(**values)
+
+    @property
+    def finished(self) -> int:
+        """Children in a terminal state."""
+        return sum(self.counts[s.value] for s in JobStatus if s.is_terminal)
+
+    @property
+    def progress(self) -> int:
+        """Percentage of children finished (0-100), whatever their outcome."""
+        return 100 if self.total == 0 else self.finished * 100 // self.total
+
+    @property
+    def is_final(self) -> bool:
+        return self.completed_at is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out["progress"] = self.progress
         return out

@@ -8,11 +8,12 @@ import inspect
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, LiteralString, TypeVar, overload
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -20,10 +21,12 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from . import _migrate
 from ._connect import resolve_dsn
 from ._context import JobContext
-from ._job import Attempt, Job
+from ._job import Attempt, Batch, Job, ProgressEntry
 from ._sql import query
-from ._status import JobStatus
+from ._status import BatchStatus, JobStatus
 from .errors import (
+    BatchFailed,
+    BatchNotFound,
     ConfigurationError,
     InvalidJobError,
     JobFailed,
@@ -630,16 +633,11 @@ class Queue:
         limit: int = 50,
     ) -> list[Job]:
         """Jobs, newest first, filtered; page with ``before_id`` = the last id seen."""
-        if not 1 <= limit <= 1000:
-            raise ValueError(f"limit must be between 1 and 1000, not {limit}")
-        statuses: list[str] | None = None
-        if status is not None:
-            items = [status] if isinstance(status, str) else list(status)
-            statuses = [JobStatus(s).value for s in items]
+        _check_limit(limit)
         rows = await self._fetch(
             "list_jobs",
             {
-                "status": statuses,
+                "status": _job_statuses(status),
                 "queue": queue,
                 "task": task,
                 "before_id": before_id,
@@ -689,6 +687,69 @@ class Queue:
         """Wait for a job to end; return its result, or raise :class:`JobFailed`
         with its error if it ended any other way. Woken by NOTIFY, with a
         slow re-check as backstop. Raises ``TimeoutError`` after ``timeout`` s."""
+
+        async def check(conn: psycopg.AsyncConnection[Any]) -> tuple[bool, Any]:
+            rows = await self._fetch("get_job_status", {"id": job_id}, conn)
+            if not rows:
+                raise JobNotFound(f"job {job_id} does not exist")
+            status = JobStatus(rows[0]["status"])
+            if status is JobStatus.COMPLETED:
+                return True, rows[0]["result"]
+            if status.is_terminal:
+                raise JobFailed(job_id, status.value, rows[0]["error"])
+            return False, status.value
+
+        return await self._wait_for(
+            "pgqueue_job",
+            lambda payload: _notified_id(payload) == job_id,
+            check,
+            f"job {job_id}",
+            timeout,
+        )
+
+    async def wait_batch(self, batch_id: int, timeout: float | None = None) -> list[Any]:
+        """Wait for a batch to finish; return its children's results in the
+        order they were enqueued, or raise :class:`BatchFailed` (naming the
+        children that did not complete) if it finished with errors or was
+        cancelled. Woken by NOTIFY on the batch's status change, not by polling.
+        Raises ``TimeoutError`` after ``timeout`` s."""
+
+        async def check(conn: psycopg.AsyncConnection[Any]) -> tuple[bool, Any]:
+            rows = await self._fetch("get_batch", {"id": batch_id}, conn)
+            if not rows:
+                raise BatchNotFound(f"batch {batch_id} does not exist")
+            batch = Batch.from_row(rows[0])
+            if batch.status is BatchStatus.COMPLETED:
+                results = await self._fetch("batch_results", {"id": batch_id}, conn)
+                return True, [r["result"] for r in results]
+            if batch.is_final:
+                errors = await self._fetch("batch_errors", {"id": batch_id}, conn)
+                raise BatchFailed(
+                    batch_id,
+                    batch.status.value,
+                    batch.finished - batch.counts["completed"],
+                    {int(r["id"]): (str(r["status"]), r["error"]) for r in errors},
+                )
+            return False, batch.status.value
+
+        return await self._wait_for(  # type: ignore[no-any-return]
+            "pgqueue_batch",
+            lambda payload: _notified_id(payload) == batch_id,
+            check,
+            f"batch {batch_id}",
+            timeout,
+        )
+
+    async def _wait_for(
+        self,
+        channel: LiteralString,
+        relevant: Callable[[str], bool],
+        check: Callable[[psycopg.AsyncConnection[Any]], Awaitable[tuple[bool, Any]]],
+        what: str,
+        timeout: float | None,
+    ) -> Any:
+        """LISTEN on ``channel``, then run ``check`` until it says done: at
+        once, on every relevant notification, and every 5 s as a backstop."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             conn = await psycopg.AsyncConnection.connect(
@@ -697,23 +758,225 @@ class Queue:
         except psycopg.Error as exc:
             raise translate(exc) from exc
         async with conn:
-            await conn.execute("LISTEN pgqueue_job")
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             while True:
-                rows = await self._fetch("get_job_status", {"id": job_id}, conn)
-                if not rows:
-                    raise JobNotFound(f"job {job_id} does not exist")
-                status = JobStatus(rows[0]["status"])
-                if status is JobStatus.COMPLETED:
-                    return rows[0]["result"]
-                if status.is_terminal:
-                    raise JobFailed(job_id, status.value, rows[0]["error"])
+                done, value = await check(conn)
+                if done:
+                    return value
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"job {job_id} is still {status.value} after {timeout} s")
+                    raise TimeoutError(f"{what} is still {value} after {timeout} s")
                 recheck = 5.0 if remaining is None else min(5.0, remaining)
                 async for note in conn.notifies(timeout=recheck):
-                    if _notified_job_id(note.payload) == job_id:
+                    if relevant(note.payload):
                         break
+
+    # -- batches -----------------------------------------------------------------------
+
+    def _batch_params(
+        self,
+        task: Task[Any] | str,
+        args_list: Iterable[Mapping[str, Any]],
+        options: EnqueueOptions,
+        metadata: Mapping[str, Any] | None,
+        on_complete: Task[Any] | str | None,
+        on_complete_args: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = self._many_params(
+            task, args_list, dataclasses.replace(options, metadata=None)
+        )
+        if not params["tasks"]:
+            raise InvalidJobError("a batch needs at least one item; nothing was enqueued")
+        del params["owners"]
+        params["owner"] = options.owner
+        params["batch_metadata"] = _json_object(
+            {} if metadata is None else metadata, "batch metadata", self.max_payload_bytes
+        )
+        params["on_complete"] = None
+        if on_complete is not None:
+            # Checked like any enqueue, with the arguments the batch will add.
+            extra = {"batch_id": 0, "batch_status": BatchStatus.COMPLETED.value}
+            try:
+                row = self._row(
+                    on_complete,
+                    {**(on_complete_args or {}), **extra},
+                    EnqueueOptions(queue=options.queue),
+                )
+            except InvalidJobError as exc:
+                raise type(exc)(f"on_complete: {exc}; nothing was enqueued") from None
+            user_args = dict(on_complete_args or {})  # JSON-checked by _row above
+            params["on_complete"] = Jsonb(
+                {
+                    "task": row.task,
+                    "args": user_args,
+                    "queue": row.queue,
+                    "priority": row.priority,
+                    "max_attempts": row.max_attempts,
+                    "timeout": None if row.timeout is None else row.timeout.total_seconds(),
+                }
+            )
+        return params
+
+    async def enqueue_batch(
+        self,
+        task: Task[Any] | str,
+        args_list: Iterable[Mapping[str, Any]],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        on_complete: Task[Any] | str | None = None,
+        on_complete_args: Mapping[str, Any] | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+        options: EnqueueOptions | None = None,
+        **option_values: Any,
+    ) -> Batch:
+        """Create a batch: one child job of ``task`` per item of ``args_list``,
+        all in one statement (all or nothing; an invalid item raises
+        :class:`InvalidJobError` naming its index, and nothing is written).
+
+        Options (``queue``, ``priority``, ``owner``...) apply to every child;
+        ``owner`` also owns the batch, and ``metadata`` is the batch's own.
+        ``on_complete`` is a task enqueued exactly once when the batch finishes
+        by itself (completed or completed_with_errors, not cancelled), with
+        ``on_complete_args`` plus ``batch_id`` and ``batch_status``.
+        With ``conn`` the batch is written inside that connection's transaction.
+        """
+        params = self._batch_params(
+            task,
+            args_list,
+            _options(options, option_values),
+            metadata,
+            on_complete,
+            on_complete_args,
+        )
+        rows = await self._fetch("enqueue_batch", params, conn)
+        batch = await self._fetch("get_batch", {"id": rows[0]["id"]}, conn)
+        return Batch.from_row(batch[0])
+
+    def enqueue_batch_sync(
+        self,
+        task: Task[Any] | str,
+        args_list: Iterable[Mapping[str, Any]],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        on_complete: Task[Any] | str | None = None,
+        on_complete_args: Mapping[str, Any] | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+        options: EnqueueOptions | None = None,
+        **option_values: Any,
+    ) -> Batch:
+        """Blocking form of :meth:`enqueue_batch`."""
+        params = self._batch_params(
+            task,
+            args_list,
+            _options(options, option_values),
+            metadata,
+            on_complete,
+            on_complete_args,
+        )
+        rows = self._fetch_sync("enqueue_batch", params, conn)
+        batch = self._fetch_sync("get_batch", {"id": rows[0]["id"]}, conn)
+        return Batch.from_row(batch[0])
+
+    async def get_batch(self, batch_id: int) -> Batch | None:
+        """The batch's current row (counters included), or None if there is none."""
+        rows = await self._fetch("get_batch", {"id": batch_id})
+        return Batch.from_row(rows[0]) if rows else None
+
+    async def list_batches(
+        self,
+        *,
+        status: BatchStatus | str | Sequence[BatchStatus | str] | None = None,
+        owner: str | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[Batch]:
+        """Batches, newest first; page with ``before_id`` = the last id seen."""
+        _check_limit(limit)
+        statuses: list[str] | None = None
+        if status is not None:
+            items = [status] if isinstance(status, str) else list(status)
+            statuses = [BatchStatus(s).value for s in items]
+        rows = await self._fetch(
+            "list_batches",
+            {"status": statuses, "owner": owner, "before_id": before_id, "limit": limit},
+        )
+        return [Batch.from_row(r) for r in rows]
+
+    async def batch_jobs(
+        self,
+        batch_id: int,
+        *,
+        status: JobStatus | str | Sequence[JobStatus | str] | None = None,
+        after_id: int | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """A batch's children in enqueue order; page with ``after_id`` = the last id seen."""
+        _check_limit(limit)
+        rows = await self._fetch(
+            "batch_children",
+            {"id": batch_id, "status": _job_statuses(status), "after_id": after_id, "limit": limit},
+        )
+        return [Job.from_row(r) for r in rows]
+
+    async def pause_batch(self, batch_id: int) -> BatchStatus:
+        """Stop workers from claiming the batch's children (running ones finish)."""
+        rows = await self._fetch("pause_batch", {"id": batch_id})
+        return BatchStatus(rows[0]["status"])
+
+    async def resume_batch(self, batch_id: int) -> BatchStatus:
+        """Let workers claim a paused batch's children again."""
+        rows = await self._fetch("resume_batch", {"id": batch_id})
+        return BatchStatus(rows[0]["status"])
+
+    async def cancel_batch(self, batch_id: int) -> BatchStatus:
+        """Cancel the batch: pending children end cancelled, running ones are
+        told to stop (their late results are refused); no ``on_complete``."""
+        rows = await self._fetch("cancel_batch", {"id": batch_id})
+        return BatchStatus(rows[0]["status"])
+
+    # -- progress and retention ----------------------------------------------------------
+
+    async def progress_history(
+        self,
+        job_id: int,
+        *,
+        since: datetime | None = None,
+        after_id: int | None = None,
+        limit: int = 100,
+    ) -> list[ProgressEntry]:
+        """A job's progress reports, oldest first: those at or after ``since``;
+        page with ``after_id`` = the id of the last report seen."""
+        _check_limit(limit)
+        rows = await self._fetch(
+            "progress_history",
+            {"id": job_id, "since": since, "after_id": after_id, "limit": limit},
+        )
+        return [ProgressEntry(**r) for r in rows]
+
+    async def prune(
+        self,
+        *,
+        completed_after: float | timedelta = 86400.0,
+        failed_after: float | timedelta = 7 * 86400.0,
+        chunk: int = 1000,
+    ) -> int:
+        """Delete finished jobs older than their retention age (completed jobs
+        after ``completed_after``, the rest after ``failed_after``), with their
+        attempts and progress history, and finished batches with their
+        children, in chunks of ``chunk`` jobs (one short transaction each).
+        Returns how many jobs were deleted. Workers do this on their own."""
+        params = {
+            "completed_after": _seconds(completed_after, "completed_after", allow_zero=True),
+            "failed_after": _seconds(failed_after, "failed_after", allow_zero=True),
+            "limit": chunk,
+        }
+        total = 0
+        while True:
+            rows = await self._fetch("prune", params)
+            deleted = int(rows[0]["deleted"])
+            total += deleted
+            if deleted < chunk:
+                return total
 
 
 async def _probe(dsn: str) -> None:
@@ -726,12 +989,24 @@ async def _probe(dsn: str) -> None:
     await conn.close()
 
 
-def _notified_job_id(payload: str) -> int | None:
+def _notified_id(payload: str) -> int | None:
     try:
         value = json.loads(payload).get("id")
     except (ValueError, AttributeError):
         return None
     return value if isinstance(value, int) else None
+
+
+def _check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise ValueError(f"limit must be between 1 and 1000, not {limit!r}")
+
+
+def _job_statuses(status: JobStatus | str | Sequence[JobStatus | str] | None) -> list[str] | None:
+    if status is None:
+        return None
+    items = [status] if isinstance(status, str) else list(status)
+    return [JobStatus(s).value for s in items]
 
 
 def _options(options: EnqueueOptions | None, values: Mapping[str, Any]) -> EnqueueOptions:

@@ -48,3 +48,30 @@ TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
     }
 )
 """States a job never leaves by itself (only an operator's replay moves some on)."""
+
+
+class BatchStatus(enum.StrEnum):
+    """Where a batch is in its life, mirroring ``pgqueue.batch_status``. It
+    follows from the batch's per-state child counters; the three final states
+    are reached exactly once and never left."""
+
+    PENDING = "pending"
+    """No child has started yet."""
+    RUNNING = "running"
+    """Some child has started; not all have finished."""
+    PAUSED = "paused"
+    """Paused by a user: its pending and retrying children are not claimed."""
+    COMPLETED = "completed"
+    """Final: every child completed."""
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    """Final: every child finished, and some did not complete."""
+    CANCELLED = "cancelled"
+    """Final: cancelled by a user or operator."""
+
+    @property
+    def is_final(self) -> bool:
+        return self in (
+            BatchStatus.COMPLETED,
+            BatchStatus.COMPLETED_WITH_ERRORS,
+            BatchStatus.CANCELLED,
+        )

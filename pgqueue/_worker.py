@@ -61,6 +61,9 @@ THREAD_RELEASE_DELAY = 2.0
 """Seconds before a job whose sync thread could not be stopped at shutdown
 becomes claimable again."""
 
+PRUNE_CHUNK = 1000
+"""Finished jobs deleted per retention statement (each a short transaction)."""
+
 # Failures worth retrying: the connection or server went away (restart,
 # pg_terminate_backend, pool timeout) or a deadlock/serialization conflict.
 _RETRYABLE = (
@@ -109,6 +112,14 @@ class WorkerSettings:
     """Wake on LISTEN/NOTIFY; False polls only (e.g. behind a transaction pooler)."""
     progress_interval: float = 0.25
     """Seconds between progress writes of one job (reports in between coalesce)."""
+    progress_history: int = 100
+    """Progress reports kept per job in ``pgqueue.progress_history`` (0: none)."""
+    retain_completed: float = 86400.0
+    """Seconds a completed job (and its history) is kept before it is pruned."""
+    retain_failed: float = 7 * 86400.0
+    """Seconds a job that ended any other way is kept (errors are kept longer)."""
+    prune_interval: float = 60.0
+    """Seconds between retention passes (one worker at a time); 0 disables them."""
     pool_size: int = 4
     """Database connections for claims, outcomes and heartbeats (tasks use none)."""
     startup_timeout: float = 60.0
@@ -133,6 +144,11 @@ class WorkerSettings:
             raise ConfigurationError("pool_size must be at least 2")
         if self.shutdown_grace < 0:
             raise ConfigurationError("shutdown_grace must not be negative")
+        for name in ("progress_history", "retain_completed", "retain_failed", "prune_interval"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(
+                    f"{name} must not be negative, not {getattr(self, name)!r}"
+                )
         if self.stale_after <= self.heartbeat_interval * 2:
             raise ConfigurationError("stale_after must exceed two heartbeat intervals")
 
@@ -206,8 +222,10 @@ class Worker:
         self._slot_freed.set()
 
     async def run(self, *, install_signal_handlers: bool = True, until_idle: bool = False) -> None:
-        """Work until stopped. With ``until_idle`` return once no job is due,
-        none is running and every outcome is written (for scripts and tests)."""
+        """Work until stopped. With ``until_idle`` return once no job is due
+        or waiting to become due (jobs held by a paused queue or batch do not
+        count), none is running and every outcome is written (for scripts and
+        tests)."""
         self._loop = asyncio.get_running_loop()
         dsn = await asyncio.to_thread(lambda: self.queue.dsn)
         await self._wait_for_database(dsn)
@@ -242,6 +260,8 @@ class Worker:
             asyncio.create_task(self._rescue_loop(), name="pgqueue-rescue"),
             asyncio.create_task(self._progress_loop(), name="pgqueue-progress"),
         ]
+        if self.settings.prune_interval > 0:
+            helpers.append(asyncio.create_task(self._prune_loop(), name="pgqueue-prune"))
         if self.settings.listen:
             helpers.append(asyncio.create_task(self._listen_loop(), name="pgqueue-listen"))
         try:
@@ -708,6 +728,29 @@ class Worker:
             for job_id, status in rows:
                 log.warning("rescued job %s (lost lease) -> %s", job_id, status)
 
+    async def _prune_loop(self) -> None:
+        """Retention: delete old finished jobs in chunks, each its own short
+        transaction (the database lets one worker at a time do it)."""
+        settings = self.settings
+        params = {
+            "completed_after": timedelta(seconds=settings.retain_completed),
+            "failed_after": timedelta(seconds=settings.retain_failed),
+            "limit": PRUNE_CHUNK,
+        }
+        while True:
+            await asyncio.sleep(_jitter(settings.prune_interval))
+            deleted = PRUNE_CHUNK
+            total = 0
+            try:
+                while deleted == PRUNE_CHUNK and not self._stopping:
+                    rows = await self._call("prune", params, give_up=0)
+                    deleted = int(rows[0][0])
+                    total += deleted
+            except Exception as exc:
+                log.debug("retention pass skipped: %s", exc)
+            if total:
+                log.info("pruned %d finished jobs", total)
+
     def _progress_reported(self, ctx: JobContext) -> None:
         loop = self._loop
         if loop is None:
@@ -737,7 +780,13 @@ class Worker:
             try:
                 await self._call(
                     "progress",
-                    {"id": lease.job_id, "attempt": lease.attempt, "pct": pct, "message": message},
+                    {
+                        "id": lease.job_id,
+                        "attempt": lease.attempt,
+                        "pct": pct,
+                        "message": message,
+                        "history": self.settings.progress_history,
+                    },
                     give_up=self.settings.heartbeat_interval,
                 )
             except StaleLease:

@@ -31,8 +31,16 @@ class UnknownTaskError(InvalidJobError):
     """The task name is not registered on the queue."""
 
 
-class JobNotFound(PgQueueError, LookupError):
+class NotFound(PgQueueError, LookupError):
+    """The job or batch named does not exist."""
+
+
+class JobNotFound(NotFound):
     """No job with that id exists (SQLSTATE PQ001)."""
+
+
+class BatchNotFound(NotFound):
+    """No batch with that id exists (SQLSTATE PQ004)."""
 
 
 class InvalidTransition(PgQueueError):
@@ -54,6 +62,30 @@ class JobFailed(PgQueueError):
         self.error = error
 
 
+class BatchFailed(PgQueueError):
+    """Raised by :meth:`pgqueue.Queue.wait_batch` when the batch finished with
+    errors or was cancelled. ``unsuccessful`` counts its children that did not
+    complete; ``errors`` maps the ids of (up to 100 of) them to their status
+    and last error."""
+
+    def __init__(
+        self,
+        batch_id: int,
+        status: str,
+        unsuccessful: int,
+        errors: dict[int, tuple[str, str | None]],
+    ) -> None:
+        first = next(iter(errors.items()), None)
+        detail = f"; e.g. job {first[0]} {first[1][0]}: {first[1][1]}" if first else ""
+        super().__init__(
+            f"batch {batch_id} ended {status}: {unsuccessful} children did not complete{detail}"
+        )
+        self.batch_id = batch_id
+        self.status = status
+        self.unsuccessful = unsuccessful
+        self.errors = errors
+
+
 class NonRetryableError(PgQueueError):
     """Raise from a task to fail the job at once, without further attempts."""
 
@@ -62,6 +94,7 @@ _BY_SQLSTATE: dict[str, type[PgQueueError]] = {
     "PQ001": JobNotFound,
     "PQ002": InvalidTransition,
     "PQ003": StaleLease,
+    "PQ004": BatchNotFound,
     "22023": InvalidJobError,
 }
 

@@ -6,6 +6,7 @@
 --   PQ001  the job does not exist
 --   PQ002  the job is not in a state this transition may leave
 --   PQ003  the caller's lease is stale (rescued, timed out, cancelled, re-run)
+--   PQ004  the batch does not exist
 --   22023  invalid argument (the message names it)
 --
 -- Timestamps come from clock_timestamp() taken once per statement and are
@@ -52,6 +53,12 @@ RETURNS interval LANGUAGE sql VOLATILE AS $$
                                  * (0.75 + random() * 0.5))
 $$;
 
+-- Whether batch p_id is paused (its children must not be claimed).
+CREATE OR REPLACE FUNCTION pgqueue.batch_paused(p_id bigint)
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM pgqueue.batches b WHERE b.id = p_id AND b.paused)
+$$;
+
 -- enqueue: insert one pending job; returns its id. Visible iff the caller's
 -- transaction commits.
 CREATE OR REPLACE FUNCTION pgqueue.enqueue(
@@ -75,6 +82,7 @@ $$;
 -- enqueue_many: insert many jobs in one statement, all or nothing. The arrays
 -- are parallel (item i of each describes job i); ids come back in item order.
 -- An invalid item raises 22023 naming its index (0-based) and the problem.
+-- With p_batch_id the jobs are children of that batch (see enqueue_batch).
 CREATE OR REPLACE FUNCTION pgqueue.enqueue_many(
     p_tasks        text[],
     p_args         jsonb[],
@@ -84,7 +92,8 @@ CREATE OR REPLACE FUNCTION pgqueue.enqueue_many(
     p_max_attempts integer[],
     p_timeouts     interval[],
     p_owners       text[],
-    p_metadata     jsonb[]
+    p_metadata     jsonb[],
+    p_batch_id     bigint DEFAULT NULL
 ) RETURNS SETOF bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_n integer := cardinality(p_tasks);
@@ -127,8 +136,9 @@ BEGIN
     END IF;
 
     RETURN QUERY
-    INSERT INTO pgqueue.jobs (task, args, queue, priority, run_at, max_attempts, timeout, owner, metadata)
-    SELECT t, a, q, COALESCE(p, 0), COALESCE(r, now()), m, tm, o, md
+    INSERT INTO pgqueue.jobs (task, args, queue, priority, run_at, max_attempts, timeout, owner,
+                              metadata, batch_id)
+    SELECT t, a, q, COALESCE(p, 0), COALESCE(r, now()), m, tm, o, md, p_batch_id
       FROM unnest(p_tasks, p_args, p_queues, p_priorities, p_run_ats, p_max_attempts,
                   p_timeouts, p_owners, p_metadata)
            WITH ORDINALITY AS u(t, a, q, p, r, m, tm, o, md, ord)
@@ -136,7 +146,8 @@ BEGIN
     RETURNING id;
 END $$;
 
--- claim: lease up to p_limit due jobs from p_queues (paused queues skipped),
+-- claim: lease up to p_limit due jobs from p_queues (paused queues and
+-- children of paused batches skipped),
 -- highest priority first, then oldest run_at, then id. Each claimed job
 -- becomes running under a new lease (attempts + 1) that stays valid while its
 -- heartbeat is younger than p_lease_timeout. With p_tasks, only jobs of those
@@ -178,9 +189,12 @@ BEGIN
               SELECT j.id, j.priority, j.run_at
                 FROM pgqueue.jobs j
                WHERE j.queue = active.name
-                 AND j.status IN ('pending', 'retrying')
+                 AND j.status IN ('pending', 'retrying') AND NOT j.paused
                  AND j.run_at <= (SELECT now FROM ts)
                  AND (p_tasks IS NULL OR j.task = ANY(p_tasks))
+                 -- the paused flag keeps paused children out of the index; this
+                 -- catches a child that became due while its batch was pausing
+                 AND (j.batch_id IS NULL OR NOT pgqueue.batch_paused(j.batch_id))
                ORDER BY j.priority DESC, j.run_at, j.id
                LIMIT p_limit
                  FOR UPDATE SKIP LOCKED
@@ -240,23 +254,45 @@ RETURNS TABLE (id bigint, attempt integer, refreshed boolean) LANGUAGE sql AS $$
                       AND j.status = 'running' AND j.worker_id = p_worker_id)
 $$;
 
--- progress: record a running job's progress (clamped to 0..100) under its lease.
-CREATE OR REPLACE FUNCTION pgqueue.progress(p_id bigint, p_attempt integer, p_pct numeric, p_message text DEFAULT NULL)
-RETURNS smallint LANGUAGE plpgsql AS $$
+-- progress: record a running job's progress (clamped to 0..100) and message
+-- under its lease, and append it to the job's progress history, which keeps
+-- the newest p_history_limit reports (0: none). The change is announced on
+-- pgqueue_job by the notify_changed trigger.
+CREATE OR REPLACE FUNCTION pgqueue.progress(
+    p_id            bigint,
+    p_attempt       integer,
+    p_pct           numeric,
+    p_message       text DEFAULT NULL,
+    p_history_limit integer DEFAULT 100
+) RETURNS smallint LANGUAGE plpgsql AS $$
 DECLARE
     v_pct smallint;
+    v_at  timestamptz;
 BEGIN
     IF p_pct IS NULL OR p_pct = 'NaN'::numeric THEN
         RAISE EXCEPTION 'pgqueue: progress: percentage must be a number' USING ERRCODE = '22023';
     END IF;
+    IF p_history_limit IS NULL OR p_history_limit < 0 THEN
+        RAISE EXCEPTION 'pgqueue: progress: history limit must be 0 or more' USING ERRCODE = '22023';
+    END IF;
     UPDATE pgqueue.jobs
        SET progress = LEAST(100, GREATEST(0, round(p_pct)))::smallint,
-           progress_message = p_message,
+           progress_message = left(p_message, 1000),
            heartbeat_at = GREATEST(clock_timestamp(), heartbeat_at)
      WHERE id = p_id AND attempts = p_attempt AND status = 'running'
-    RETURNING progress INTO v_pct;
+    RETURNING progress, heartbeat_at INTO v_pct, v_at;
     IF NOT FOUND THEN
         PERFORM pgqueue.raise_lease_error(p_id, p_attempt, 'report progress of');
+    END IF;
+    IF p_history_limit > 0 THEN
+        INSERT INTO pgqueue.progress_history (job_id, attempt, at, pct, message)
+        VALUES (p_id, p_attempt, v_at, v_pct, left(p_message, 1000));
+        -- keep the newest p_history_limit rows of this job
+        DELETE FROM pgqueue.progress_history h
+         WHERE h.job_id = p_id
+           AND h.id <= (SELECT k.id FROM pgqueue.progress_history k
+                         WHERE k.job_id = p_id
+                         ORDER BY k.id DESC OFFSET p_history_limit LIMIT 1);
     END IF;
     RETURN v_pct;
 END $$;
@@ -360,6 +396,7 @@ BEGIN
                run_at = CASE WHEN cur.next = 'retrying'
                              THEN ts.now + COALESCE(p_retry_in, pgqueue.retry_backoff(j.attempts))
                              ELSE j.run_at END,
+               paused = j.batch_id IS NOT NULL AND pgqueue.batch_paused(j.batch_id),
                completed_at = CASE WHEN cur.next = 'retrying' THEN NULL
                                    ELSE GREATEST(ts.now, j.created_at, j.started_at, j.leased_at) END
           FROM ts, cur
@@ -393,7 +430,8 @@ BEGIN
     WITH ts AS (SELECT clock_timestamp() AS now),
     released AS (
         UPDATE pgqueue.jobs j
-           SET status = 'pending', run_at = ts.now + p_run_in, max_attempts = j.max_attempts + 1
+           SET status = 'pending', run_at = ts.now + p_run_in, max_attempts = j.max_attempts + 1,
+               paused = j.batch_id IS NOT NULL AND pgqueue.batch_paused(j.batch_id)
           FROM ts
          WHERE j.id = p_id AND j.attempts = p_attempt AND j.status = 'running'
         RETURNING j.id, j.attempts, j.worker_id, j.leased_at, GREATEST(ts.now, j.leased_at) AS ended_at
@@ -483,6 +521,7 @@ BEGIN
            SET status = lost.next,
                error = lost.reason,
                run_at = CASE WHEN lost.next = 'retrying' THEN ts.now ELSE j.run_at END,
+               paused = j.batch_id IS NOT NULL AND pgqueue.batch_paused(j.batch_id),
                completed_at = CASE WHEN lost.next = 'retrying' THEN NULL
                                    ELSE GREATEST(ts.now, j.created_at, j.started_at, j.leased_at) END
           FROM lost, ts
@@ -502,15 +541,29 @@ END $$;
 -- replay: operator re-run of a job that ended without success. It becomes
 -- pending again with at least p_extra_attempts more attempts (never fewer than
 -- it had left); its attempt history and last error are kept, and attempt
--- numbers keep counting (old leases stay stale).
+-- numbers keep counting (old leases stay stale). A child of a batch that has
+-- reached its final state cannot be replayed: the batch finished exactly once.
 CREATE OR REPLACE FUNCTION pgqueue.replay(p_id bigint, p_extra_attempts integer DEFAULT 1)
 RETURNS pgqueue.job_status LANGUAGE plpgsql AS $$
+DECLARE
+    v_batch pgqueue.batches%ROWTYPE;
 BEGIN
     IF p_extra_attempts IS NULL OR p_extra_attempts < 1 THEN
         RAISE EXCEPTION 'pgqueue: replay: extra attempts must be at least 1' USING ERRCODE = '22023';
     END IF;
+    -- Lock the batch before the child, so a concurrent cancel_batch (which
+    -- locks active children, then the batch) cannot miss this child.
+    SELECT b.* INTO v_batch
+      FROM pgqueue.batches b JOIN pgqueue.jobs j ON j.batch_id = b.id
+     WHERE j.id = p_id
+       FOR NO KEY UPDATE OF b;
+    IF v_batch.completed_at IS NOT NULL THEN
+        RAISE EXCEPTION 'pgqueue: cannot replay job %: its batch % is % (a finished batch stays finished)',
+            p_id, v_batch.id, v_batch.status USING ERRCODE = 'PQ002';
+    END IF;
     UPDATE pgqueue.jobs
        SET status = 'pending',
+           paused = COALESCE(v_batch.paused, false),
            run_at = clock_timestamp(),
            completed_at = NULL,
            result = NULL,
@@ -540,10 +593,360 @@ BEGIN
     PERFORM pg_notify('pgqueue_enqueue', p_name);
 END $$;
 
+-- enqueue_batch: create a batch and all its children in one statement, all or
+-- nothing: an invalid item raises 22023 naming its index, and nothing is
+-- written. The child arrays are those of enqueue_many (every child belongs to
+-- p_owner). p_on_complete, if given, is the job enqueued exactly once when
+-- the batch finishes by itself (completed or completed_with_errors):
+--   {"task": ..., "args": {...}, "queue": ..., "priority": n,
+--    "max_attempts": n, "timeout": seconds}
+-- and its args get "batch_id" and "batch_status" added. Returns the batch id.
+CREATE OR REPLACE FUNCTION pgqueue.enqueue_batch(
+    p_tasks          text[],
+    p_args           jsonb[],
+    p_queues         text[],
+    p_priorities     integer[],
+    p_run_ats        timestamptz[],
+    p_max_attempts   integer[],
+    p_timeouts       interval[],
+    p_child_metadata jsonb[],
+    p_owner          text DEFAULT NULL,
+    p_metadata       jsonb DEFAULT '{}',
+    p_on_complete    jsonb DEFAULT NULL
+) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_n  integer := cardinality(p_tasks);
+    v_id bigint;
+BEGIN
+    IF v_n IS NULL OR v_n = 0 THEN
+        RAISE EXCEPTION 'pgqueue: enqueue_batch: a batch needs at least one item' USING ERRCODE = '22023';
+    END IF;
+    IF p_on_complete IS NOT NULL AND (
+           jsonb_typeof(p_on_complete) <> 'object'
+           OR jsonb_typeof(p_on_complete -> 'task') IS DISTINCT FROM 'string'
+           OR COALESCE(jsonb_typeof(p_on_complete -> 'args'), 'object') <> 'object') THEN
+        RAISE EXCEPTION 'pgqueue: enqueue_batch: on_complete must be an object with a "task" name and object "args"'
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO pgqueue.batches (queue, task, total, pending, owner, metadata, on_complete)
+    VALUES (COALESCE(p_queues[1], 'default'), COALESCE(p_tasks[1], ''), v_n, v_n, p_owner,
+            COALESCE(p_metadata, '{}'), p_on_complete)
+    RETURNING id INTO v_id;
+    PERFORM pgqueue.enqueue_many(p_tasks, p_args, p_queues, p_priorities, p_run_ats, p_max_attempts,
+                                 p_timeouts, array_fill(p_owner, ARRAY[v_n]), p_child_metadata, v_id);
+    RETURN v_id;
+END $$;
+
+-- Raise the precise error for a batch operation refused by the batch's state.
+CREATE OR REPLACE FUNCTION pgqueue.raise_batch_error(p_id bigint, p_action text)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_status pgqueue.batch_status;
+BEGIN
+    SELECT status INTO v_status FROM pgqueue.batches WHERE id = p_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgqueue: cannot % batch %: it does not exist', p_action, p_id
+            USING ERRCODE = 'PQ004';
+    END IF;
+    RAISE EXCEPTION 'pgqueue: cannot % batch %: it is % (finished)', p_action, p_id, v_status
+        USING ERRCODE = 'PQ002';
+END $$;
+
+-- Batch counters. batch_apply moves children of batch p_id from the states
+-- in p_was to those in p_now (item by item; a NULL in p_now is a deleted
+-- child) as increments of its counters, on its row locked by the caller's
+-- UPDATE, in the same transaction as the change of the children. The batch's
+-- status follows from its counters; a final status (completed_at set) is
+-- never left, so a batch finishes exactly once, and that is when its
+-- on_complete job is enqueued.
+CREATE OR REPLACE FUNCTION pgqueue.batch_apply(
+    p_id  bigint,
+    p_was pgqueue.job_status[],
+    p_now pgqueue.job_status[]
+) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    d        record;
+    b        pgqueue.batches%ROWTYPE;
+    v_now    timestamptz := clock_timestamp();
+    v_status pgqueue.batch_status;
+BEGIN
+    SELECT count(*) FILTER (WHERE n IS NULL) AS deleted,
+           count(*) FILTER (WHERE n = 'pending') - count(*) FILTER (WHERE w = 'pending') AS pending,
+           count(*) FILTER (WHERE n = 'running') - count(*) FILTER (WHERE w = 'running') AS running,
+           count(*) FILTER (WHERE n = 'retrying') - count(*) FILTER (WHERE w = 'retrying') AS retrying,
+           count(*) FILTER (WHERE n = 'completed') - count(*) FILTER (WHERE w = 'completed') AS completed,
+           count(*) FILTER (WHERE n = 'failed') - count(*) FILTER (WHERE w = 'failed') AS failed,
+           count(*) FILTER (WHERE n = 'timeout') - count(*) FILTER (WHERE w = 'timeout') AS timeout,
+           count(*) FILTER (WHERE n = 'zombie') - count(*) FILTER (WHERE w = 'zombie') AS zombie,
+           count(*) FILTER (WHERE n = 'dead_letter') - count(*) FILTER (WHERE w = 'dead_letter') AS dead_letter,
+           count(*) FILTER (WHERE n = 'cancelled') - count(*) FILTER (WHERE w = 'cancelled') AS cancelled
+      INTO d
+      FROM unnest(p_was, p_now) AS m(w, n);
+
+    SELECT * INTO b FROM pgqueue.batches WHERE id = p_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    b.total := b.total - d.deleted;
+    b.pending := b.pending + d.pending;
+    b.running := b.running + d.running;
+    b.retrying := b.retrying + d.retrying;
+    b.completed := b.completed + d.completed;
+    b.failed := b.failed + d.failed;
+    b.timeout := b.timeout + d.timeout;
+    b.zombie := b.zombie + d.zombie;
+    b.dead_letter := b.dead_letter + d.dead_letter;
+    b.cancelled := b.cancelled + d.cancelled;
+    v_status := CASE
+        WHEN b.completed_at IS NOT NULL THEN b.status
+        WHEN b.pending + b.running + b.retrying = 0 THEN
+            (CASE WHEN b.completed = b.total THEN 'completed'
+                  ELSE 'completed_with_errors' END)::pgqueue.batch_status
+        WHEN b.paused THEN 'paused'
+        WHEN b.pending = b.total THEN 'pending'
+        ELSE 'running'
+    END;
+    IF b.started_at IS NULL AND b.pending < b.total THEN
+        b.started_at := GREATEST(v_now, b.created_at);
+    END IF;
+    IF b.completed_at IS NULL AND v_status IN ('completed', 'completed_with_errors') THEN
+        b.completed_at := GREATEST(v_now, b.created_at, b.started_at);
+        IF b.on_complete IS NOT NULL THEN
+            INSERT INTO pgqueue.jobs (task, args, queue, priority, max_attempts, timeout, owner)
+            VALUES (b.on_complete ->> 'task',
+                    COALESCE(b.on_complete -> 'args', '{}')
+                        || jsonb_build_object('batch_id', b.id, 'batch_status', v_status),
+                    COALESCE(b.on_complete ->> 'queue', b.queue),
+                    COALESCE((b.on_complete ->> 'priority')::integer, 0),
+                    COALESCE((b.on_complete ->> 'max_attempts')::integer, 1),
+                    make_interval(secs => (b.on_complete ->> 'timeout')::float8),
+                    b.owner)
+            RETURNING id INTO b.on_complete_job_id;
+        END IF;
+    END IF;
+    UPDATE pgqueue.batches
+       SET total = b.total, pending = b.pending, running = b.running, retrying = b.retrying,
+           completed = b.completed, failed = b.failed, timeout = b.timeout, zombie = b.zombie,
+           dead_letter = b.dead_letter, cancelled = b.cancelled, status = v_status,
+           started_at = b.started_at, completed_at = b.completed_at,
+           on_complete_job_id = b.on_complete_job_id
+     WHERE id = b.id;
+    IF v_status <> b.status THEN
+        PERFORM pg_notify('pgqueue_batch', json_build_object(
+            'id', b.id, 'status', v_status, 'owner', b.owner)::text);
+    END IF;
+END $$;
+
+-- Runs once per UPDATE or DELETE statement on jobs, with the statement's old
+-- and new rows, and applies the children's moves batch by batch in id order
+-- (so concurrent statements lock batch rows in the same order and never
+-- deadlock on them).
+CREATE OR REPLACE FUNCTION pgqueue.batch_children_changed()
+RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    d record;
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        FOR d IN
+            SELECT o.batch_id, array_agg(o.status) AS was, array_agg(n.status) AS now
+              FROM old_jobs o JOIN new_jobs n ON n.id = o.id
+             WHERE o.batch_id IS NOT NULL AND o.status <> n.status
+             GROUP BY o.batch_id
+             ORDER BY o.batch_id
+        LOOP
+            PERFORM pgqueue.batch_apply(d.batch_id, d.was, d.now);
+        END LOOP;
+    ELSE
+        FOR d IN
+            SELECT o.batch_id, array_agg(o.status) AS was,
+                   array_agg(NULL::pgqueue.job_status) AS now
+              FROM old_jobs o
+             WHERE o.batch_id IS NOT NULL
+             GROUP BY o.batch_id
+             ORDER BY o.batch_id
+        LOOP
+            PERFORM pgqueue.batch_apply(d.batch_id, d.was, d.now);
+        END LOOP;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER jobs_batch_counts_update
+    AFTER UPDATE ON pgqueue.jobs
+    REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.batch_children_changed();
+
+CREATE TRIGGER jobs_batch_counts_delete
+    AFTER DELETE ON pgqueue.jobs
+    REFERENCING OLD TABLE AS old_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.batch_children_changed();
+
+-- pause_batch: its pending and retrying children are not claimed until
+-- resume_batch; running children finish normally. Children are flagged
+-- before the batch row is locked: the order in which workers' statements
+-- lock them, so the two never deadlock.
+CREATE OR REPLACE FUNCTION pgqueue.pause_batch(p_id bigint)
+RETURNS pgqueue.batch_status LANGUAGE plpgsql AS $$
+DECLARE
+    v_status pgqueue.batch_status;
+BEGIN
+    UPDATE pgqueue.jobs SET paused = true
+     WHERE batch_id = p_id AND status IN ('pending', 'retrying') AND NOT paused;
+    UPDATE pgqueue.batches SET paused = true, status = 'paused'
+     WHERE id = p_id AND completed_at IS NULL
+    RETURNING status INTO v_status;
+    IF NOT FOUND THEN
+        PERFORM pgqueue.raise_batch_error(p_id, 'pause');
+    END IF;
+    PERFORM pg_notify('pgqueue_batch', json_build_object(
+        'id', b.id, 'status', b.status, 'owner', b.owner)::text)
+       FROM pgqueue.batches b WHERE b.id = p_id;
+    RETURN v_status;
+END $$;
+
+-- resume_batch: let a paused batch's children be claimed again.
+CREATE OR REPLACE FUNCTION pgqueue.resume_batch(p_id bigint)
+RETURNS pgqueue.batch_status LANGUAGE plpgsql AS $$
+DECLARE
+    v_status pgqueue.batch_status;
+    v_queue  text;
+BEGIN
+    UPDATE pgqueue.jobs SET paused = false WHERE batch_id = p_id AND paused;
+    UPDATE pgqueue.batches
+       SET paused = false,
+           status = CASE WHEN pending = total THEN 'pending' ELSE 'running' END::pgqueue.batch_status
+     WHERE id = p_id AND completed_at IS NULL
+    RETURNING status, queue INTO v_status, v_queue;
+    IF NOT FOUND THEN
+        PERFORM pgqueue.raise_batch_error(p_id, 'resume');
+    END IF;
+    PERFORM pg_notify('pgqueue_enqueue', v_queue);
+    PERFORM pg_notify('pgqueue_batch', json_build_object(
+        'id', b.id, 'status', b.status, 'owner', b.owner)::text)
+       FROM pgqueue.batches b WHERE b.id = p_id;
+    RETURN v_status;
+END $$;
+
+-- cancel_batch: the batch ends cancelled; its pending and retrying children
+-- end cancelled, and running ones too (their leases become stale and their
+-- workers are told through pgqueue_cancel, as with cancel). Its on_complete
+-- job is not enqueued. Lock order: active children (id order), then the batch.
+CREATE OR REPLACE FUNCTION pgqueue.cancel_batch(p_id bigint)
+RETURNS pgqueue.batch_status LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM pgqueue.jobs
+     WHERE batch_id = p_id AND status IN ('pending', 'retrying', 'running')
+     ORDER BY id
+       FOR UPDATE;
+    UPDATE pgqueue.batches
+       SET status = 'cancelled', paused = false,
+           started_at = COALESCE(started_at, GREATEST(clock_timestamp(), created_at)),
+           completed_at = GREATEST(clock_timestamp(), created_at, started_at)
+     WHERE id = p_id AND completed_at IS NULL;
+    IF NOT FOUND THEN
+        PERFORM pgqueue.raise_batch_error(p_id, 'cancel');
+    END IF;
+    WITH ts AS (SELECT clock_timestamp() AS now),
+    prev AS (
+        SELECT j.id, j.status FROM pgqueue.jobs j
+         WHERE j.batch_id = p_id AND j.status IN ('pending', 'retrying', 'running')
+           FOR UPDATE
+    ),
+    cancelled AS (
+        UPDATE pgqueue.jobs j
+           SET status = 'cancelled',
+               completed_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at)
+          FROM ts, prev
+         WHERE j.id = prev.id
+        RETURNING prev.status AS was, j.id, j.attempts, j.worker_id, j.leased_at, j.completed_at
+    )
+    INSERT INTO pgqueue.attempts (job_id, attempt, worker_id, started_at, ended_at, outcome, error)
+    SELECT id, attempts, worker_id, leased_at, completed_at, 'cancelled', 'batch cancelled while running'
+      FROM cancelled WHERE was = 'running';
+    PERFORM pg_notify('pgqueue_batch', json_build_object(
+        'id', b.id, 'status', b.status, 'owner', b.owner)::text)
+       FROM pgqueue.batches b WHERE b.id = p_id;
+    RETURN 'cancelled';
+END $$;
+
+-- prune: retention. Deletes finished jobs (their attempts and progress
+-- history go with them) whose completed_at is older than p_completed_after
+-- for completed jobs and p_failed_after for every other terminal state, at
+-- most p_limit jobs per call: call it again while it returns p_limit. A
+-- batch's children are deleted only once the batch itself is finished and
+-- old enough (by the same two ages, after its own status), and the batch row
+-- goes with its last child. Pending, retrying and running jobs are never
+-- touched, nor are children of unfinished batches. One pruner at a time:
+-- the advisory lock is transaction-scoped (returns 0 if another holds it).
+CREATE OR REPLACE FUNCTION pgqueue.prune(
+    p_completed_after interval,
+    p_failed_after    interval,
+    p_limit           integer DEFAULT 1000
+) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_now     timestamptz := clock_timestamp();
+    v_deleted integer := 0;
+    v_more    integer;
+BEGIN
+    IF p_completed_after IS NULL OR p_completed_after < interval '0'
+       OR p_failed_after IS NULL OR p_failed_after < interval '0' THEN
+        RAISE EXCEPTION 'pgqueue: prune: ages must be non-negative intervals' USING ERRCODE = '22023';
+    END IF;
+    IF p_limit IS NULL OR p_limit < 1 THEN
+        RAISE EXCEPTION 'pgqueue: prune: limit must be at least 1' USING ERRCODE = '22023';
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(hashtext('pgqueue.prune')) THEN
+        RETURN 0;
+    END IF;
+
+    DELETE FROM pgqueue.jobs j
+     WHERE j.id IN (SELECT k.id FROM pgqueue.jobs k
+                     WHERE k.status = 'completed' AND k.completed_at < v_now - p_completed_after
+                       AND k.batch_id IS NULL
+                     ORDER BY k.completed_at
+                     LIMIT p_limit)
+       AND j.status = 'completed';
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+
+    DELETE FROM pgqueue.jobs j
+     WHERE j.id IN (SELECT k.id FROM pgqueue.jobs k
+                     WHERE k.status IN ('failed', 'timeout', 'zombie', 'dead_letter', 'cancelled')
+                       AND k.completed_at < v_now - p_failed_after
+                       AND k.batch_id IS NULL
+                     ORDER BY k.completed_at
+                     LIMIT p_limit - v_deleted)
+       AND j.status IN ('failed', 'timeout', 'zombie', 'dead_letter', 'cancelled');
+    GET DIAGNOSTICS v_more = ROW_COUNT;
+    v_deleted := v_deleted + v_more;
+
+    IF v_deleted < p_limit THEN
+        DELETE FROM pgqueue.jobs j
+         WHERE j.id IN (
+                SELECT k.id
+                  FROM pgqueue.batches b
+                  JOIN pgqueue.jobs k ON k.batch_id = b.id
+                 WHERE b.completed_at < v_now - CASE WHEN b.status = 'completed'
+                                                     THEN p_completed_after
+                                                     ELSE p_failed_after END
+                 ORDER BY b.id, k.id
+                 LIMIT p_limit - v_deleted)
+           AND j.completed_at IS NOT NULL;
+        GET DIAGNOSTICS v_more = ROW_COUNT;
+        v_deleted := v_deleted + v_more;
+    END IF;
+
+    DELETE FROM pgqueue.batches b
+     WHERE b.total = 0 AND b.completed_at IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM pgqueue.jobs k WHERE k.batch_id = b.id);
+    RETURN v_deleted;
+END $$;
+
 -- Announcements. Channel pgqueue_enqueue (payload: queue name) wakes idle
--- workers; pgqueue_job (payload: JSON id, status, progress, queue) reports
--- every state or progress change; pgqueue_cancel (payload: job id) tells a
--- worker that one of its running jobs was cancelled.
+-- workers; pgqueue_job (payload: JSON id, status, progress, queue, owner,
+-- batch_id, message) reports every state or progress change; pgqueue_cancel
+-- (payload: job id) tells a worker that one of its running jobs was
+-- cancelled; pgqueue_batch (payload: JSON id, status, owner) reports every
+-- change of a batch's status.
 CREATE OR REPLACE FUNCTION pgqueue.notify_enqueued()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -556,7 +959,9 @@ CREATE OR REPLACE FUNCTION pgqueue.notify_changed()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('pgqueue_job', json_build_object(
-        'id', NEW.id, 'status', NEW.status, 'progress', NEW.progress, 'queue', NEW.queue)::text);
+        'id', NEW.id, 'status', NEW.status, 'progress', NEW.progress, 'queue', NEW.queue,
+        'owner', NEW.owner, 'batch_id', NEW.batch_id,
+        'message', left(NEW.progress_message, 200))::text);
     IF NEW.status = 'cancelled' AND OLD.status = 'running' THEN
         PERFORM pg_notify('pgqueue_cancel', NEW.id::text);
     ELSIF NEW.status = 'pending' AND OLD.status <> 'pending' THEN
@@ -571,7 +976,8 @@ CREATE TRIGGER jobs_notify_enqueued
     FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.notify_enqueued();
 
 CREATE TRIGGER jobs_notify_changed
-    AFTER UPDATE OF status, progress ON pgqueue.jobs
+    AFTER UPDATE OF status, progress, progress_message ON pgqueue.jobs
     FOR EACH ROW
-    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.progress IS DISTINCT FROM NEW.progress)
+    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.progress IS DISTINCT FROM NEW.progress
+          OR OLD.progress_message IS DISTINCT FROM NEW.progress_message)
     EXECUTE FUNCTION pgqueue.notify_changed();

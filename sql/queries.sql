@@ -30,7 +30,8 @@ SELECT id, attempts
    AND leased_at >= clock_timestamp() - %(within)s::interval
 
 -- name: progress
-SELECT pgqueue.progress(%(id)s::bigint, %(attempt)s::int, %(pct)s::numeric, %(message)s::text) AS progress
+SELECT pgqueue.progress(%(id)s::bigint, %(attempt)s::int, %(pct)s::numeric, %(message)s::text,
+                        %(history)s::int) AS progress
 
 -- name: complete_many
 SELECT id, attempt FROM pgqueue.complete_many(%(ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[])
@@ -100,6 +101,75 @@ SELECT names.name AS queue,
  ORDER BY names.name
 
 -- name: unfinished
+-- Jobs that keep an until-idle worker going: running ones, and those that
+-- will become claimable (not held back by a paused queue or batch).
 SELECT count(*) AS n
+  FROM pgqueue.jobs j
+ WHERE j.queue = ANY(%(queues)s::text[])
+   AND (j.status = 'running'
+        OR (j.status IN ('pending', 'retrying') AND NOT j.paused
+            AND NOT EXISTS (SELECT 1 FROM pgqueue.queues q WHERE q.name = j.queue AND q.paused)))
+
+-- name: enqueue_batch
+SELECT pgqueue.enqueue_batch(%(tasks)s::text[], %(args)s::jsonb[], %(queues)s::text[],
+                             %(priorities)s::int[], %(run_ats)s::timestamptz[],
+                             %(max_attempts)s::int[], %(timeouts)s::interval[],
+                             %(metadata)s::jsonb[], %(owner)s::text, %(batch_metadata)s::jsonb,
+                             %(on_complete)s::jsonb) AS id
+
+-- name: get_batch
+SELECT * FROM pgqueue.batches WHERE id = %(id)s::bigint
+
+-- name: list_batches
+SELECT *
+  FROM pgqueue.batches
+ WHERE (%(status)s::pgqueue.batch_status[] IS NULL
+        OR status = ANY(%(status)s::pgqueue.batch_status[]))
+   AND (%(owner)s::text IS NULL OR owner = %(owner)s::text)
+   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+ ORDER BY id DESC
+ LIMIT %(limit)s::int
+
+-- name: batch_children
+SELECT *
   FROM pgqueue.jobs
- WHERE status IN ('pending', 'retrying', 'running') AND queue = ANY(%(queues)s::text[])
+ WHERE batch_id = %(id)s::bigint
+   AND (%(status)s::pgqueue.job_status[] IS NULL OR status = ANY(%(status)s::pgqueue.job_status[]))
+   AND (%(after_id)s::bigint IS NULL OR id > %(after_id)s::bigint)
+ ORDER BY id
+ LIMIT %(limit)s::int
+
+-- name: batch_results
+SELECT id, status, result, error
+  FROM pgqueue.jobs
+ WHERE batch_id = %(id)s::bigint
+ ORDER BY id
+
+-- name: batch_errors
+SELECT id, status, error
+  FROM pgqueue.jobs
+ WHERE batch_id = %(id)s::bigint
+   AND status IN ('failed', 'timeout', 'zombie', 'dead_letter', 'cancelled')
+ ORDER BY id
+ LIMIT 100
+
+-- name: pause_batch
+SELECT pgqueue.pause_batch(%(id)s::bigint) AS status
+
+-- name: resume_batch
+SELECT pgqueue.resume_batch(%(id)s::bigint) AS status
+
+-- name: cancel_batch
+SELECT pgqueue.cancel_batch(%(id)s::bigint) AS status
+
+-- name: progress_history
+SELECT id, job_id, attempt, at, pct, message
+  FROM pgqueue.progress_history
+ WHERE job_id = %(id)s::bigint
+   AND (%(since)s::timestamptz IS NULL OR at >= %(since)s::timestamptz)
+   AND (%(after_id)s::bigint IS NULL OR id > %(after_id)s::bigint)
+ ORDER BY id
+ LIMIT %(limit)s::int
+
+-- name: prune
+SELECT pgqueue.prune(%(completed_after)s::interval, %(failed_after)s::interval, %(limit)s::int) AS deleted

@@ -44,8 +44,9 @@ CREATE TABLE pgqueue.jobs (
     result           jsonb,
     error            text,
     owner            text,
-    batch_id         bigint,
+    batch_id         bigint,               -- REFERENCES pgqueue.batches, added below
     metadata         jsonb NOT NULL DEFAULT '{}'::jsonb,
+    paused           boolean NOT NULL DEFAULT false,  -- its batch is paused: not claimable
 
     CONSTRAINT jobs_queue_valid CHECK (queue <> '' AND length(queue) <= 128),
     CONSTRAINT jobs_task_valid CHECK (task <> '' AND length(task) <= 256),
@@ -75,15 +76,23 @@ CREATE TABLE pgqueue.jobs (
 -- The claim: per queue, highest priority first, then oldest run_at, then id.
 -- Partial, so finished jobs (the bulk of a busy table) cost it nothing.
 CREATE INDEX jobs_claim_idx ON pgqueue.jobs (queue, priority DESC, run_at, id)
-    WHERE status IN ('pending', 'retrying');
+    WHERE status IN ('pending', 'retrying') AND NOT paused;
 
 -- Rescue and heartbeat scans touch running jobs only.
 CREATE INDEX jobs_running_idx ON pgqueue.jobs (heartbeat_at)
     WHERE status = 'running';
 
--- Listing and API lookups.
-CREATE INDEX jobs_status_idx ON pgqueue.jobs (status, queue);
+-- Listing by state, and retention (finished jobs by state and age).
+CREATE INDEX jobs_status_idx ON pgqueue.jobs (status, completed_at);
+
+-- The API's per-owner views: listing, and "active" (completed_at IS NULL
+-- exactly when the job is not terminal) plus "finished recently".
 CREATE INDEX jobs_owner_idx ON pgqueue.jobs (owner, id) WHERE owner IS NOT NULL;
+CREATE INDEX jobs_owner_completed_idx ON pgqueue.jobs (owner, completed_at)
+    WHERE owner IS NOT NULL;
+
+-- Children of a batch, by state (pause, cancel, progress, retention).
+CREATE INDEX jobs_batch_idx ON pgqueue.jobs (batch_id, status) WHERE batch_id IS NOT NULL;
 
 -- One row per finished attempt: who ran it, when, and how it ended.
 CREATE TABLE pgqueue.attempts (
@@ -109,3 +118,81 @@ CREATE TABLE pgqueue.queues (
     paused      boolean NOT NULL DEFAULT false,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- Progress reports of each job, newest last; bounded per job by the progress()
+-- function, deleted with the job.
+CREATE TABLE pgqueue.progress_history (
+    id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id   bigint NOT NULL REFERENCES pgqueue.jobs (id) ON DELETE CASCADE,
+    attempt  integer NOT NULL,
+    at       timestamptz NOT NULL,
+    pct      smallint NOT NULL,
+    message  text,
+    CONSTRAINT progress_history_pct_range CHECK (pct BETWEEN 0 AND 100)
+);
+CREATE INDEX progress_history_job_idx ON pgqueue.progress_history (job_id, id);
+
+-- Batches: a parent of many child jobs, followed as a whole. The counters are
+-- the number of children in each state; they are kept by a trigger on jobs in
+-- the same statement that moves a child, so they always equal a recount.
+CREATE TYPE pgqueue.batch_status AS ENUM (
+    'pending',                -- no child has started yet
+    'running',                -- some child started; not all are finished
+    'paused',                 -- paused by a user: its children are not claimed
+    'completed',              -- final: every child completed
+    'completed_with_errors',  -- final: every child finished, some did not complete
+    'cancelled'               -- final: cancelled by a user or operator
+);
+
+CREATE TABLE pgqueue.batches (
+    id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue               text NOT NULL,
+    task                text NOT NULL,
+    status              pgqueue.batch_status NOT NULL DEFAULT 'pending',
+    paused              boolean NOT NULL DEFAULT false,
+    total               integer NOT NULL,
+    pending             integer NOT NULL DEFAULT 0,
+    running             integer NOT NULL DEFAULT 0,
+    retrying            integer NOT NULL DEFAULT 0,
+    completed           integer NOT NULL DEFAULT 0,
+    failed              integer NOT NULL DEFAULT 0,
+    timeout             integer NOT NULL DEFAULT 0,
+    zombie              integer NOT NULL DEFAULT 0,
+    dead_letter         integer NOT NULL DEFAULT 0,
+    cancelled           integer NOT NULL DEFAULT 0,
+    owner               text,
+    metadata            jsonb NOT NULL DEFAULT '{}'::jsonb,
+    on_complete         jsonb,    -- the job to enqueue when the batch finishes
+    on_complete_job_id  bigint,   -- ... and its id, once enqueued
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    started_at          timestamptz,
+    completed_at        timestamptz,
+
+    -- total drops as retention deletes a finished batch's children
+    CONSTRAINT batches_total_nonnegative CHECK (total >= 0),
+    CONSTRAINT batches_counts_nonnegative CHECK (
+        LEAST(pending, running, retrying, completed, failed, timeout, zombie, dead_letter,
+              cancelled) >= 0),
+    CONSTRAINT batches_counts_sum CHECK (
+        pending + running + retrying + completed + failed + timeout + zombie + dead_letter
+        + cancelled = total),
+    CONSTRAINT batches_owner_valid CHECK (owner <> '' AND length(owner) <= 256),
+    CONSTRAINT batches_metadata_object CHECK (jsonb_typeof(metadata) = 'object'),
+    CONSTRAINT batches_on_complete_object CHECK (jsonb_typeof(on_complete) = 'object'),
+    CONSTRAINT batches_paused_flag CHECK (status <> 'paused' OR paused),
+    CONSTRAINT batches_started_after_created CHECK (started_at >= created_at),
+    CONSTRAINT batches_completed_after_started
+        CHECK (completed_at >= COALESCE(started_at, created_at)),
+    CONSTRAINT batches_final_iff_completed_at CHECK (
+        (status IN ('completed', 'completed_with_errors', 'cancelled'))
+        = (completed_at IS NOT NULL)),
+    CONSTRAINT batches_completed_all CHECK (status <> 'completed' OR completed = total),
+    CONSTRAINT batches_finished_children_finished CHECK (
+        status NOT IN ('completed', 'completed_with_errors') OR pending + running + retrying = 0)
+);
+CREATE INDEX batches_owner_idx ON pgqueue.batches (owner, id) WHERE owner IS NOT NULL;
+CREATE INDEX batches_finished_idx ON pgqueue.batches (completed_at)
+    WHERE completed_at IS NOT NULL;
+
+ALTER TABLE pgqueue.jobs
+    ADD CONSTRAINT jobs_batch_id_fkey FOREIGN KEY (batch_id) REFERENCES pgqueue.batches (id);

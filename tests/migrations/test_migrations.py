@@ -2,8 +2,10 @@
 
 - A database built from ``sql/schema.sql`` + ``sql/functions.sql`` must have the
   same catalog as one built by the frozen alembic revisions.
-- Downgrading one step drops the code but keeps every job row; upgrading again
-  restores a working queue over the same rows.
+- Downgrading to the tables-only revision drops the code but keeps every job
+  row; upgrading again restores a working queue over the same rows.
+- Revision 0003 (batches) upgrades a database holding jobs of every state and
+  downgrades cleanly, batches and all.
 - pgqueue keeps its own version table and never touches an application's own
   ``alembic_version``.
 """
@@ -39,10 +41,20 @@ def _execute_script(dsn: str, script: str) -> None:
         conn.execute(script)  # type: ignore[arg-type]
 
 
+# The columns of pgqueue.jobs since revision 0001 (later revisions add columns).
+JOB_COLUMNS_0001 = (
+    "id, queue, task, args, status, priority, run_at, attempts, max_attempts, timeout,"
+    " created_at, started_at, leased_at, completed_at, heartbeat_at, lease_timeout, worker_id,"
+    " progress, progress_message, result, error, owner, batch_id, metadata"
+)
+
+
 def _table_rows(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return {
-            "jobs": conn.execute("SELECT * FROM pgqueue.jobs ORDER BY id").fetchall(),
+            "jobs": conn.execute(
+                f"SELECT {JOB_COLUMNS_0001} FROM pgqueue.jobs ORDER BY id"  # type: ignore[arg-type]
+            ).fetchall(),
             "attempts": conn.execute(
                 "SELECT * FROM pgqueue.attempts ORDER BY job_id, attempt"
             ).fetchall(),
@@ -78,11 +90,12 @@ def test_migrated_schema_equals_schema_sql(empty_db_dsn: str, second_empty_db_ds
 
     # Non-trivial: the comparison cannot pass on two empty schemas.
     relations = {row[0] for row in a["relations"]}
-    assert {"jobs", "attempts", "queues"} <= relations
+    assert {"jobs", "attempts", "queues", "batches", "progress_history"} <= relations
     assert len(a["functions"]) >= 10, a["functions"]
     assert len(a["triggers"]) >= 2, a["triggers"]
     assert len(a["constraints"]) >= 10
-    assert [row[2] for row in a["enum_labels"]] == [s.value for s in pgqueue.JobStatus]
+    job_labels = [row[2] for row in a["enum_labels"] if row[0] == "job_status"]
+    assert job_labels == [s.value for s in pgqueue.JobStatus]
     assert catalog.VERSION_TABLE not in {row[0] for row in b["relations"]}
 
     difference = catalog.diff(a, b, "sql/schema.sql + sql/functions.sql", "alembic migrations")
@@ -162,7 +175,7 @@ def test_upgrade_downgrade_upgrade_keeps_job_rows(empty_db_dsn: str) -> None:
     assert len(before["attempts"]) == 3  # completed, retried and failed attempts
     head = pgqueue.head_revision()
 
-    _migrate.downgrade(dsn, "-1")
+    _migrate.downgrade(dsn, "0001")
 
     assert pgqueue.current_revision(dsn) == "0001"
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -211,6 +224,99 @@ def test_upgrade_downgrade_upgrade_keeps_job_rows(empty_db_dsn: str) -> None:
     assert statuses[ids["cancelled"]] == "cancelled"
 
 
+def _seed_other_terminal_states(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """timeout, dead_letter and zombie jobs, made through the stored functions."""
+
+    def enqueue_and_claim(queue: str, max_attempts: int, lease: str = "20 seconds") -> int:
+        conn.execute(
+            "SELECT pgqueue.enqueue('seed', '{}', %s, p_max_attempts => %s)", (queue, max_attempts)
+        )
+        row = conn.execute(
+            "SELECT id FROM pgqueue.claim('seed-worker', ARRAY[%s], 1, %s::interval)",
+            (queue, lease),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    timeout = enqueue_and_claim("q-timeout", 1)
+    conn.execute("SELECT pgqueue.fail(%s, 1, 'too slow', true, true)", (timeout,))
+    dead = enqueue_and_claim("q-dead", 2)
+    conn.execute("SELECT pgqueue.fail(%s, 1, 'boom', true, false, interval '0')", (dead,))
+    conn.execute("SELECT id FROM pgqueue.claim('seed-worker', ARRAY['q-dead'], 1)")
+    conn.execute("SELECT pgqueue.fail(%s, 2, 'boom again', true, false)", (dead,))
+    zombie = enqueue_and_claim("q-zombie", 1, lease="1 millisecond")
+    time.sleep(0.05)
+    conn.execute("SELECT * FROM pgqueue.rescue(interval '1 millisecond')")
+    ids = {"timeout": timeout, "dead_letter": dead, "zombie": zombie}
+    statuses = dict(conn.execute("SELECT id, status::text FROM pgqueue.jobs").fetchall())
+    assert {key: statuses[i] for key, i in ids.items()} == {key: key for key in ids}
+    return ids
+
+
+def test_batches_revision_upgrades_jobs_of_every_state_and_downgrades_cleanly(
+    empty_db_dsn: str,
+) -> None:
+    dsn = empty_db_dsn
+    _migrate.upgrade(dsn, "0002")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ids = _seed_jobs(conn) | _seed_other_terminal_states(conn)
+        statuses = dict(conn.execute("SELECT id, status::text FROM pgqueue.jobs").fetchall())
+    assert set(statuses.values()) == {s.value for s in pgqueue.JobStatus}
+    before = _table_rows(dsn)
+
+    _migrate.upgrade(dsn, "0003")
+
+    assert _table_rows(dsn) == before, "upgrade to 0003 changed the job rows"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT bool_or(paused) FROM pgqueue.jobs").fetchone() == (False,)
+        # the old rows move on under the new functions
+        conn.execute("SELECT pgqueue.complete(%s, 1, '1')", (ids["running"],))
+        rows = conn.execute("SELECT id FROM pgqueue.claim('w', ARRAY['q-pending'], 5)").fetchall()
+        assert rows == [(ids["pending"],)]
+        assert conn.execute("SELECT pgqueue.replay(%s)", (ids["zombie"],)).fetchone() == (
+            "pending",
+        )
+        # and batches work next to them
+        batch = conn.execute(
+            "SELECT pgqueue.enqueue_batch(ARRAY['child', 'child'], ARRAY['{}', '{}']::jsonb[],"
+            " ARRAY['q-batch', 'q-batch'], ARRAY[0, 0], ARRAY[NULL, NULL]::timestamptz[],"
+            " ARRAY[1, 1], ARRAY[NULL, NULL]::interval[], ARRAY['{}', '{}']::jsonb[])"
+        ).fetchone()
+        assert batch is not None
+        claimed = conn.execute("SELECT id FROM pgqueue.claim('w', ARRAY['q-batch'], 1)").fetchall()
+        assert len(claimed) == 1
+        counts = conn.execute(
+            "SELECT status::text, pending, running FROM pgqueue.batches WHERE id = %s", batch
+        ).fetchone()
+        assert counts == ("running", 1, 1)
+    upgraded = _table_rows(dsn)
+
+    _migrate.downgrade(dsn, "0002")
+
+    assert pgqueue.current_revision(dsn) == "0002"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in ("pgqueue.batches", "pgqueue.progress_history"):
+            assert _regclass(conn, table) is None, f"{table} survived the downgrade"
+        assert conn.execute("SELECT to_regtype('pgqueue.batch_status')").fetchone() == (None,)
+        assert conn.execute(
+            "SELECT count(*) FROM pgqueue.jobs WHERE batch_id IS NOT NULL"
+        ).fetchone() == (0,)
+        # 0002's functions are back, with 0002's signatures
+        new = conn.execute(
+            "SELECT * FROM pgqueue.enqueue_many(ARRAY['x'], ARRAY['{}']::jsonb[], ARRAY['q'],"
+            " ARRAY[0], ARRAY[NULL]::timestamptz[], ARRAY[1], ARRAY[NULL]::interval[],"
+            " ARRAY[NULL]::text[], ARRAY['{}']::jsonb[])"
+        ).fetchall()
+        assert len(new) == 1
+    downgraded = _table_rows(dsn)
+    # every row is kept; children only lose their batch
+    assert len(downgraded["jobs"]) == len(upgraded["jobs"]) + 1
+    assert downgraded["attempts"] == upgraded["attempts"]
+
+    pgqueue.migrate(dsn)
+    assert pgqueue.current_revision(dsn) == pgqueue.head_revision()
+
+
 def test_downgrade_to_base_removes_everything_then_upgrade_restores(empty_db_dsn: str) -> None:
     dsn = empty_db_dsn
     pgqueue.migrate(dsn)
@@ -221,7 +327,13 @@ def test_downgrade_to_base_removes_everything_then_upgrade_restores(empty_db_dsn
 
     assert pgqueue.current_revision(dsn) is None
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for table in ("pgqueue.jobs", "pgqueue.attempts", "pgqueue.queues"):
+        for table in (
+            "pgqueue.jobs",
+            "pgqueue.attempts",
+            "pgqueue.queues",
+            "pgqueue.batches",
+            "pgqueue.progress_history",
+        ):
             assert _regclass(conn, table) is None, f"{table} survived downgrade to base"
         assert conn.execute("SELECT to_regtype('pgqueue.job_status')").fetchone() == (None,)
         assert _pgqueue_function_count(conn) == 0
@@ -266,7 +378,7 @@ def test_migrate_is_idempotent(empty_db_dsn: str) -> None:
 def test_current_revision_reports_head(empty_db_dsn: str) -> None:
     assert pgqueue.current_revision(empty_db_dsn) is None
     head = pgqueue.head_revision()
-    assert head == "0002"  # the latest frozen revision in migrations/versions
+    assert head == "0003"  # the latest frozen revision in migrations/versions
 
     _migrate.upgrade(empty_db_dsn, "0001")
     assert pgqueue.current_revision(empty_db_dsn) == "0001"
