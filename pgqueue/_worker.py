@@ -86,6 +86,8 @@ class _Lease:
     thread: concurrent.futures.Future[Any] | None = None  # a sync task's thread
     stop: str | None = None  # why the worker stopped it: lost, cancelled, shutdown
     finished: bool = False  # the task body has ended; its outcome may be unflushed
+    # one progress write at a time, so the last report is written after the others
+    progress_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -474,12 +476,19 @@ class Worker:
         except Exception as exc:
             error, retryable = _format_error(exc), True
         else:
+            await self._last_progress(lease)
             self._finish(lease)
             self._completions.append((lease, payload))
             self._completion_ready.set()
             return
+        await self._last_progress(lease)
         self._finish(lease)
         await self._fail(lease, error, retryable=retryable, timed_out=timed_out, task=task)
+
+    async def _last_progress(self, lease: _Lease) -> None:
+        """Write a progress report the task made just before it ended and the
+        progress loop has not written yet, so the history keeps the last step."""
+        await self._write_progress_of(lease)  # nothing to do if none is unwritten
 
     async def _join_thread(self, lease: _Lease) -> bool:
         """After a sync task's timeout: Python cannot interrupt its thread, so keep
@@ -773,9 +782,14 @@ class Worker:
 
     async def _write_progress(self) -> None:
         for lease in list(self._leases.values()):
+            if not lease.finished:
+                await self._write_progress_of(lease)
+
+    async def _write_progress_of(self, lease: _Lease) -> None:
+        async with lease.progress_lock:
             report = lease.ctx.take_progress()
-            if report is None or lease.finished:
-                continue
+            if report is None:
+                return
             pct, message = report
             try:
                 await self._call(

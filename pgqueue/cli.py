@@ -20,9 +20,9 @@ from typing import Any, NoReturn
 import psycopg
 
 from . import _connect, _migrate
-from ._job import Job
-from ._queue import Queue
-from ._status import JobStatus
+from ._job import Batch, Job
+from ._queue import Queue, _notified_id
+from ._status import BatchStatus, JobStatus
 from ._worker import Worker, WorkerSettings
 from .errors import ConfigurationError, PgQueueError, translate
 
@@ -151,6 +151,10 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         shutdown_grace=args.shutdown_grace,
         startup_timeout=args.startup_timeout,
         listen=not args.no_listen,
+        progress_history=args.progress_history,
+        retain_completed=args.retain_completed,
+        retain_failed=args.retain_failed,
+        prune_interval=args.prune_interval,
     )
     worker = Worker(queue, queues=queues, worker_id=args.worker_id, settings=settings)
     try:
@@ -222,6 +226,8 @@ async def cmd_jobs_show(args: argparse.Namespace) -> int:
         job = await queue.get_job(args.id)
         if job is None:
             raise CommandError(f"job {args.id} does not exist")
+        if args.wait:
+            job = await _follow_job(queue, job, quiet=args.json)
         attempts = await queue.attempts(args.id)
     finally:
         await queue.close()
@@ -243,7 +249,43 @@ async def cmd_jobs_show(args: argparse.Namespace) -> int:
             for a in attempts
         ]
         print(_table(["attempt", "worker", "started", "ended", "outcome"], rows))
+    if args.wait and job.status is not JobStatus.COMPLETED:
+        raise CommandError(f"job {job.id} ended {job.status.value}")
     return 0
+
+
+async def _follow_job(queue: Queue, job: Job, *, quiet: bool) -> Job:
+    """Show a live progress bar until the job ends (woken by NOTIFY on its
+    changes, re-checked every few seconds); return its final row."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    conn = await psycopg.AsyncConnection.connect(queue.dsn, autocommit=True)
+    columns = (
+        TextColumn(f"job {job.id} {job.task}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[status]} {task.fields[message]}"),
+    )
+    async with conn:
+        await conn.execute("LISTEN pgqueue_job")
+        with Progress(*columns, disable=quiet, transient=False) as bar:
+            task = bar.add_task("job", total=100, status="", message="")
+            current: Job | None = job
+            while current is not None and not current.status.is_terminal:
+                bar.update(
+                    task,
+                    completed=current.progress,
+                    status=current.status.value,
+                    message=(current.progress_message or "")[:60],
+                )
+                async for note in conn.notifies(timeout=5.0):
+                    if _notified_id(note.payload) == job.id:
+                        break
+                current = await queue.get_job(job.id)
+            if current is None:
+                raise CommandError(f"job {job.id} no longer exists")
+            bar.update(task, completed=current.progress, status=current.status.value, message="")
+    return current
 
 
 def _print_status(args: argparse.Namespace, status: JobStatus, text: str) -> int:
@@ -298,6 +340,187 @@ async def cmd_queues(args: argparse.Namespace) -> int:
         for s in stats
     ]
     print(_table(["queue", "paused", *states, "oldest waiting"], rows))
+    return 0
+
+
+BATCH_HEADERS = ["id", "queue", "task", "status", "done", "completed", "failed", "created"]
+
+
+def _batch_line(batch: Batch) -> list[Any]:
+    return [
+        batch.id,
+        batch.queue,
+        batch.task,
+        batch.status.value,
+        f"{batch.finished}/{batch.total} ({batch.progress}%)",
+        batch.counts["completed"],
+        batch.finished - batch.counts["completed"],
+        _when(batch.created_at),
+    ]
+
+
+def _parse_items(text: str) -> list[dict[str, Any]]:
+    """--items: a JSON array of objects, or @FILE holding one (or JSON lines)."""
+    if text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise CommandError(f"--items: cannot read {text[1:]!r}: {exc.strerror}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            value = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"--items is neither a JSON array nor JSON lines: {exc}") from None
+    if not isinstance(value, list):
+        raise CommandError("--items must be a JSON array of argument objects")
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise CommandError(f"--items: item {index} must be a JSON object")
+    return value
+
+
+async def cmd_batches(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    try:
+        if args.batches_command == "list":
+            statuses = None
+            if args.status:
+                try:
+                    statuses = [BatchStatus(s.strip()) for s in args.status.split(",")]
+                except ValueError as exc:
+                    known = ", ".join(s.value for s in BatchStatus)
+                    raise CommandError(f"--status: {exc} (known: {known})") from None
+            batches = await queue.list_batches(
+                status=statuses, owner=args.owner, before_id=args.before, limit=args.limit
+            )
+            if args.json:
+                _print_json([b.to_dict() for b in batches])
+            else:
+                print(_table(BATCH_HEADERS, [_batch_line(b) for b in batches]))
+            return 0
+        if args.batches_command == "create":
+            if not args.app:
+                raise ConfigurationError(
+                    "name the app with --app MODULE:QUEUE (or set PGQUEUE_APP) "
+                    "so the task can be checked"
+                )
+            options: dict[str, Any] = {}
+            for name in ("queue", "priority", "max_attempts", "timeout", "owner"):
+                if getattr(args, name) is not None:
+                    options[name] = getattr(args, name)
+            batch = await queue.enqueue_batch(
+                args.task,
+                _parse_items(args.items),
+                on_complete=args.on_complete,
+                on_complete_args=_parse_json_object(args.on_complete_args, "--on-complete-args"),
+                **options,
+            )
+            if args.json:
+                _print_json(batch.to_dict())
+            else:
+                print(batch.id)
+            return 0
+        if args.batches_command == "show":
+            found = await queue.get_batch(args.id)
+            if found is None:
+                raise CommandError(f"batch {args.id} does not exist")
+            batch = await _follow_batch(queue, found, quiet=args.json) if args.wait else found
+            if args.json:
+                _print_json(batch.to_dict())
+            else:
+                for key, value in batch.to_dict().items():
+                    if key != "counts":
+                        print(f"{key:>19}: {value}")
+                counts = ", ".join(f"{k} {v}" for k, v in batch.counts.items() if v)
+                print(f"{'children':>19}: {counts}")
+            if args.wait and batch.status is not BatchStatus.COMPLETED:
+                raise CommandError(f"batch {batch.id} ended {batch.status.value}")
+            return 0
+        action = {
+            "pause": queue.pause_batch,
+            "resume": queue.resume_batch,
+            "cancel": queue.cancel_batch,
+        }[args.batches_command]
+        status = await action(args.id)
+    finally:
+        await queue.close()
+    if args.json:
+        _print_json({"id": args.id, "status": status.value})
+    else:
+        print(f"batch {args.id} is {status.value}")
+    return 0
+
+
+async def _follow_batch(queue: Queue, batch: Batch, *, quiet: bool) -> Batch:
+    """A live progress bar of the batch's finished children until it is final."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    conn = await psycopg.AsyncConnection.connect(queue.dsn, autocommit=True)
+    async with conn:
+        await conn.execute("LISTEN pgqueue_batch")
+        columns = (
+            TextColumn(f"batch {batch.id} {batch.task}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+        )
+        with Progress(*columns, disable=quiet) as bar:
+            task = bar.add_task("batch", total=batch.total, status=batch.status.value)
+            current: Batch | None = batch
+            while current is not None and not current.is_final:
+                bar.update(task, completed=current.finished, status=current.status.value)
+                # Children finishing do not notify the batch channel: refresh
+                # the bar every half second, wake at once on a status change.
+                async for _ in conn.notifies(timeout=0.5):
+                    break
+                current = await queue.get_batch(batch.id)
+            if current is None:
+                raise CommandError(f"batch {batch.id} no longer exists")
+            bar.update(task, completed=current.finished, status=current.status.value)
+    return current
+
+
+async def cmd_jobs_progress(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            raise CommandError(f"--since must be an ISO 8601 time, not {args.since!r}") from None
+        if since.tzinfo is None:
+            since = since.astimezone()
+    try:
+        if await queue.get_job(args.id) is None:
+            raise CommandError(f"job {args.id} does not exist")
+        entries = await queue.progress_history(
+            args.id, since=since, after_id=args.after, limit=args.limit
+        )
+    finally:
+        await queue.close()
+    if args.json:
+        _print_json([e.to_dict() for e in entries])
+    else:
+        rows = [[e.id, e.attempt, _when(e.at), f"{e.pct}%", e.message or ""] for e in entries]
+        print(_table(["id", "attempt", "at", "progress", "message"], rows))
+    return 0
+
+
+async def cmd_prune(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    try:
+        deleted = await queue.prune(
+            completed_after=args.completed_after, failed_after=args.failed_after
+        )
+    finally:
+        await queue.close()
+    if args.json:
+        _print_json({"deleted": deleted})
+    else:
+        print(f"pruned {deleted} finished jobs")
     return 0
 
 
@@ -387,6 +610,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-listen", action="store_true", help="poll only, no LISTEN/NOTIFY")
     p.add_argument("--until-idle", action="store_true", help="exit when the queues are empty")
+    p.add_argument(
+        "--progress-history", type=int, default=100, help="progress reports kept per job (100)"
+    )
+    p.add_argument(
+        "--retain-completed", type=float, default=86400.0, help="keep completed jobs (1 day)"
+    )
+    p.add_argument(
+        "--retain-failed", type=float, default=7 * 86400.0, help="keep other ended jobs (7 days)"
+    )
+    p.add_argument(
+        "--prune-interval", type=float, default=60.0, help="retention pass every (60 s; 0: off)"
+    )
 
     p = command("enqueue", cmd_enqueue, "enqueue one job of a registered task")
     app_option(p)
@@ -417,6 +652,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--before", type=int, metavar="ID", help="page: jobs with id < ID")
     p = jobs_command("show", cmd_jobs_show, "show one job and its attempts")
     p.add_argument("id", type=int)
+    p.add_argument(
+        "--wait", action="store_true", help="show a live progress bar until the job ends"
+    )
+    p = jobs_command("progress", cmd_jobs_progress, "a job's progress history, oldest first")
+    p.add_argument("id", type=int)
+    p.add_argument("--since", help="reports at or after this ISO 8601 time")
+    p.add_argument("--after", type=int, metavar="ID", help="page: reports with id > ID")
+    p.add_argument("--limit", type=int, default=100)
     p = jobs_command("retry", cmd_jobs_retry, "replay a failed/dead/zombie/timed-out job")
     p.add_argument("id", type=int)
     p.add_argument("--attempts", type=int, default=1, help="extra attempts (default 1)")
@@ -427,6 +670,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(app=None)
     p.add_argument("action", nargs="?", choices=["list", "pause", "resume"], default="list")
     p.add_argument("name", nargs="?", help="queue to pause or resume")
+    json_option(p)
+
+    batches = sub.add_parser("batches", help="create, list, show, pause, resume or cancel batches")
+    batches_sub = batches.add_subparsers(dest="batches_command", required=True, metavar="ACTION")
+
+    def batches_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = batches_sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=cmd_batches, app=None)
+        json_option(p)
+        return p
+
+    p = batches_command("list", "list batches, newest first")
+    p.add_argument("--status", help="comma-separated batch states")
+    p.add_argument("--owner")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--before", type=int, metavar="ID", help="page: batches with id < ID")
+    p = batches_command("create", "create a batch: one child job per item, all or nothing")
+    app_option(p)
+    p.add_argument("task", help="registered task name of the children")
+    p.add_argument(
+        "--items", required=True, help="JSON array of argument objects, or @FILE (JSON lines too)"
+    )
+    p.add_argument("--queue", help="queue (default: the task's)")
+    p.add_argument("--priority", type=int)
+    p.add_argument("--max-attempts", type=int)
+    p.add_argument("--timeout", type=float)
+    p.add_argument("--owner", help="owner of the batch and its children")
+    p.add_argument("--on-complete", metavar="TASK", help="task to enqueue when it finishes")
+    p.add_argument("--on-complete-args", default="{}", help="its arguments (JSON object)")
+    p = batches_command("show", "show one batch with its child counts")
+    p.add_argument("id", type=int)
+    p.add_argument("--wait", action="store_true", help="show a live progress bar until it ends")
+    for name, help_text in (
+        ("pause", "stop claims of a batch's children (running ones finish)"),
+        ("resume", "let a paused batch's children be claimed again"),
+        ("cancel", "cancel a batch: its pending and running children end cancelled"),
+    ):
+        p = batches_command(name, help_text)
+        p.add_argument("id", type=int)
+
+    p = command("prune", cmd_prune, "delete old finished jobs now (workers also do it)")
+    p.set_defaults(app=None)
+    p.add_argument(
+        "--completed-after", type=float, default=86400.0, help="age of completed jobs (1 day)"
+    )
+    p.add_argument(
+        "--failed-after", type=float, default=7 * 86400.0, help="age of other jobs (7 days)"
+    )
     json_option(p)
 
     p = command("demo", cmd_demo, "run example jobs through a worker (embedded PostgreSQL)")

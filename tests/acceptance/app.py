@@ -148,6 +148,14 @@ def build_queue(dsn: str | None = None) -> pgqueue.Queue:
         return f"slept {duration}"
 
     @q.task
+    async def steps(ctx: pgqueue.JobContext, count: int = 4, pause: float = 0.3) -> int:
+        """Report progress ``count`` times, ``pause`` seconds apart."""
+        for step in range(1, count + 1):
+            await asyncio.sleep(pause)
+            ctx.progress(step * 100 / count, f"step {step}/{count}")
+        return count
+
+    @q.task
     async def fail(ctx: pgqueue.JobContext, message: str = "boom") -> None:
         """Always raises (one attempt by default: the job ends ``failed``)."""
         raise ValueError(message)

@@ -353,3 +353,100 @@ def test_json_reports_are_valid_json_on_an_empty_database(db_dsn: str) -> None:
         result = run_cli(*argv, dsn=db_dsn)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout) == []
+
+
+# -- batches, progress, retention ------------------------------------------------------------
+
+
+def test_batches_create_show_wait_and_list(runs_dsn: str) -> None:
+    created = run_cli(
+        "batches", "create", "record", "--app", APP, "--owner", "ann",
+        "--items", '[{"tag": "a"}, {"tag": "b"}, {"tag": "c"}]', "--json", dsn=runs_dsn,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    batch = created.json()
+    assert (batch["total"], batch["status"], batch["owner"]) == (3, "pending", "ann")
+    assert batch["counts"]["pending"] == 3
+    children = rows(
+        runs_dsn, "SELECT owner, status::text FROM pgqueue.jobs WHERE batch_id = %s", [batch["id"]]
+    )
+    assert sorted(children) == [("ann", "pending")] * 3
+
+    _run_worker_until_idle(runs_dsn)
+
+    shown = run_cli("batches", "show", str(batch["id"]), "--wait", "--json", dsn=runs_dsn)
+    assert shown.returncode == 0, shown.stderr
+    final = shown.json()
+    assert final["status"] == "completed"
+    assert final["counts"]["completed"] == 3 and final["progress"] == 100
+
+    listed = run_cli("batches", "list", "--status", "completed", "--json", dsn=runs_dsn)
+    assert [b["id"] for b in listed.json()] == [batch["id"]]
+
+
+def test_batches_create_with_one_bad_item_writes_nothing(runs_dsn: str) -> None:
+    result = run_cli(
+        "batches", "create", "record", "--app", APP,
+        "--items", '[{"tag": "a"}, {"unknown": 1}]', dsn=runs_dsn,
+    )  # fmt: skip
+    _assert_one_error_line(result, "item 1", "nothing was enqueued")
+    assert scalar(runs_dsn, "SELECT count(*) FROM pgqueue.batches") == 0
+    assert scalar(runs_dsn, "SELECT count(*) FROM pgqueue.jobs") == 0
+
+
+def test_batches_pause_resume_cancel_and_refusals(runs_dsn: str) -> None:
+    created = run_cli(
+        "batches", "create", "record", "--app", APP, "--items", "[{}, {}]", "--json", dsn=runs_dsn
+    )
+    batch_id = str(created.json()["id"])
+    paused = run_cli("batches", "pause", batch_id, "--json", dsn=runs_dsn)
+    assert paused.json() == {"id": int(batch_id), "status": "paused"}
+    _run_worker_until_idle(runs_dsn)  # paused children do not keep it waiting
+    assert scalar(runs_dsn, "SELECT count(*) FROM pgqueue.jobs WHERE status = 'pending'") == 2
+    resumed = run_cli("batches", "resume", batch_id, "--json", dsn=runs_dsn)
+    assert resumed.json()["status"] == "pending"
+    cancelled = run_cli("batches", "cancel", batch_id, "--json", dsn=runs_dsn)
+    assert cancelled.json()["status"] == "cancelled"
+    assert scalar(runs_dsn, "SELECT count(*) FROM pgqueue.jobs WHERE status = 'cancelled'") == 2
+    _assert_one_error_line(run_cli("batches", "cancel", batch_id, dsn=runs_dsn), "cancelled")
+    _assert_one_error_line(run_cli("batches", "pause", "999", dsn=runs_dsn), "does not exist")
+
+
+def test_jobs_show_wait_and_progress_history(runs_dsn: str) -> None:
+    job_id = _enqueue(runs_dsn, "steps", "--args", '{"count": 3}')
+    _run_worker_until_idle(runs_dsn)
+    shown = run_cli("jobs", "show", str(job_id), "--wait", "--json", dsn=runs_dsn)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.json()["status"] == "completed"
+    history = run_cli("jobs", "progress", str(job_id), "--json", dsn=runs_dsn)
+    assert history.returncode == 0, history.stderr
+    entries = history.json()
+    assert [(e["pct"], e["message"]) for e in entries] == [
+        (33, "step 1/3"),
+        (67, "step 2/3"),
+        (100, "step 3/3"),
+    ]
+    assert [e["id"] for e in entries] == sorted(e["id"] for e in entries)
+    assert all(0 <= e["pct"] <= 100 and e["job_id"] == job_id for e in entries)
+    page = run_cli(
+        "jobs", "progress", str(job_id), "--after", str(entries[0]["id"]), "--json", dsn=runs_dsn
+    )
+    assert [e["id"] for e in page.json()] == [e["id"] for e in entries[1:]]
+
+
+def test_jobs_show_wait_exits_nonzero_for_a_failed_job(
+    finished: dict[str, int], runs_dsn: str
+) -> None:
+    result = run_cli("jobs", "show", str(finished["failed"]), "--wait", dsn=runs_dsn)
+    assert result.returncode == 1
+    assert result.stderr_lines[-1] == f"pgqueue: error: job {finished['failed']} ended failed"
+
+
+def test_prune_deletes_old_finished_jobs_only(finished: dict[str, int], runs_dsn: str) -> None:
+    pending = _enqueue(runs_dsn, "record")
+    kept = run_cli("prune", "--json", dsn=runs_dsn)  # default ages: nothing is old enough
+    assert kept.json() == {"deleted": 0}
+    pruned = run_cli("prune", "--completed-after", "0", "--json", dsn=runs_dsn)
+    assert pruned.json() == {"deleted": 1}  # the failed job is kept longer
+    remaining = dict(rows(runs_dsn, "SELECT id, status::text FROM pgqueue.jobs"))
+    assert remaining == {finished["failed"]: "failed", pending: "pending"}
