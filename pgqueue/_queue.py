@@ -58,6 +58,9 @@ class EnqueueOptions:
     metadata: Mapping[str, Any] | None = None
 
 
+_NO_ARGS = Jsonb({})
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Row:
     """One job ready for INSERT: validated, with every default resolved."""
@@ -105,11 +108,13 @@ def encode_json(value: Any, what: str, limit: int) -> Jsonb:
     NUL characters or a text over ``limit`` bytes; ``TypeError`` for values
     JSON cannot represent."""
     text = json.dumps(value, allow_nan=False)  # jsonb has no NaN or Infinity
-    if _has_nul(value):
+    # The text is ASCII (ensure_ascii) and escapes NUL as \u0000: look there
+    # first, and walk the value only to tell a NUL from a literal "\u0000".
+    if "\\u0000" in text and _has_nul(value):
         raise ValueError(
             f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store"
         )
-    size = len(text.encode())
+    size = len(text)
     if size > limit:
         raise ValueError(f"{what} is {size:,} bytes of JSON, over the limit of {limit:,}")
     return Jsonb(value, dumps=lambda _value: text)
@@ -123,7 +128,7 @@ def _json_object(
     if not isinstance(value, Mapping):
         raise InvalidJobError(f"{what} must be a mapping of names to JSON values, not {value!r}")
     try:
-        return encode_json(dict(value), what, limit)
+        return encode_json(value if type(value) is dict else dict(value), what, limit)
     except (TypeError, ValueError) as exc:
         if "NUL character" in str(exc) or "over the limit" in str(exc):
             raise InvalidJobError(str(exc)) from None
@@ -178,6 +183,18 @@ class Task(Generic[R]):
         self.retry_delay = retry_delay
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
+        # For the fast argument check of check_args (bulk enqueues check many).
+        params = list(self._signature.parameters.values())
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        named = [p for p in params[1:] if p.kind in kinds]
+        self._first = params[0].name if params else ""
+        self._allowed = frozenset(p.name for p in named)
+        self._required = frozenset(p.name for p in named if p.default is p.empty)
+        self._any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        self._simple = all(
+            p.kind is not inspect.Parameter.POSITIONAL_ONLY or p.default is not p.empty
+            for p in params[1:]
+        )
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
 
@@ -189,6 +206,13 @@ class Task(Generic[R]):
 
     def check_args(self, args: Mapping[str, Any]) -> None:
         """Raise :class:`InvalidJobError` if ``args`` do not fit the function."""
+        keys = args.keys()
+        if (
+            self._simple
+            and self._required <= keys
+            and (keys <= self._allowed or (self._any_keyword and self._first not in keys))
+        ):
+            return  # what Signature.bind would accept, checked with two set operations
         try:
             self._signature.bind(None, **args)
         except TypeError as exc:
@@ -465,11 +489,22 @@ class Queue:
     ) -> _Row:
         """Validate one job and resolve its defaults; raises :class:`InvalidJobError`."""
         resolved = self.get_task(task) if isinstance(task, str) else task
+        return dataclasses.replace(
+            self._resolve(resolved, options), args=self._args(resolved, args)
+        )
+
+    def _args(self, task: Task[Any], args: Mapping[str, Any] | None) -> Jsonb:
+        """The arguments of one job of ``task``, checked and encoded."""
+        args = {} if args is None else args
+        payload = _json_object(args, f"arguments of task {task.name!r}", self.max_payload_bytes)
+        task.check_args(args)
+        return payload
+
+    def _resolve(self, resolved: Task[Any], options: EnqueueOptions) -> _Row:
+        """A job of ``resolved`` with ``options`` applied and checked, but no
+        arguments yet (bulk enqueues resolve this once for all their items)."""
         if resolved._queue is not self:
             raise InvalidJobError(f"task {resolved.name!r} belongs to another Queue")
-        args = {} if args is None else args
-        payload = _json_object(args, f"arguments of task {resolved.name!r}", self.max_payload_bytes)
-        resolved.check_args(args)
         queue_name = resolved.queue_name if options.queue is None else options.queue
         _check_queue_name(queue_name, InvalidJobError)
         delay = _seconds(options.delay, "delay", allow_zero=True)
@@ -510,7 +545,7 @@ class Queue:
             raise InvalidJobError(f"owner must be 1 to 256 characters, not {owner!r}")
         return _Row(
             task=resolved.name,
-            args=payload,
+            args=_NO_ARGS,
             queue=queue_name,
             priority=priority,
             run_at=run_at,
@@ -561,24 +596,30 @@ class Queue:
         args_list: Iterable[Mapping[str, Any]],
         options: EnqueueOptions,
     ) -> dict[str, list[Any]]:
-        rows: list[_Row] = []
+        try:
+            resolved = self.get_task(task) if isinstance(task, str) else task
+            template = self._resolve(resolved, options)
+        except InvalidJobError as exc:  # keep the class: UnknownTaskError stays one
+            raise type(exc)(f"{exc}; nothing was enqueued") from None
+        encoded: list[Jsonb] = []
         for index, args in enumerate(args_list):
             try:
-                rows.append(self._row(task, args, options))
-            except InvalidJobError as exc:  # keep the class: UnknownTaskError stays one
+                encoded.append(self._args(resolved, args))
+            except InvalidJobError as exc:
                 raise type(exc)(f"item {index}: {exc}; nothing was enqueued") from None
-        columns = {
-            "tasks": "task",
-            "args": "args",
-            "queues": "queue",
-            "priorities": "priority",
-            "run_ats": "run_at",
-            "max_attempts": "max_attempts",
-            "timeouts": "timeout",
-            "owners": "owner",
-            "metadata": "metadata",
+        # Every item shares the options: only the arguments differ.
+        n = len(encoded)
+        return {
+            "tasks": [template.task] * n,
+            "args": encoded,
+            "queues": [template.queue] * n,
+            "priorities": [template.priority] * n,
+            "run_ats": [template.run_at] * n,
+            "max_attempts": [template.max_attempts] * n,
+            "timeouts": [template.timeout] * n,
+            "owners": [template.owner] * n,
+            "metadata": [template.metadata] * n,
         }
-        return {param: [getattr(r, field) for r in rows] for param, field in columns.items()}
 
     async def enqueue_many(
         self,

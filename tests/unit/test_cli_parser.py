@@ -38,7 +38,12 @@ def test_main_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_jobs_subcommands() -> None:
     jobs = _subcommands(cli.build_parser())["jobs"]
-    assert set(_subcommands(jobs)) == {"list", "show", "retry", "cancel"}
+    assert set(_subcommands(jobs)) == {"list", "show", "retry", "cancel", "progress"}
+
+
+def test_batches_subcommands() -> None:
+    batches = _subcommands(cli.build_parser())["batches"]
+    assert set(_subcommands(batches)) == {"list", "create", "show", "pause", "resume", "cancel"}
 
 
 @pytest.mark.parametrize(
@@ -51,6 +56,14 @@ def test_jobs_subcommands() -> None:
         ["jobs", "retry", "3", "--json"],
         ["jobs", "cancel", "3", "--json"],
         ["queues", "--json"],
+        ["jobs", "progress", "3", "--json"],
+        ["batches", "list", "--json"],
+        ["batches", "show", "3", "--json"],
+        ["batches", "create", "t", "--items", "[]", "--json"],
+        ["batches", "pause", "3", "--json"],
+        ["batches", "resume", "3", "--json"],
+        ["batches", "cancel", "3", "--json"],
+        ["prune", "--json"],
     ],
 )
 def test_reporting_commands_take_json(argv: list[str]) -> None:
