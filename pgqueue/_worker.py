@@ -44,6 +44,7 @@ from ._sql import query
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
+    MemoryLimitExceeded,
     NonRetryableError,
     StaleLease,
     translate,
@@ -122,6 +123,11 @@ class WorkerSettings:
     """Seconds a job that ended any other way is kept (errors are kept longer)."""
     prune_interval: float = 60.0
     """Seconds between retention passes (one worker at a time); 0 disables them."""
+    max_memory_mb: float = 0.0
+    """Resident memory (MiB) above which the worker stops: its running attempts
+    fail (charged, so a leaking job ends ``dead_letter`` instead of taking down
+    worker after worker) and :meth:`Worker.run` raises
+    :class:`MemoryLimitExceeded` so the process can be restarted. 0: no limit."""
     pool_size: int = 4
     """Database connections for claims, outcomes and heartbeats (tasks use none)."""
     startup_timeout: float = 60.0
@@ -146,7 +152,13 @@ class WorkerSettings:
             raise ConfigurationError("pool_size must be at least 2")
         if self.shutdown_grace < 0:
             raise ConfigurationError("shutdown_grace must not be negative")
-        for name in ("progress_history", "retain_completed", "retain_failed", "prune_interval"):
+        for name in (
+            "progress_history",
+            "retain_completed",
+            "retain_failed",
+            "prune_interval",
+            "max_memory_mb",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigurationError(
                     f"{name} must not be negative, not {getattr(self, name)!r}"
@@ -209,6 +221,7 @@ class Worker:
         self._pool: AsyncConnectionPool | None = None
         self._threads: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._memory_error: str | None = None
         self.jobs_done = 0
         """Attempts this worker finished (any outcome); for tests and the demo."""
 
@@ -264,6 +277,8 @@ class Worker:
         ]
         if self.settings.prune_interval > 0:
             helpers.append(asyncio.create_task(self._prune_loop(), name="pgqueue-prune"))
+        if self.settings.max_memory_mb > 0:
+            helpers.append(asyncio.create_task(self._memory_loop(), name="pgqueue-memory"))
         if self.settings.listen:
             helpers.append(asyncio.create_task(self._listen_loop(), name="pgqueue-listen"))
         try:
@@ -287,6 +302,8 @@ class Worker:
                 )
             await self._pool.close()
             log.info("worker %s stopped after %d jobs", self.worker_id, self.jobs_done)
+        if self._memory_error is not None:
+            raise MemoryLimitExceeded(self._memory_error.split(" while ")[0])
 
     @property
     def abandoned_threads(self) -> int:
@@ -524,6 +541,9 @@ class Worker:
         if thread_alive:
             assert lease.thread is not None
             self._abandon(lease.thread)
+        if lease.stop == "memory":
+            await self._fail(lease, self._memory_error or "memory limit exceeded", retryable=True)
+            return
         if lease.stop == "shutdown":
             if thread_alive:
                 # Released as the very last step of shutdown, just before the
@@ -737,6 +757,32 @@ class Worker:
             for job_id, status in rows:
                 log.warning("rescued job %s (lost lease) -> %s", job_id, status)
 
+    async def _memory_loop(self) -> None:
+        """The memory limit: once over it, fail the running attempts (they are
+        the suspects, and an attempt is charged, as an OOM kill would) and stop."""
+        limit = self.settings.max_memory_mb
+        while True:
+            await asyncio.sleep(1.0)
+            rss = _resident_mib()
+            if rss is None or rss <= limit:
+                continue
+            running = [lease for lease in self._leases.values() if not lease.finished]
+            self._memory_error = (
+                f"worker {self.worker_id} exceeded its memory limit of {limit:.0f} MiB "
+                f"(resident {rss:.0f} MiB) while this attempt ran"
+            )
+            log.error(
+                "%s; failing %d running attempts and stopping", self._memory_error, len(running)
+            )
+            for lease in running:
+                lease.stop = "memory"
+                lease.ctx.request_stop("memory")
+                if lease.body is not None:
+                    lease.body.cancel()
+            self.stop()
+            self._hard_stop = True
+            return
+
     async def _prune_loop(self) -> None:
         """Retention: delete old finished jobs in chunks, each its own short
         transaction (the database lets one worker at a time do it)."""
@@ -864,8 +910,8 @@ class Worker:
             if not lease.finished and lease.body is not None:
                 # Async bodies are cancelled; a thread cannot be interrupted, so
                 # only its future is. Either way _execute hands the job back.
-                lease.stop = "shutdown"
-                lease.ctx.request_stop("shutdown")
+                lease.stop = lease.stop or "shutdown"
+                lease.ctx.request_stop(lease.stop)
                 lease.body.cancel()
         # Outcomes take milliseconds to write; the deadline only matters when
         # the database is unreachable, and then waiting longer does not help.
@@ -882,6 +928,16 @@ class Worker:
             await self._report(
                 lease, "release", {"run_in": timedelta(seconds=THREAD_RELEASE_DELAY)}
             )
+
+
+def _resident_mib() -> float | None:
+    """This process's resident memory in MiB (Linux /proc), or None if unknown."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 async def run_worker(

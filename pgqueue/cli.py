@@ -24,7 +24,7 @@ from ._job import Batch, Job
 from ._queue import Queue, _notified_id
 from ._status import BatchStatus, JobStatus
 from ._worker import Worker, WorkerSettings
-from .errors import ConfigurationError, PgQueueError, translate
+from .errors import ConfigurationError, MemoryLimitExceeded, PgQueueError, translate
 
 log = logging.getLogger("pgqueue.cli")
 
@@ -155,10 +155,18 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         retain_completed=args.retain_completed,
         retain_failed=args.retain_failed,
         prune_interval=args.prune_interval,
+        max_memory_mb=args.max_memory,
     )
     worker = Worker(queue, queues=queues, worker_id=args.worker_id, settings=settings)
     try:
         await worker.run(until_idle=args.until_idle)
+    except MemoryLimitExceeded as exc:
+        # A leaking sync task may still hold a thread: exit without waiting.
+        print(f"pgqueue: error: {exc}", file=sys.stderr)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     finally:
         await queue.close()
     if worker.abandoned_threads:
@@ -621,6 +629,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--prune-interval", type=float, default=60.0, help="retention pass every (60 s; 0: off)"
+    )
+    p.add_argument(
+        "--max-memory",
+        type=float,
+        default=0.0,
+        metavar="MIB",
+        help="resident memory limit: over it, running attempts fail and the worker exits 1",
     )
 
     p = command("enqueue", cmd_enqueue, "enqueue one job of a registered task")

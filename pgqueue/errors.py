@@ -86,6 +86,11 @@ class BatchFailed(PgQueueError):
         self.errors = errors
 
 
+class MemoryLimitExceeded(PgQueueError):
+    """Raised by :meth:`pgqueue.Worker.run` after the worker went over its
+    ``max_memory_mb``: its running attempts were failed and it stopped."""
+
+
 class NonRetryableError(PgQueueError):
     """Raise from a task to fail the job at once, without further attempts."""
 

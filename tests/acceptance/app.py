@@ -160,6 +160,15 @@ def build_queue(dsn: str | None = None) -> pgqueue.Queue:
         """Always raises (one attempt by default: the job ends ``failed``)."""
         raise ValueError(message)
 
+    @q.task(queue=CRASH_QUEUE, max_attempts=2)
+    def leak(ctx: pgqueue.JobContext, mib_per_step: int = 20) -> None:
+        """A sync task whose memory grows until its worker stops it."""
+        recorder.run_sync(_START_SQL, (ctx.job_id, ctx.attempt, os.getpid()))
+        hoard: list[bytearray] = []
+        while not ctx.should_stop:
+            hoard.append(bytearray(os.urandom(16)) * (mib_per_step * 2**16))
+            time.sleep(0.1)
+
     @q.task(queue=CRASH_QUEUE)
     async def crash(ctx: pgqueue.JobContext) -> None:
         """Kills its worker process outright, like a segfault or the OOM killer."""

@@ -370,3 +370,28 @@ def test_sigterm_during_a_database_outage_still_exits_promptly(
             "SELECT status::text FROM pgqueue.jobs WHERE id = %s", (job_id,)
         ).fetchone()
     assert row is not None and row[0] in ("running", "pending")
+
+
+def test_a_leaking_job_fails_its_attempts_and_ends_dead_letter(
+    runs_dsn: str, procs, client: pgqueue.Queue
+) -> None:
+    """--max-memory: the worker over its limit fails the running attempt
+    (charged, like an OOM kill), exits 1 to be restarted, and the poison job
+    ends dead_letter after its attempts instead of taking down every worker."""
+    leak_id = client.enqueue_sync("leak", {})  # max_attempts 2, queue "crash"
+    for attempt in (1, 2):
+        worker = procs.worker(
+            runs_dsn, "--queues", "crash", "--max-memory", "300", concurrency=1,
+            name=f"worker{attempt}",
+        )  # fmt: skip
+        assert worker.wait(timeout=60) == 1
+        assert "exceeded its memory limit of 300 MiB" in worker.log()
+    jobs = _jobs(runs_dsn)
+    assert jobs[leak_id] == ("dead_letter", 2, 2)
+    outcomes = attempt_outcomes(runs_dsn)
+    assert outcomes == {leak_id: ["error", "error"]}
+    error = scalar(runs_dsn, "SELECT error FROM pgqueue.jobs WHERE id = %s", (leak_id,))
+    assert "exceeded its memory limit of 300 MiB" in error
+    # nothing left for a fresh worker: it goes idle and exits cleanly
+    idle = procs.worker(runs_dsn, "--queues", "crash", "--until-idle", name="idle")
+    assert idle.wait(timeout=30) == 0
