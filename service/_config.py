@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 from pgqueue import ConfigurationError
@@ -35,6 +36,10 @@ class Settings:
 
     def __post_init__(self) -> None:
         check_secret(self.secret)
+        if not (math.isfinite(self.active_window) and self.active_window >= 0):
+            raise ConfigurationError(
+                f"the active window must be seconds >= 0, not {self.active_window!r}"
+            )
 
 
 def check_secret(secret: str | None) -> str:
