@@ -57,6 +57,7 @@ class Api:
     def __init__(self, client: TestClient[Any, Any], queue: pgqueue.Queue) -> None:
         self.client = client
         self.queue = queue
+        self.leases: dict[int, int] = {}
 
     async def call(
         self, method: str, path: str, owner: str | None = "alice", *, admin: bool = False, **kw: Any
@@ -86,13 +87,15 @@ class Api:
             return await cur.fetchall() if cur.description else []
 
     async def claim(self, job_id: int) -> int:
-        """Lease ``job_id`` (claims the api queue until it is among the claimed)."""
-        rows = await self.sql(
-            "SELECT id, attempts FROM pgqueue.claim(%(w)s, ARRAY['api'], 100) ", {"w": WORKER}
-        )
-        leases = dict(rows)  # type: ignore[arg-type]
-        assert job_id in leases, f"job {job_id} was not claimable: {leases}"
-        return int(leases[job_id])
+        """Lease ``job_id``: its attempt number. A claim takes every due job of
+        queue ``api``; the leases of the others are kept for later calls."""
+        if job_id not in self.leases:
+            rows = await self.sql(
+                "SELECT id, attempts FROM pgqueue.claim(%(w)s, ARRAY['api'], 100)", {"w": WORKER}
+            )
+            self.leases.update({int(r[0]): int(r[1]) for r in rows})
+        assert job_id in self.leases, f"job {job_id} was not claimable"
+        return self.leases.pop(job_id)
 
     async def progress(self, job_id: int, attempt: int, pct: float) -> None:
         await self.sql(
