@@ -11,7 +11,9 @@ const FAILED = ["failed", "dead_letter", "timeout", "zombie"];
 const RETRYABLE = new Set([...FAILED, "cancelled"]);
 const CANCELLABLE = new Set(["pending", "retrying", "running"]);
 
-const state = { token: null, me: null, jobs: new Map(), source: null, timer: null };
+// jobs: id -> job as last known; changes: id -> events seen (to order HTTP reads).
+const state = { token: null, me: null, jobs: new Map(), changes: new Map(), source: null,
+                timer: null };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs = {}, ...children) {
@@ -104,18 +106,33 @@ function connect() {
   });
   source.addEventListener("job", (message) => {
     const change = JSON.parse(message.data);
+    state.changes.set(change.id, (state.changes.get(change.id) || 0) + 1);
     const known = state.jobs.get(change.id);
     if (known) {
       Object.assign(known, change);
       updateRow(known);
     } else {
-      api("/jobs/" + change.id).then((job) => {
-        state.jobs.set(job.id, { ...job, ...(state.jobs.get(job.id) || {}) });
-        renderActive();
-      }).catch(() => {});
+      state.jobs.set(change.id, { ...change });  // details follow
+      renderActive();
+      fetchJob(change.id);
     }
     if (TERMINAL.has(change.status) || change.status === "retrying") refreshFailures();
   });
+}
+
+// A job read over HTTP may be older than events that arrived meanwhile: then
+// keep the status and progress the events said, take the rest from the read.
+function mergeJob(job, changesBefore) {
+  const current = state.jobs.get(job.id);
+  const newer = current && (state.changes.get(job.id) || 0) !== changesBefore;
+  state.jobs.set(job.id, newer ? { ...job, status: current.status, progress: current.progress }
+                               : job);
+  renderActive();
+}
+
+function fetchJob(id) {
+  const before = state.changes.get(id) || 0;
+  api("/jobs/" + id).then((job) => mergeJob(job, before)).catch(() => {});
 }
 
 // -- panels -----------------------------------------------------------------------------
@@ -208,9 +225,9 @@ async function refresh() {
 
 async function act(id, action) {
   try {
+    const before = state.changes.get(id) || 0;
     const job = await api(`/jobs/${id}/${action}`, { method: "POST", body: "{}" });
-    state.jobs.set(job.id, job);
-    renderActive();
+    mergeJob(job, before);
     say("");
     await refreshFailures();
   } catch (error) {
