@@ -13,7 +13,7 @@ const CANCELLABLE = new Set(["pending", "retrying", "running"]);
 
 // jobs: id -> job as last known; changes: id -> events seen (to order HTTP reads).
 const state = { token: null, me: null, jobs: new Map(), changes: new Map(), source: null,
-                timer: null };
+                timer: null, queuesDue: null };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs = {}, ...children) {
@@ -109,14 +109,19 @@ function connect() {
     state.changes.set(change.id, (state.changes.get(change.id) || 0) + 1);
     const known = state.jobs.get(change.id);
     if (known) {
+      const statusChanged = known.status !== change.status;
       Object.assign(known, change);
       updateRow(known);
+      if (statusChanged) fetchJob(change.id);  // attempts, error, result
     } else {
       state.jobs.set(change.id, { ...change });  // details follow
       renderActive();
       fetchJob(change.id);
     }
     if (TERMINAL.has(change.status) || change.status === "retrying") refreshFailures();
+    if (!state.queuesDue) {  // counts follow the changes, at most twice a second
+      state.queuesDue = setTimeout(() => { state.queuesDue = null; refreshQueues().catch(() => {}); }, 500);
+    }
   });
 }
 
@@ -207,9 +212,17 @@ async function refreshFailures() {
        el("td", {}, String(job.id)), el("td", {}, job.task),
        el("td", { class: "status " + job.status }, job.status),
        el("td", {}, job.completed_at ? new Date(job.completed_at).toLocaleTimeString() : ""),
-       el("td", {}, el("pre", { class: "err" }, job.error || "")),
+       el("td", {}, errorText(job.error)),
        actions(job))));
   $("failures-empty").hidden = page.items.length > 0;
+}
+
+// The last line of an error (a traceback's is the exception) with the whole text folded.
+function errorText(error) {
+  const lines = (error || "").trim().split("\n").filter((line) => line.trim());
+  if (lines.length <= 1) return el("span", { class: "err-summary" }, lines[0] || "");
+  return el("details", {}, el("summary", { class: "err-summary" }, lines[lines.length - 1]),
+            el("pre", { class: "err" }, error));
 }
 
 // Batches arrive with issue 4: fill #batches here and unhide #batches-panel.
