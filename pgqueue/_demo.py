@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
+import secrets
 import time
+from collections.abc import AsyncIterator
 
 from . import _migrate
+from ._queue import Queue
 from ._status import JobStatus
 from ._worker import Worker, WorkerSettings
 
@@ -16,31 +21,87 @@ def _describe(dsn: str) -> str:
     return re.sub(r"//([^:@/]*):[^@]*@", r"//\1:***@", dsn)
 
 
-async def run_demo(*, dsn: str | None, once: bool, jobs: int = 12) -> int:
+DEMO_OWNER = "demo"
+
+
+async def run_demo(
+    *,
+    dsn: str | None,
+    once: bool,
+    jobs: int = 12,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+) -> int:
     """Enqueue example jobs, run them through a worker and print them finishing.
     With ``once`` return when they are all done; otherwise keep the worker
-    running (Ctrl-C stops it) so more jobs can be enqueued from another shell."""
+    running (Ctrl-C stops it) so more jobs can be enqueued from another shell.
+    The status API and dashboard run in the same process on ``host:port``
+    (default 8000; with ``once`` only when a port is given)."""
     from . import examples
 
     queue = examples.queue
     if dsn:
         queue._dsn_given = dsn
     logging.getLogger("pgqueue.worker").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if port is None and not once:
+        port = 8000
     print("pgqueue demo")
     resolved = await asyncio.to_thread(lambda: queue.dsn)
     print(f"  database:  {_describe(resolved)}")
     await asyncio.to_thread(_migrate.upgrade, resolved)
     print(f"  schema:    revision {await asyncio.to_thread(_migrate.current_revision, resolved)}")
 
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if port is not None:
+                await stack.enter_async_context(_serve_api(queue, host, port))
+            return await _run_jobs(queue, once=once, jobs=jobs)
+    finally:
+        await queue.close()
+
+
+@contextlib.asynccontextmanager
+async def _serve_api(queue: Queue, host: str, port: int) -> AsyncIterator[None]:
+    """The status API for the demo, with the secret from PGQUEUE_API_SECRET or
+    a random one for this run."""
+    from pgqueue_service import SECRET_ENV, Settings, mint_token, running
+
+    secret = os.environ.get(SECRET_ENV) or secrets.token_urlsafe(32)
+    settings = Settings(secret=secret)
+    async with running(queue, settings, host=host, port=port, close_queue=False) as url:
+        admin = mint_token(secret, "admin", admin=True)
+        user = mint_token(secret, DEMO_OWNER)
+        print(f"  dashboard: {url}/#token={admin}")
+        print(f"  API:       {url}/api/v1  (docs/api.md; tokens valid 24 h)")
+        print(f"  admin token:       {admin}")
+        print(f"  token for {DEMO_OWNER!r}:  {user}")
+        print(f'  try:       curl -H "Authorization: Bearer {user}" {url}/api/v1/jobs/active')
+        yield
+
+
+async def _run_jobs(queue: Queue, *, once: bool, jobs: int) -> int:
+    from . import examples
+
     ids: list[int] = []
     resize = max(1, jobs - 4)
     ids += await queue.enqueue_many(
-        examples.resize_image, [{"image_id": i, "steps": 8} for i in range(1, resize + 1)]
+        examples.resize_image,
+        [{"image_id": i, "steps": 8} for i in range(1, resize + 1)],
+        owner=DEMO_OWNER,
     )
-    ids.append(await examples.send_email.enqueue(to="ada@example.com"))
-    ids.append(await examples.flaky.enqueue(name="flaky-upload"))
-    ids.append(await examples.always_fails.enqueue(reason="the input file is corrupt"))
-    ids.append(await examples.send_email.options(delay=1.5).enqueue(to="grace@example.com"))
+    ids.append(await examples.send_email.options(owner=DEMO_OWNER).enqueue(to="ada@example.com"))
+    ids.append(await examples.flaky.options(owner=DEMO_OWNER).enqueue(name="flaky-upload"))
+    ids.append(
+        await examples.always_fails.options(owner=DEMO_OWNER).enqueue(
+            reason="the input file is corrupt"
+        )
+    )
+    ids.append(
+        await examples.send_email.options(delay=1.5, owner=DEMO_OWNER).enqueue(
+            to="grace@example.com"
+        )
+    )
     print(
         f"  enqueued:  {len(ids)} jobs on queue {examples.DEMO_QUEUE!r} (ids {ids[0]}..{ids[-1]})"
     )
@@ -97,4 +158,3 @@ async def run_demo(*, dsn: str | None, once: bool, jobs: int = 12) -> int:
         if not runner.done():
             worker.stop()
             await asyncio.gather(runner, return_exceptions=True)
-        await queue.close()

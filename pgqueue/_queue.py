@@ -670,22 +670,56 @@ class Queue:
         status: JobStatus | str | Sequence[JobStatus | str] | None = None,
         queue: str | None = None,
         task: str | None = None,
+        owner: str | None = None,
         before_id: int | None = None,
         limit: int = 50,
     ) -> list[Job]:
-        """Jobs, newest first, filtered; page with ``before_id`` = the last id seen."""
+        """Jobs, newest first, filtered; page with ``before_id`` = the last id seen.
+        With ``owner``, only that owner's jobs (read through the owner index)."""
         _check_limit(limit)
-        rows = await self._fetch(
-            "list_jobs",
-            {
-                "status": _job_statuses(status),
-                "queue": queue,
-                "task": task,
-                "before_id": before_id,
-                "limit": limit,
-            },
-        )
+        params = {
+            "status": _job_statuses(status),
+            "queue": queue,
+            "task": task,
+            "before_id": before_id,
+            "limit": limit,
+        }
+        if owner is None:
+            rows = await self._fetch("list_jobs", params)
+        else:
+            rows = await self._fetch("list_owner_jobs", {**params, "owner": owner})
         return [Job.from_row(r) for r in rows]
+
+    async def active_jobs(
+        self,
+        owner: str | None,
+        *,
+        window: float = 300.0,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """Unfinished jobs (pending, running, retrying) plus those that reached a
+        terminal state in the last ``window`` seconds, newest first; page with
+        ``before_id``. ``owner=None`` means every owner's (an operator's view)."""
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be between 1 and 1000, not {limit}")
+        if not _valid_seconds(window, allow_zero=True):
+            raise ValueError(f"window must be a number of seconds >= 0, not {window!r}")
+        params = {
+            "owner": owner,
+            "window": timedelta(seconds=window),
+            "before_id": before_id,
+            "limit": limit,
+        }
+        rows = await self._fetch("active_jobs" if owner is None else "active_owner_jobs", params)
+        return [Job.from_row(r) for r in rows]
+
+    async def job_owners(self, job_ids: Sequence[int]) -> dict[int, str | None]:
+        """The owner of each existing job in ``job_ids`` (missing ids are left out)."""
+        if not job_ids:
+            return {}
+        rows = await self._fetch("job_owners", {"ids": list(job_ids)})
+        return {int(r["id"]): r["owner"] for r in rows}
 
     async def attempts(self, job_id: int) -> list[Attempt]:
         """The finished attempts of a job, oldest first."""
@@ -717,6 +751,17 @@ class Queue:
         """Per queue: paused flag, job counts by state, age in seconds of the
         oldest job waiting to run."""
         return await self._fetch("queue_stats", {})
+
+    async def queue_gauges(
+        self, owner: str | None = None, *, after: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Like :meth:`queue_stats` but counting only unfinished jobs (pending,
+        retrying, running), so it reads the small indexed part of the table and
+        is cheap enough to poll. With ``owner``, only that owner's jobs (and only
+        the queues where it has some). Queues by name; page with ``after`` = the
+        last name seen."""
+        params = {"owner": owner, "after": after, "limit": limit}
+        return await self._fetch("queue_gauges" if owner is None else "owner_queue_gauges", params)
 
     async def rescue(self, stale_after: float = 20.0) -> list[tuple[int, JobStatus]]:
         """Rescue running jobs whose worker stopped heartbeating (workers do this

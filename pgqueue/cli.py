@@ -535,7 +535,31 @@ async def cmd_prune(args: argparse.Namespace) -> int:
 async def cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    return await run_demo(dsn=args.dsn, once=args.once, jobs=args.jobs)
+    return await run_demo(
+        dsn=args.dsn, once=args.once, jobs=args.jobs, host=args.host, port=args.port
+    )
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    from pgqueue_service import Settings, secret_from_env, serve_forever
+
+    settings = Settings(secret=secret_from_env(), active_window=args.active_window)
+    queue = _queue(args)
+    await serve_forever(queue, settings, host=args.host, port=args.port)
+    return 0
+
+
+async def cmd_token(args: argparse.Namespace) -> int:
+    from pgqueue_service import decode_token, mint_token, secret_from_env
+
+    secret = secret_from_env()
+    token = mint_token(secret, args.owner, admin=args.admin, ttl=args.ttl)
+    if args.json:
+        claims = decode_token(secret, token)
+        _print_json({"token": token, "owner": claims.owner, "admin": claims.admin, "ttl": args.ttl})
+    else:
+        print(token)
+    return 0
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:
@@ -735,9 +759,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     json_option(p)
 
-    p = command("demo", cmd_demo, "run example jobs through a worker (embedded PostgreSQL)")
+    p = command(
+        "demo",
+        cmd_demo,
+        "run example jobs through a worker, with the status API and dashboard "
+        "(embedded PostgreSQL)",
+    )
     p.add_argument("--once", action="store_true", help="exit when the example jobs are done")
     p.add_argument("--jobs", type=int, default=12, help="example jobs to enqueue (default 12)")
+    p.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1)")
+    p.add_argument(
+        "--port",
+        type=int,
+        help="API port (default 8000; with --once the API runs only if --port is given)",
+    )
+
+    p = command("serve", cmd_serve, "run the status API and dashboard (needs PGQUEUE_API_SECRET)")
+    app_option(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument(
+        "--active-window",
+        type=float,
+        default=300.0,
+        help="seconds finished jobs stay in /jobs/active (default 300)",
+    )
+
+    p = command("token", cmd_token, "mint an API bearer token (needs PGQUEUE_API_SECRET)")
+    p.set_defaults(app=None)
+    p.add_argument("owner", help="the owner the token acts as (its jobs only)")
+    p.add_argument("--admin", action="store_true", help="see and act on every owner's jobs")
+    p.add_argument(
+        "--ttl", type=float, default=86400.0, help="seconds until it expires (default 86400)"
+    )
+    json_option(p)
 
     p = command("bench", cmd_bench, "measure enqueue, drain and latency in a scratch database")
     p.add_argument("--jobs", type=int, default=20000, help="jobs per drain (default 20000)")

@@ -9,7 +9,7 @@ import pytest
 
 from pgqueue import cli
 
-CONTRACT_COMMANDS = ["migrate", "worker", "enqueue", "jobs", "queues", "demo"]
+CONTRACT_COMMANDS = ["migrate", "worker", "enqueue", "jobs", "queues", "demo", "serve", "token"]
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -1,0 +1,125 @@
+"""The application factory: routes, middlewares, and one cleanup context per
+resource (the library's connection pool; the LISTEN loop)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+
+from aiohttp import web
+
+import pgqueue
+
+from . import _keys
+from ._config import Settings
+from ._errors import ApiError
+from ._events import Broadcaster
+from ._metrics import GaugeCache
+from .handlers import ALL
+
+log = logging.getLogger("pgqueue.service")
+
+STATIC = Path(str(resources.files("pgqueue_service").joinpath("static")))
+
+# The dashboard loads only its own files: no inline script, nothing external.
+_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error answer is JSON: ours (ApiError), aiohttp's (404, 405, 413...),
+    the library's refusals, and unexpected failures (500, logged)."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except pgqueue.JobNotFound as exc:
+        return ApiError(404, "not_found", str(exc)).response()
+    except pgqueue.InvalidTransition as exc:
+        return ApiError(409, "conflict", str(exc)).response()
+    except pgqueue.DatabaseUnavailable as exc:
+        log.warning("database unavailable: %s", exc)
+        return ApiError(503, "unavailable", "the database is unavailable").response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status, "http_error"
+        )
+        error = ApiError(exc.status, code, exc.reason)
+        error.headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return error.response()
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return ApiError(500, "internal_error", "unexpected server error").response()
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if not request.path.startswith("/api/"):
+        response.headers.setdefault("Content-Security-Policy", _CSP)
+    return response
+
+
+async def dashboard(request: web.Request) -> web.FileResponse:
+    response = web.FileResponse(STATIC / "index.html")
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+def create_app(
+    queue: pgqueue.Queue,
+    settings: Settings,
+    *,
+    close_queue: bool = True,
+) -> web.Application:
+    """The status API and dashboard for ``queue`` (its registered tasks are the
+    ones ``POST /api/v1/jobs`` accepts). The app opens the queue's pool on
+    startup and, with ``close_queue``, closes it on cleanup."""
+    app = web.Application(middlewares=[security_headers, errors_as_json])
+    app[_keys.QUEUE] = queue
+    app[_keys.SETTINGS] = settings
+    app[_keys.GAUGES] = GaugeCache(queue, settings.metrics_cache)
+    app[_keys.BROADCASTER] = Broadcaster(
+        queue,
+        buffer_size=settings.event_buffer,
+        subscriber_limit=settings.subscriber_queue,
+        owner_cache=settings.owner_cache,
+    )
+    for routes in ALL:
+        for endpoint in routes.endpoints:
+            app.router.add_route(endpoint.method, endpoint.path, endpoint.view())
+    app.router.add_get("/", dashboard)
+    app.router.add_static("/static", STATIC)
+
+    async def database_pool(app: web.Application) -> AsyncIterator[None]:
+        await queue.pool()
+        yield
+        if close_queue:
+            await queue.close()
+
+    async def job_listener(app: web.Application) -> AsyncIterator[None]:
+        broadcaster = app[_keys.BROADCASTER]
+        await broadcaster.start()
+        yield
+        await broadcaster.stop()
+
+    async def end_streams(app: web.Application) -> None:
+        # SSE handlers never end by themselves; end them before the server
+        # waits for open requests.
+        app[_keys.BROADCASTER].close_streams("the server is shutting down")
+
+    app.cleanup_ctx.append(database_pool)
+    app.cleanup_ctx.append(job_listener)
+    app.on_shutdown.append(end_streams)
+    return app

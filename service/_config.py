@@ -1,0 +1,61 @@
+"""Settings of the status API, and the secret that signs its tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+from pgqueue import ConfigurationError
+
+SECRET_ENV = "PGQUEUE_API_SECRET"
+MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key must be at least 256 bits
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """How one API process behaves. Every field has a sensible default except
+    the token secret."""
+
+    secret: str
+    """HS256 key that signs and checks bearer tokens (``PGQUEUE_API_SECRET``)."""
+    active_window: float = 300.0
+    """``/jobs/active`` and the event snapshot include jobs finished this many seconds ago."""
+    keepalive: float = 15.0
+    """Seconds between SSE keepalive comments on an idle stream."""
+    event_buffer: int = 10_000
+    """Recent job events kept in memory for ``Last-Event-ID`` replay."""
+    subscriber_queue: int = 1_000
+    """Events one slow SSE client may fall behind before its stream is closed."""
+    snapshot_limit: int = 500
+    """Most jobs sent in an SSE snapshot."""
+    metrics_cache: float = 2.0
+    """Seconds a scrape's database gauges are reused by the next scrapes."""
+    owner_cache: int = 50_000
+    """Job id -> owner entries kept to route NOTIFY payloads without an owner."""
+
+    def __post_init__(self) -> None:
+        check_secret(self.secret)
+        if not (math.isfinite(self.active_window) and self.active_window >= 0):
+            raise ConfigurationError(
+                f"the active window must be seconds >= 0, not {self.active_window!r}"
+            )
+
+
+def check_secret(secret: str | None) -> str:
+    """``secret`` if it is usable as an HS256 key; :class:`ConfigurationError` otherwise."""
+    if not secret:
+        raise ConfigurationError(
+            f"{SECRET_ENV} is not set: export a random secret of at least "
+            f"{MIN_SECRET_BYTES} characters (e.g. `openssl rand -hex 32`)"
+        )
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigurationError(
+            f"{SECRET_ENV} is too short: use at least {MIN_SECRET_BYTES} characters"
+        )
+    return secret
+
+
+def secret_from_env() -> str:
+    """The token secret from ``PGQUEUE_API_SECRET``, checked."""
+    return check_secret(os.environ.get(SECRET_ENV))

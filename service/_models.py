@@ -1,0 +1,264 @@
+"""Request and response bodies of the API: pydantic models that validate input
+and generate the OpenAPI schemas."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+import pgqueue
+
+MAX_BIGINT = 2**63 - 1
+STATUS_NAMES = "|".join(s.value for s in pgqueue.JobStatus)
+STATUS_LIST = rf"^({STATUS_NAMES})(,({STATUS_NAMES}))*$"
+
+
+# -- cursors -----------------------------------------------------------------------------
+# Opaque to clients: base64url of "<kind>:<key>", so the key can change shape later.
+
+
+def encode_cursor(kind: str, key: str | int) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{key}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, cursor: str) -> str:
+    """The key inside ``cursor``; ``ValueError`` if it is not a ``kind`` cursor."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("not a cursor returned by this API") from None
+    prefix, sep, key = text.partition(":")
+    if prefix != kind or not sep:
+        raise ValueError("not a cursor returned by this endpoint")
+    return key
+
+
+def job_cursor_id(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    key = decode_cursor("job", cursor)
+    if not key.isdigit() or not 1 <= int(key) <= MAX_BIGINT:
+        raise ValueError("not a cursor returned by this endpoint")
+    return int(key)
+
+
+# -- parameters --------------------------------------------------------------------------
+
+
+def _no_nul(value: Any) -> Any:
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text_without_nul(cls, value: Any) -> Any:
+        return _no_nul(value)
+
+
+class JobPath(_Params):
+    id: int = Field(ge=1, le=MAX_BIGINT, description="job id")
+
+
+class QueuePath(_Params):
+    name: str = Field(min_length=1, max_length=128, description="queue name")
+
+
+class Page(_Params):
+    cursor: str | None = Field(
+        default=None,
+        max_length=200,
+        description="`next_cursor` of the previous page; omit for the first page",
+    )
+
+
+class ActiveQuery(Page):
+    limit: int = Field(default=100, ge=1, le=500, description="jobs per page")
+
+    @field_validator("cursor")
+    @classmethod
+    def _job_cursor(cls, value: str | None) -> str | None:
+        job_cursor_id(value)
+        return value
+
+
+class JobListQuery(ActiveQuery):
+    limit: int = Field(default=50, ge=1, le=500, description="jobs per page")
+    status: str | None = Field(
+        default=None,
+        pattern=STATUS_LIST,
+        description="comma-separated states, e.g. `failed,dead_letter`",
+    )
+    queue: str | None = Field(default=None, min_length=1, max_length=128)
+    task: str | None = Field(default=None, min_length=1, max_length=256)
+    owner: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="admins: only this owner's jobs (others may only name themselves)",
+    )
+
+    @property
+    def statuses(self) -> list[pgqueue.JobStatus] | None:
+        if self.status is None:
+            return None
+        return [pgqueue.JobStatus(s) for s in self.status.split(",")]
+
+
+class QueueListQuery(Page):
+    limit: int = Field(default=100, ge=1, le=1000, description="queues per page")
+
+    @field_validator("cursor")
+    @classmethod
+    def _queue_cursor(cls, value: str | None) -> str | None:
+        if value is not None:
+            decode_cursor("queue", value)
+        return value
+
+
+class EventsQuery(_Params):
+    access_token: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="the bearer token, for clients that cannot send headers (EventSource)",
+    )
+
+
+# -- bodies ------------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text_without_nul(cls, value: Any) -> Any:
+        return _no_nul(value)
+
+
+class JobCreate(_Body):
+    """A job to enqueue; it is owned by the caller. Unset options take the
+    task's defaults."""
+
+    task: str = Field(min_length=1, max_length=256, description="a task registered on the server")
+    args: dict[str, Any] = Field(default_factory=dict, description="the task's keyword arguments")
+    queue: str | None = Field(default=None, min_length=1, max_length=128)
+    priority: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
+    delay: float | None = Field(
+        default=None, ge=0, le=10 * 365 * 86400, description="seconds before it may run"
+    )
+    run_at: AwareDatetime | None = Field(default=None, description="when it may run (with offset)")
+    max_attempts: int | None = Field(default=None, ge=1, le=1000)
+    timeout: float | None = Field(
+        default=None, gt=0, le=365 * 86400, description="seconds an attempt may run"
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class RetryBody(_Body):
+    extra_attempts: int = Field(default=1, ge=1, le=1000, description="attempts to add")
+
+
+# -- responses ---------------------------------------------------------------------------
+
+
+class JobOut(BaseModel):
+    """One job."""
+
+    id: int
+    queue: str
+    task: str
+    args: dict[str, Any]
+    status: pgqueue.JobStatus
+    priority: int
+    run_at: datetime
+    attempts: int
+    max_attempts: int
+    timeout: float | None = Field(description="seconds")
+    created_at: datetime
+    started_at: datetime | None
+    leased_at: datetime | None
+    completed_at: datetime | None
+    heartbeat_at: datetime | None
+    worker_id: str | None
+    progress: int = Field(ge=0, le=100)
+    progress_message: str | None
+    result: Any = Field(description="the task's return value (completed jobs)")
+    error: str | None = Field(description="the last error")
+    owner: str | None
+    batch_id: int | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, job: pgqueue.Job) -> JobOut:
+        values = {name: getattr(job, name) for name in cls.model_fields}
+        values["timeout"] = job.timeout.total_seconds() if job.timeout is not None else None
+        return cls.model_validate(values)
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    worker_id: str
+    started_at: datetime
+    ended_at: datetime
+    outcome: str
+    error: str | None
+
+
+class JobDetail(JobOut):
+    """One job with its finished attempts."""
+
+    attempt_history: list[AttemptOut]
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null at the end"
+    )
+
+
+class QueueCounts(BaseModel):
+    pending: int = 0
+    retrying: int = 0
+    running: int = 0
+
+
+class QueueOut(BaseModel):
+    queue: str
+    paused: bool
+    counts: QueueCounts = Field(description="unfinished jobs (the caller's, unless admin)")
+    oldest_pending_age: float | None = Field(description="seconds the oldest due job has waited")
+
+
+class QueuePage(BaseModel):
+    items: list[QueueOut]
+    next_cursor: str | None
+
+
+class QueueState(BaseModel):
+    queue: str
+    paused: bool
+
+
+class WhoAmI(BaseModel):
+    owner: str
+    admin: bool
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="`ready` or `unavailable`")
+    database: bool
+    listener: bool

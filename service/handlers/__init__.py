@@ -1,0 +1,8 @@
+"""One module of endpoints per resource; :data:`ALL` is what the app mounts."""
+
+from __future__ import annotations
+
+from .._routes import Routes
+from . import events, jobs, queues, system
+
+ALL: list[Routes] = [jobs.routes, queues.routes, events.routes, system.routes]

@@ -1,0 +1,135 @@
+"""Fixtures of the status API tests: the app (pytest-aiohttp's ``aiohttp_client``)
+on the test's real database, tokens, and helpers that move jobs between states
+by calling the stored functions (what a worker would do), so a test reads as
+the transitions it makes.
+
+- ``api``: an :class:`Api` around the test client, its queue and tokens.
+- ``SECRET``: the token secret of every app built here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+
+import pgqueue
+from pgqueue_service import Settings, create_app, mint_token
+
+SECRET = "service-tests-" + "s" * 60
+WORKER = "tests:api"
+
+
+def register_tasks(queue: pgqueue.Queue) -> None:
+    """The tasks the API tests enqueue through ``POST /api/v1/jobs``."""
+
+    @queue.task(queue="api")
+    async def echo(ctx: pgqueue.JobContext, value: Any = None) -> Any:
+        return value
+
+    @queue.task(queue="api")
+    async def steps(ctx: pgqueue.JobContext, n: int = 5, pause: float = 0.3) -> int:
+        for i in range(1, n + 1):
+            await asyncio.sleep(pause)
+            ctx.progress(100 * i / n, f"step {i}/{n}")
+        return n
+
+    @queue.task(queue="api")
+    async def fails_once(ctx: pgqueue.JobContext) -> str:
+        if ctx.attempt == 1:
+            raise pgqueue.NonRetryableError("the first attempt always fails")
+        return f"fine on attempt {ctx.attempt}"
+
+
+def auth(owner: str, *, admin: bool = False) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_token(SECRET, owner, admin=admin)}"}
+
+
+class Api:
+    """The test client with the caller's tokens at hand, and job helpers."""
+
+    def __init__(self, client: TestClient[Any, Any], queue: pgqueue.Queue) -> None:
+        self.client = client
+        self.queue = queue
+        self.leases: dict[int, int] = {}
+
+    async def call(
+        self, method: str, path: str, owner: str | None = "alice", *, admin: bool = False, **kw: Any
+    ) -> ClientResponse:
+        headers = dict(kw.pop("headers", {}))
+        if owner is not None:
+            headers.update(auth(owner, admin=admin))
+        return await self.client.request(method, path, headers=headers, **kw)
+
+    async def json(
+        self, method: str, path: str, owner: str | None = "alice", *, status: int = 200, **kw: Any
+    ) -> Any:
+        response = await self.call(method, path, owner, **kw)
+        text = await response.text()
+        assert response.status == status, f"{method} {path}: {response.status} {text}"
+        return json.loads(text)
+
+    # -- jobs in given states, through the stored functions -----------------------------
+
+    async def enqueue(self, owner: str | None, task: str = "echo", **options: Any) -> int:
+        return await self.queue.enqueue(task, {}, owner=owner, **options)
+
+    async def sql(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        pool = await self.queue.pool()
+        async with pool.connection() as conn:
+            cur = await conn.execute(sql, params)  # type: ignore[arg-type]
+            return await cur.fetchall() if cur.description else []
+
+    async def claim(self, job_id: int) -> int:
+        """Lease ``job_id``: its attempt number. A claim takes every due job of
+        queue ``api``; the leases of the others are kept for later calls."""
+        if job_id not in self.leases:
+            rows = await self.sql(
+                "SELECT id, attempts FROM pgqueue.claim(%(w)s, ARRAY['api'], 100)", {"w": WORKER}
+            )
+            self.leases.update({int(r[0]): int(r[1]) for r in rows})
+        assert job_id in self.leases, f"job {job_id} was not claimable"
+        return self.leases.pop(job_id)
+
+    async def progress(self, job_id: int, attempt: int, pct: float) -> None:
+        await self.sql(
+            "SELECT pgqueue.progress(%(id)s, %(a)s, %(p)s)", {"id": job_id, "a": attempt, "p": pct}
+        )
+
+    async def fail(self, job_id: int, attempt: int, error: str = "boom") -> None:
+        await self.sql(
+            "SELECT pgqueue.fail(%(id)s, %(a)s, %(e)s, false)",
+            {"id": job_id, "a": attempt, "e": error},
+        )
+
+    async def complete(self, job_id: int, attempt: int) -> None:
+        await self.sql(
+            "SELECT pgqueue.complete(%(id)s, %(a)s, '1'::jsonb)", {"id": job_id, "a": attempt}
+        )
+
+    async def age(self, job_id: int, by: timedelta) -> None:
+        """Move every timestamp of a job back by ``by`` (keeps the CHECKs true)."""
+        await self.sql(
+            "UPDATE pgqueue.jobs SET created_at = created_at - %(by)s, run_at = run_at - %(by)s,"
+            " started_at = started_at - %(by)s, leased_at = leased_at - %(by)s,"
+            " completed_at = completed_at - %(by)s WHERE id = %(id)s",
+            {"id": job_id, "by": by},
+        )
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(secret=SECRET, keepalive=0.5)
+
+
+@pytest.fixture
+async def api(aiohttp_client: Any, queue: pgqueue.Queue, settings: Settings) -> AsyncIterator[Api]:
+    register_tasks(queue)
+    client = await aiohttp_client(create_app(queue, settings, close_queue=False))
+    yield Api(client, queue)
