@@ -85,11 +85,14 @@ async def _run_jobs(queue: Queue, *, once: bool, jobs: int) -> int:
 
     ids: list[int] = []
     resize = max(1, jobs - 4)
-    ids += await queue.enqueue_many(
+    # The resize jobs are one batch (the dashboard follows it as a whole).
+    album = await queue.enqueue_batch(
         examples.resize_image,
         [{"image_id": i, "steps": 8} for i in range(1, resize + 1)],
         owner=DEMO_OWNER,
+        metadata={"album": "demo"},
     )
+    ids += [job.id for job in await queue.batch_jobs(album.id, limit=1000)]
     ids.append(await examples.send_email.options(owner=DEMO_OWNER).enqueue(to="ada@example.com"))
     ids.append(await examples.flaky.options(owner=DEMO_OWNER).enqueue(name="flaky-upload"))
     ids.append(

@@ -58,7 +58,7 @@ class BatchStatus(enum.StrEnum):
     PENDING = "pending"
     """No child has started yet."""
     RUNNING = "running"
-    """Some child has started; not all have finished."""
+    """Some child has left pending (started or was cancelled); not all have finished."""
     PAUSED = "paused"
     """Paused by a user: its pending and retrying children are not claimed."""
     COMPLETED = "completed"

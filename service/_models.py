@@ -56,7 +56,8 @@ def _no_nul(value: Any) -> Any:
 
 
 class _Params(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # An unknown query parameter is a 422 naming it, not silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     @field_validator("*", mode="after")
     @classmethod
@@ -262,3 +263,119 @@ class Readiness(BaseModel):
     status: str = Field(description="`ready` or `unavailable`")
     database: bool
     listener: bool
+
+
+# -- batches and progress history ---------------------------------------------------------
+
+BATCH_STATUS_NAMES = "|".join(s.value for s in pgqueue.BatchStatus)
+
+
+class BatchPath(_Params):
+    id: int = Field(ge=1, le=MAX_BIGINT, description="batch id")
+
+
+def batch_cursor_id(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    key = decode_cursor("batch", cursor)
+    if not key.isdigit() or not 1 <= int(key) <= MAX_BIGINT:
+        raise ValueError("not a cursor returned by this endpoint")
+    return int(key)
+
+
+class BatchListQuery(Page):
+    limit: int = Field(default=50, ge=1, le=500, description="batches per page")
+    status: str | None = Field(
+        default=None,
+        pattern=rf"^({BATCH_STATUS_NAMES})(,({BATCH_STATUS_NAMES}))*$",
+        description="comma-separated batch states, e.g. `running,paused`",
+    )
+
+    @field_validator("cursor")
+    @classmethod
+    def _batch_cursor(cls, value: str | None) -> str | None:
+        batch_cursor_id(value)
+        return value
+
+    @property
+    def statuses(self) -> list[str] | None:
+        return self.status.split(",") if self.status else None
+
+
+class BatchOut(BaseModel):
+    """One batch: its children counted by state."""
+
+    id: int
+    queue: str
+    task: str
+    status: pgqueue.BatchStatus
+    paused: bool
+    total: int
+    counts: dict[str, int] = Field(description="children per job state")
+    progress: int = Field(description="percentage of children finished, whatever the outcome")
+    owner: str | None
+    metadata: dict[str, Any]
+    on_complete_job_id: int | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+    @classmethod
+    def of(cls, batch: pgqueue.Batch) -> BatchOut:
+        values = {name: getattr(batch, name) for name in cls.model_fields}
+        return cls.model_validate(values)
+
+
+class BatchPage(BaseModel):
+    items: list[BatchOut]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null at the end"
+    )
+
+
+def progress_cursor_id(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    key = decode_cursor("progress", cursor)
+    if not key.isdigit() or not 1 <= int(key) <= MAX_BIGINT:
+        raise ValueError("not a cursor returned by this endpoint")
+    return int(key)
+
+
+class ProgressQuery(Page):
+    limit: int = Field(default=100, ge=1, le=500, description="reports per page")
+    since: AwareDatetime | None = Field(
+        default=None, description="only reports at or after this time (ISO 8601 with offset)"
+    )
+
+    @field_validator("cursor")
+    @classmethod
+    def _progress_cursor(cls, value: str | None) -> str | None:
+        progress_cursor_id(value)
+        return value
+
+    @field_validator("since", mode="before")
+    @classmethod
+    def _iso_time(cls, value: Any) -> Any:
+        # pydantic would also take a number as a Unix time; the document says ISO 8601.
+        if isinstance(value, str):
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError("must be an ISO 8601 date-time with an offset") from None
+        return value
+
+
+class ProgressOut(BaseModel):
+    id: int
+    attempt: int
+    at: datetime
+    pct: int = Field(ge=0, le=100)
+    message: str | None
+
+
+class ProgressPage(BaseModel):
+    items: list[ProgressOut] = Field(description="oldest first")
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null at the end"
+    )

@@ -137,7 +137,7 @@ CREATE INDEX progress_history_job_idx ON pgqueue.progress_history (job_id, id);
 -- the same statement that moves a child, so they always equal a recount.
 CREATE TYPE pgqueue.batch_status AS ENUM (
     'pending',                -- no child has started yet
-    'running',                -- some child started; not all are finished
+    'running',                -- some child left pending; not all are finished
     'paused',                 -- paused by a user: its children are not claimed
     'completed',              -- final: every child completed
     'completed_with_errors',  -- final: every child finished, some did not complete

@@ -123,7 +123,8 @@ _RESET = """
 SELECT pg_terminate_backend(pid)
   FROM pg_stat_activity
  WHERE datname = current_database() AND pid <> pg_backend_pid();
-TRUNCATE pgqueue.attempts, pgqueue.jobs, pgqueue.queues RESTART IDENTITY CASCADE;
+TRUNCATE pgqueue.attempts, pgqueue.progress_history, pgqueue.jobs, pgqueue.batches,
+         pgqueue.queues RESTART IDENTITY CASCADE;
 """
 
 

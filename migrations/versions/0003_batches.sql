@@ -31,7 +31,7 @@ CREATE INDEX progress_history_job_idx ON pgqueue.progress_history (job_id, id);
 -- the same statement that moves a child, so they always equal a recount.
 CREATE TYPE pgqueue.batch_status AS ENUM (
     'pending',                -- no child has started yet
-    'running',                -- some child started; not all are finished
+    'running',                -- some child left pending; not all are finished
     'paused',                 -- paused by a user: its children are not claimed
     'completed',              -- final: every child completed
     'completed_with_errors',  -- final: every child finished, some did not complete
@@ -462,11 +462,27 @@ BEGIN
     IF v_n IS NULL OR v_n = 0 THEN
         RAISE EXCEPTION 'pgqueue: enqueue_batch: a batch needs at least one item' USING ERRCODE = '22023';
     END IF;
+    -- on_complete is enqueued later, by the child that finishes the batch:
+    -- check now everything that could make that insert fail.
     IF p_on_complete IS NOT NULL AND (
-           jsonb_typeof(p_on_complete) <> 'object'
+           jsonb_typeof(p_on_complete) IS DISTINCT FROM 'object'
            OR jsonb_typeof(p_on_complete -> 'task') IS DISTINCT FROM 'string'
-           OR COALESCE(jsonb_typeof(p_on_complete -> 'args'), 'object') <> 'object') THEN
-        RAISE EXCEPTION 'pgqueue: enqueue_batch: on_complete must be an object with a "task" name and object "args"'
+           OR length(p_on_complete ->> 'task') NOT BETWEEN 1 AND 256
+           OR COALESCE(jsonb_typeof(p_on_complete -> 'args'), 'object') <> 'object'
+           OR (p_on_complete ? 'queue' AND jsonb_typeof(p_on_complete -> 'queue') <> 'null'
+               AND (jsonb_typeof(p_on_complete -> 'queue') <> 'string'
+                    OR length(p_on_complete ->> 'queue') NOT BETWEEN 1 AND 128))
+           OR COALESCE(jsonb_typeof(p_on_complete -> 'priority'), 'null') NOT IN ('null', 'number')
+           OR (jsonb_typeof(p_on_complete -> 'priority') = 'number'
+               AND (p_on_complete ->> 'priority') !~ '^-?[0-9]{1,9}$')
+           OR COALESCE(jsonb_typeof(p_on_complete -> 'max_attempts'), 'null') NOT IN ('null', 'number')
+           OR (jsonb_typeof(p_on_complete -> 'max_attempts') = 'number'
+               AND ((p_on_complete ->> 'max_attempts') !~ '^[0-9]{1,9}$'
+                    OR (p_on_complete ->> 'max_attempts')::integer < 1))
+           OR COALESCE(jsonb_typeof(p_on_complete -> 'timeout'), 'null') NOT IN ('null', 'number')
+           OR (jsonb_typeof(p_on_complete -> 'timeout') = 'number'
+               AND (p_on_complete ->> 'timeout')::numeric <= 0)) THEN
+        RAISE EXCEPTION 'pgqueue: enqueue_batch: on_complete must be an object naming a "task" (1 to 256 characters), with object "args", a "queue" of 1 to 128 characters, an integer "priority", "max_attempts" >= 1 and a positive "timeout" in seconds (each optional)'
             USING ERRCODE = '22023';
     END IF;
     INSERT INTO pgqueue.batches (queue, task, total, pending, owner, metadata, on_complete)
@@ -615,6 +631,10 @@ RETURNS pgqueue.batch_status LANGUAGE plpgsql AS $$
 DECLARE
     v_status pgqueue.batch_status;
 BEGIN
+    PERFORM 1 FROM pgqueue.jobs
+     WHERE batch_id = p_id AND status IN ('pending', 'retrying') AND NOT paused
+     ORDER BY id
+       FOR UPDATE;
     UPDATE pgqueue.jobs SET paused = true
      WHERE batch_id = p_id AND status IN ('pending', 'retrying') AND NOT paused;
     UPDATE pgqueue.batches SET paused = true, status = 'paused'
@@ -635,6 +655,7 @@ DECLARE
     v_status pgqueue.batch_status;
     v_queue  text;
 BEGIN
+    PERFORM 1 FROM pgqueue.jobs WHERE batch_id = p_id AND paused ORDER BY id FOR UPDATE;
     UPDATE pgqueue.jobs SET paused = false WHERE batch_id = p_id AND paused;
     UPDATE pgqueue.batches
        SET paused = false,

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from .._routes import Routes
-from . import events, jobs, queues, system
+from . import batches, events, jobs, queues, system
 
-ALL: list[Routes] = [jobs.routes, queues.routes, events.routes, system.routes]
+ALL: list[Routes] = [jobs.routes, batches.routes, queues.routes, events.routes, system.routes]

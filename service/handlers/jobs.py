@@ -18,9 +18,13 @@ from .._models import (
     JobOut,
     JobPage,
     JobPath,
+    ProgressOut,
+    ProgressPage,
+    ProgressQuery,
     RetryBody,
     encode_cursor,
     job_cursor_id,
+    progress_cursor_id,
 )
 from .._routes import ErrorOut, Reply, Routes, json_reply
 
@@ -100,6 +104,30 @@ async def get_job(request: web.Request, *, principal: Principal, path: JobPath) 
         }
     )
     return json_reply(detail)
+
+
+@routes.get(
+    "/api/v1/jobs/{id}/progress",
+    summary="A job's progress history, oldest first",
+    replies={200: Reply("oldest first", ProgressPage), 404: NOT_FOUND},
+)
+async def job_progress(
+    request: web.Request, *, principal: Principal, path: JobPath, query: ProgressQuery
+) -> web.Response:
+    await visible_job(request, principal, path.id)
+    entries = await request.app[_keys.QUEUE].progress_history(
+        path.id,
+        since=query.since,
+        after_id=progress_cursor_id(query.cursor),
+        limit=query.limit,
+    )
+    last = entries[-1].id if len(entries) == query.limit else None
+    return json_reply(
+        ProgressPage(
+            items=[ProgressOut.model_validate(e.to_dict()) for e in entries],
+            next_cursor=None if last is None else encode_cursor("progress", last),
+        )
+    )
 
 
 _FIELDS = ("delay", "run_at", "max_attempts", "timeout", "priority", "metadata", "queue")

@@ -120,7 +120,7 @@ function connect() {
     }
     if (TERMINAL.has(change.status) || change.status === "retrying") refreshFailures();
     if (!state.queuesDue) {  // counts follow the changes, at most twice a second
-      state.queuesDue = setTimeout(() => { state.queuesDue = null; refreshQueues().catch(() => {}); }, 500);
+      state.queuesDue = setTimeout(() => { state.queuesDue = null; refreshQueues().catch(() => {}); renderBatches().catch(() => {}); }, 500);
     }
   });
 }
@@ -225,8 +225,44 @@ function errorText(error) {
             el("pre", { class: "err" }, error));
 }
 
-// Batches arrive with issue 4: fill #batches here and unhide #batches-panel.
-async function renderBatches() {}
+const BATCH_FINAL = new Set(["completed", "completed_with_errors", "cancelled"]);
+
+function batchActions(batch) {
+  const cell = el("td");
+  if (BATCH_FINAL.has(batch.status)) return cell;
+  const action = batch.paused ? "resume" : "pause";
+  cell.append(el("button", { type: "button", class: action, onclick: () => batchAction(batch.id, action) },
+                 batch.paused ? "Resume" : "Pause"));
+  cell.append(el("button", { type: "button", class: "cancel", onclick: () => batchAction(batch.id, "cancel") },
+                 "Cancel"));
+  return cell;
+}
+
+// Batches: counted by the database; refreshed with the queues and on job events.
+async function renderBatches() {
+  const page = await api("/batches?limit=20");
+  $("batches-panel").hidden = page.items.length === 0;
+  $("batches").replaceChildren(...page.items.map((batch) => {
+    const failed = batch.total - batch.counts.completed - batch.counts.pending
+      - batch.counts.running - batch.counts.retrying;
+    const detail = `${batch.counts.completed} ok` + (failed ? `, ${failed} failed` : "") + ` of ${batch.total}`;
+    return el("tr", { "data-batch-id": String(batch.id) },
+              el("td", {}, String(batch.id) + " " + batch.task),
+              el("td", { class: "status " + batch.status }, batch.status),
+              el("td", {}, progressBar({ progress: batch.progress }), el("span", { class: "muted" }, " " + detail)),
+              batchActions(batch));
+  }));
+}
+
+async function batchAction(id, action) {
+  try {
+    await api(`/batches/${id}/${action}`, { method: "POST" });
+    say("");
+    await renderBatches();
+  } catch (error) {
+    say(`Could not ${action} batch ${id}: ${error.message}`);
+  }
+}
 
 async function refresh() {
   try {

@@ -99,7 +99,8 @@ class Api:
 
     async def progress(self, job_id: int, attempt: int, pct: float) -> None:
         await self.sql(
-            "SELECT pgqueue.progress(%(id)s, %(a)s, %(p)s)", {"id": job_id, "a": attempt, "p": pct}
+            "SELECT pgqueue.progress(%(id)s, %(a)s, %(p)s::numeric)",
+            {"id": job_id, "a": attempt, "p": pct},
         )
 
     async def fail(self, job_id: int, attempt: int, error: str = "boom") -> None:
