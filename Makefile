@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: demo test lint bench soak chaos venv clean stop-db
 
@@ -29,9 +30,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## Throughput and latency figures (see docs/performance.md).
-bench: $(STAMP)
-	$(BIN)/pgqueue bench
+$(BENCH_STAMP): $(STAMP)
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
+## pgqueue beside PgQueuer and procrastinate (installed into the venv) and raw SQL
+## (see docs/performance.md). PGQUEUE_DSN picks the server; BENCH_ARGS="--quick" etc.
+bench: $(BENCH_STAMP)
+	$(BIN)/pgqueue bench $(BENCH_ARGS)
 
 ## Long-running soak tests, kept out of `make test`.
 soak: $(STAMP)

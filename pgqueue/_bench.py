@@ -1,243 +1,615 @@
-"""``pgqueue bench``: throughput and latency of this pgqueue on this machine.
+"""``pgqueue bench``: pgqueue side by side with its peers and the raw-SQL ceiling.
 
-It works in a scratch database it creates (and drops) on the chosen server,
-so it never touches real jobs. Figures are printed next to a raw-SQL ceiling
-measured in the same run, so they read as ratios, not absolute claims.
+Every system (pgqueue, and PgQueuer and procrastinate when installed) runs in
+its own scratch database on the chosen server, created and dropped here, so
+real jobs are never touched. The raw-SQL ceilings get one too. All figures
+come from the same run on the same server, so the ratios are what to read;
+absolute numbers move with the machine and whatever else it is doing.
+
+How each figure is taken (the same code path for every system):
+
+- single enqueue: sequential one-job enqueue calls through the system's own
+  client, each its own transaction (after a short untimed warm-up);
+- bulk enqueue: the system's bulk call in chunks of 1,000 jobs;
+- drain: a backlog of N no-op jobs, ANALYZEd, worked by 1 or 2 real worker
+  processes; jobs/s between the first and the last task start, timed inside
+  the workers (process start-up and exit excluded alike), and checked against
+  the database's own count of successfully finished jobs;
+- latency: one idle worker process; a job enqueued every 20 ms; the time from
+  the enqueue call to the task body starting (same machine, same clock).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
+import glob
 import json
+import logging
+import math
 import os
 import platform
-import statistics
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from . import _migrate
+from ._bench_systems import ENQUEUE_CHUNK, SYSTEMS, Client, Config, System, _version
 from ._connect import resolve_dsn
-from ._queue import Queue
 
-BENCH_QUEUE = "bench"
-APP = "pgqueue.examples:queue"
+NOT_INSTALLED = "not installed"
+SETTINGS = (
+    "synchronous_commit",
+    "fsync",
+    "shared_buffers",
+    "wal_level",
+    "max_wal_size",
+    "max_connections",
+)
+METRICS = (  # key, column title, unit
+    ("single_enqueue", "enqueue 1", "jobs/s"),
+    ("bulk_enqueue", "bulk", "jobs/s"),
+    ("drain_1", "drain 1 proc", "jobs/s"),
+    ("drain_2", "drain 2 proc", "jobs/s"),
+    ("latency_p50_ms", "start p50", "ms"),
+    ("latency_p95_ms", "p95", "ms"),
+    ("latency_p99_ms", "p99", "ms"),
+)
+COLUMN = 13
+LOWER_IS_BETTER = {"latency_p50_ms", "latency_p95_ms", "latency_p99_ms"}
 
 
-def noop(ctx: object) -> None:
-    """Stands for ``pgqueue.examples.noop``, which the bench workers run."""
+@dataclass(frozen=True)
+class Plan:
+    jobs: int
+    single: int
+    samples: int
+    backlog: bool
+    spacing: float = 0.02
+    settle: float = 0.5  # idle time before the latency samples
+    backlogs: tuple[int, ...] = (10_000, 1_000_000)
+    backlog_drain: int = 10_000
 
 
-def _create_scratch(server_dsn: str) -> tuple[str, str]:
-    name = f"pgqueue_bench_{uuid.uuid4().hex[:8]}"
+@dataclass
+class Progress:
+    """One stderr line per step: ``[ 3/40] step``, with the elapsed time."""
+
+    total: int
+    enabled: bool
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        width = 20
+        filled = int(width * (self.done - 1) / max(self.total, 1))
+        bar = "#" * filled + "." * (width - filled)
+        elapsed = time.monotonic() - self.started
+        print(
+            f"  [{bar}] {self.done:>2}/{self.total} {elapsed:6.1f}s  {label}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+# -- scratch databases ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _scratch(server_dsn: str, label: str) -> Iterator[str]:
+    name = f"pgqueue_bench_{label}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return name, make_conninfo(server_dsn, dbname=name)
+    try:
+        yield make_conninfo(server_dsn, dbname=name)
+    finally:
+        with psycopg.connect(server_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
-def _drop_scratch(server_dsn: str, name: str) -> None:
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+# -- measurements -----------------------------------------------------------------------
 
 
-async def _single_enqueue(queue: Queue, n: int) -> float:
+async def _single_enqueue(client: Client, n: int) -> float:
+    for _ in range(min(20, n)):  # warm-up: open pools, prepare statements
+        await client.enqueue_one()
     started = time.perf_counter()
     for _ in range(n):
-        await queue.enqueue("noop", {}, queue=BENCH_QUEUE)
+        await client.enqueue_one()
     return n / (time.perf_counter() - started)
 
 
-async def _raw_single_insert(dsn: str, n: int) -> float:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await conn.execute("CREATE TABLE IF NOT EXISTS bench_raw (id bigserial, payload jsonb)")
-        started = time.perf_counter()
-        for _ in range(n):
-            await conn.execute("INSERT INTO bench_raw (payload) VALUES (%s::jsonb)", ("{}",))
-        return n / (time.perf_counter() - started)
-
-
-async def _bulk_enqueue(queue: Queue, n: int, chunk: int = 1000) -> float:
+async def _bulk_enqueue(client: Client, n: int) -> float:
     started = time.perf_counter()
-    for offset in range(0, n, chunk):
-        await queue.enqueue_many("noop", [{}] * min(chunk, n - offset), queue=BENCH_QUEUE)
+    await client.enqueue_many(n)
     return n / (time.perf_counter() - started)
 
 
-def _worker_command(*options: str) -> list[str]:
-    """``pgqueue worker`` on the bench queue, run by this Python."""
-    app = ["--app", APP, "--queues", BENCH_QUEUE]
-    return [sys.executable, "-m", "pgqueue.cli", "worker", *app, *options]
+def _probe_records(out: str) -> list[dict[str, Any]]:
+    records = []
+    for path in glob.glob(os.path.join(out, "*.json")):
+        with open(path) as f:
+            records.append(json.load(f))
+    return records
 
 
-def _drain(dsn: str, processes: int, concurrency: int) -> float:
-    """Run worker processes until the bench queue is empty; jobs/s measured from
-    the database's own timestamps (first start to last completion)."""
-    env = {**os.environ, "PGQUEUE_DSN": dsn}
-    command = _worker_command("--concurrency", str(concurrency), "--until-idle")
-    workers = [
-        subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for _ in range(processes)
-    ]
-    for worker in workers:
-        _, err = worker.communicate(timeout=600)
-        if worker.returncode != 0:
-            raise RuntimeError(f"bench worker failed: {err.decode()[-2000:]}")
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT count(*), EXTRACT(EPOCH FROM max(completed_at) - min(started_at))"
-            " FROM pgqueue.jobs WHERE queue = %s AND status = 'completed'",
-            (BENCH_QUEUE,),
-        ).fetchone()
-        conn.execute("DELETE FROM pgqueue.jobs WHERE queue = %s", (BENCH_QUEUE,))
-        conn.commit()
-    assert row is not None
-    count, seconds = row
-    return float(count) / float(seconds)
+def _rate(records: list[dict[str, Any]]) -> tuple[int, float]:
+    count = sum(int(r["count"]) for r in records)
+    first = min(float(r["first"]) for r in records)
+    last = max(float(r["last"]) for r in records)
+    return count, count / max(last - first, 1e-6)
 
 
-def _raw_drain(dsn: str, n: int, batch: int = 100) -> float:
-    """The ceiling for the same shape without pgqueue: claim a batch with
-    SKIP LOCKED, mark it done, on one connection."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE bench_raw_jobs (id bigserial PRIMARY KEY, status text NOT NULL,"
-            " created_at timestamptz DEFAULT now(), done_at timestamptz)"
-        )
-        conn.execute("CREATE INDEX ON bench_raw_jobs (id) WHERE status = 'pending'")
-        conn.execute(
-            "INSERT INTO bench_raw_jobs (status) SELECT 'pending' FROM generate_series(1, %s)",
-            (n,),
-        )
-        started = time.perf_counter()
-        while True:
-            cur = conn.execute(
-                "WITH c AS (SELECT id FROM bench_raw_jobs WHERE status = 'pending' ORDER BY id"
-                " LIMIT %s FOR UPDATE SKIP LOCKED)"
-                " UPDATE bench_raw_jobs j SET status = 'running' FROM c WHERE j.id = c.id"
-                " RETURNING j.id",
-                (batch,),
+def _env(dsn: str, out: str) -> dict[str, str]:
+    return {**os.environ, "PGQUEUE_DSN": dsn, "PGQUEUE_BENCH_OUT": out}
+
+
+def _drain(system: System, config: Config, dsn: str, processes: int, jobs: int) -> float:
+    """Real worker processes empty a backlog of ``jobs`` no-op jobs."""
+    with tempfile.TemporaryDirectory(prefix="pgqueue-bench-") as out:
+        command = system.worker_command(config, drain=True)
+        workers = [
+            subprocess.Popen(
+                command, env=_env(dsn, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )
-            ids = [r[0] for r in cur.fetchall()]
-            if not ids:
-                break
-            conn.execute(
-                "UPDATE bench_raw_jobs SET status = 'done', done_at = now() WHERE id = ANY(%s)",
-                (ids,),
-            )
-        return n / (time.perf_counter() - started)
+            for _ in range(processes)
+        ]
+        for worker in workers:
+            _, err = worker.communicate(timeout=3600)
+            if worker.returncode != 0:
+                raise RuntimeError(
+                    f"{system.name} bench worker failed ({worker.returncode}): "
+                    f"{err.decode(errors='replace')[-2000:]}"
+                )
+        records = _probe_records(out)
+    finished = system.finished(dsn)
+    count, rate = _rate(records) if records else (0, 0.0)
+    if finished != jobs or count != jobs:
+        raise RuntimeError(
+            f"{system.name} ({config.label}): {jobs} jobs enqueued, {count} task runs, "
+            f"{finished} finished in the database"
+        )
+    return rate
 
 
-async def _latency(queue: Queue, dsn: str, samples: int) -> dict[str, float]:
-    """enqueue -> start latency with an idle worker woken by NOTIFY, in ms."""
-    worker = await asyncio.create_subprocess_exec(
-        *_worker_command("--poll-interval", "5"),
-        env={**os.environ, "PGQUEUE_DSN": dsn},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def _spawn(command: list[str], dsn: str, out: str) -> subprocess.Popen[bytes]:
+    """A long-running worker process (fork + exec: it does not block)."""
+    return subprocess.Popen(
+        command, env=_env(dsn, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    try:
-        await asyncio.sleep(2.0)  # let the worker connect and LISTEN
-        ids = []
-        for _ in range(samples):
-            ids.append(await queue.enqueue("noop", {}, queue=BENCH_QUEUE))
-            await asyncio.sleep(0.02)
-        await queue.wait(ids[-1], timeout=30)
-        pool = await queue.pool()
-        async with pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT EXTRACT(EPOCH FROM started_at - created_at) * 1000"
-                " FROM pgqueue.jobs WHERE id = ANY(%s)",
-                (ids,),
-            )
-            values = sorted(float(r[0]) for r in await cur.fetchall())
-    finally:
-        worker.terminate()
-        await worker.wait()
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def _read_stamps(out: str) -> dict[int, float]:
+    stamps: dict[int, float] = {}
+    for path in glob.glob(os.path.join(out, "stamps-*.txt")):
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2:
+                    stamps[int(parts[0])] = float(parts[1])
+    return stamps
+
+
+async def _wait_for_stamps(out: str, wanted: set[int], timeout: float) -> dict[int, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        stamps = _read_stamps(out)
+        if wanted <= stamps.keys():
+            return stamps
+        if time.monotonic() > deadline:
+            missing = len(wanted - stamps.keys())
+            raise RuntimeError(f"{missing} latency samples never started within {timeout:.0f}s")
+        await asyncio.sleep(0.05)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+async def _latency(
+    system: System, config: Config, dsn: str, client: Client, plan: Plan
+) -> dict[str, float]:
+    """enqueue call -> task body start, with one idle worker process, in ms."""
+    with tempfile.TemporaryDirectory(prefix="pgqueue-bench-") as out:
+        worker = _spawn(system.worker_command(config, drain=False), dsn, out)
+        try:
+            # Warm-up job: the worker is up, listening and idle once it ran.
+            await client.enqueue_one(sample=0)
+            await _wait_for_stamps(out, {0}, timeout=60)
+            await asyncio.sleep(plan.settle)
+            sent: dict[int, float] = {}
+            for sample in range(1, plan.samples + 1):
+                sent[sample] = time.time()
+                await client.enqueue_one(sample=sample)
+                await asyncio.sleep(plan.spacing)
+            stamps = await _wait_for_stamps(out, set(sent), timeout=60)
+        finally:
+            _stop(worker)
+    values = [(stamps[s] - sent[s]) * 1000 for s in sent]
     return {
-        "p50": statistics.median(values),
-        "p95": values[int(0.95 * (len(values) - 1))],
-        "p99": values[int(0.99 * (len(values) - 1))],
+        "latency_p50_ms": _percentile(values, 0.50),
+        "latency_p95_ms": _percentile(values, 0.95),
+        "latency_p99_ms": _percentile(values, 0.99),
     }
 
 
-async def run_bench(*, dsn: str | None, jobs: int, as_json: bool) -> int:
+async def _measure_system(
+    system: System, server: str, plan: Plan, progress: Progress
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = [
+        {"system": system.name, "config": c.label, "version": system.version(), "status": "ok"}
+        for c in system.configs
+    ]
+    with _scratch(server, system.name.lower()) as dsn:
+        progress.step(f"{system.name}: schema in a fresh database")
+        await system.setup(dsn)
+        client = await system.client(dsn)
+        try:
+            progress.step(f"{system.name}: {plan.single:,} single enqueues")
+            rows[0]["single_enqueue"] = await _single_enqueue(client, plan.single)
+            await asyncio.to_thread(system.reset, dsn)
+            progress.step(f"{system.name}: bulk enqueue of {plan.jobs:,} jobs")
+            rows[0]["bulk_enqueue"] = await _bulk_enqueue(client, plan.jobs)
+            filled = True  # the bulk-enqueue jobs are the first drain's backlog
+            for row, config in zip(rows, system.configs, strict=True):
+                for processes in (1, 2):
+                    if not filled:
+                        await asyncio.to_thread(system.reset, dsn)
+                        await client.enqueue_many(plan.jobs)
+                    await asyncio.to_thread(system.analyze, dsn)
+                    filled = False
+                    progress.step(
+                        f"{system.name} ({config.label}): drain {plan.jobs:,} jobs, "
+                        f"{processes} process{'es' if processes > 1 else ''}"
+                    )
+                    row[f"drain_{processes}"] = await asyncio.to_thread(
+                        _drain, system, config, dsn, processes, plan.jobs
+                    )
+                await asyncio.to_thread(system.reset, dsn)
+                progress.step(f"{system.name} ({config.label}): enqueue -> start latency")
+                row.update(await _latency(system, config, dsn, client, plan))
+            if plan.backlog and system.name == "pgqueue":
+                rows[0]["backlog"] = await _backlog(system, dsn, plan, progress)
+        finally:
+            await client.close()
+    return rows
+
+
+# -- backlog (pgqueue only) ---------------------------------------------------------------
+
+
+async def _backlog(system: System, dsn: str, plan: Plan, progress: Progress) -> dict[str, float]:
+    """Drain the first ``plan.backlog_drain`` jobs of backlogs of different sizes
+    (1 worker process, the first configuration): does a deep table slow claims?"""
+    results: dict[str, float] = {}
+    config = system.configs[0]
+    for size in plan.backlogs:
+        progress.step(f"pgqueue: drain {plan.backlog_drain:,} jobs of a {size:,}-job backlog")
+        await asyncio.to_thread(system.reset, dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO pgqueue.jobs (task, queue) SELECT 'noop', 'bench'"
+                " FROM generate_series(1, %s)",
+                (size,),
+            )
+            conn.execute("ANALYZE pgqueue.jobs")
+        with tempfile.TemporaryDirectory(prefix="pgqueue-bench-") as out:
+            worker = _spawn(system.worker_command(config, drain=False), dsn, out)
+            try:
+                deadline = time.monotonic() + 600
+                while system.finished(dsn) < min(plan.backlog_drain, size):
+                    if time.monotonic() > deadline or worker.poll() is not None:
+                        raise RuntimeError("backlog drain did not finish")
+                    await asyncio.sleep(0.1)
+            finally:
+                _stop(worker)
+            _, rate = _rate(_probe_records(out))
+        results[f"backlog_{size}"] = rate
+    await asyncio.to_thread(system.reset, dsn)
+    return results
+
+
+# -- raw SQL ceilings -------------------------------------------------------------------
+
+
+def _raw(server: str, plan: Plan, progress: Progress) -> dict[str, Any]:
+    row: dict[str, Any] = {"system": "raw SQL", "config": "ceiling", "status": "ok"}
+    with _scratch(server, "raw") as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bench_raw (id bigserial PRIMARY KEY, payload jsonb)")
+        progress.step(f"raw SQL: {plan.single:,} single-row INSERTs")
+        insert = "INSERT INTO bench_raw (payload) VALUES (%s::jsonb)"
+        for _ in range(min(20, plan.single)):
+            conn.execute(insert, ("{}",))
+        started = time.perf_counter()
+        for _ in range(plan.single):
+            conn.execute(insert, ("{}",))
+        row["single_enqueue"] = plan.single / (time.perf_counter() - started)
+
+        progress.step(f"raw SQL: bulk INSERT of {plan.jobs:,} rows")
+        bulk = "INSERT INTO bench_raw (payload) SELECT unnest(%s::jsonb[])"
+        started = time.perf_counter()
+        for offset in range(0, plan.jobs, ENQUEUE_CHUNK):
+            conn.execute(bulk, (["{}"] * min(ENQUEUE_CHUNK, plan.jobs - offset),))
+        row["bulk_enqueue"] = plan.jobs / (time.perf_counter() - started)
+
+        progress.step(f"raw SQL: claim 100 + mark done, {plan.jobs:,} rows, 1 connection")
+        row["drain_1"] = _raw_drain(conn, plan.jobs)
+    return row
+
+
+def _raw_drain(conn: psycopg.Connection[Any], n: int, batch: int = 100) -> float:
+    """The ceiling for the drain's shape: claim a batch with SKIP LOCKED, mark
+    it done, on one connection, on a bare table."""
+    conn.execute(
+        "CREATE TABLE bench_raw_jobs (id bigserial PRIMARY KEY, status text NOT NULL,"
+        " created_at timestamptz DEFAULT now(), done_at timestamptz)"
+    )
+    conn.execute("CREATE INDEX ON bench_raw_jobs (id) WHERE status = 'pending'")
+    conn.execute(
+        "INSERT INTO bench_raw_jobs (status) SELECT 'pending' FROM generate_series(1, %s)", (n,)
+    )
+    conn.execute("ANALYZE bench_raw_jobs")
+    started = time.perf_counter()
+    while True:
+        cur = conn.execute(
+            "WITH c AS (SELECT id FROM bench_raw_jobs WHERE status = 'pending' ORDER BY id"
+            " LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " UPDATE bench_raw_jobs j SET status = 'running' FROM c WHERE j.id = c.id"
+            " RETURNING j.id",
+            (batch,),
+        )
+        ids = [r[0] for r in cur.fetchall()]
+        if not ids:
+            break
+        conn.execute(
+            "UPDATE bench_raw_jobs SET status = 'done', done_at = now() WHERE id = ANY(%s)", (ids,)
+        )
+    return n / (time.perf_counter() - started)
+
+
+# -- report -----------------------------------------------------------------------------
+
+
+def _machine(server: str) -> dict[str, Any]:
+    with psycopg.connect(server, autocommit=True) as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+        settings = {}
+        for name in SETTINGS:
+            row = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
+            settings[name] = row[0] if row else None
+    return {
+        "postgresql": version[0] if version else None,
+        "settings": settings,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    names = ("pgqueue", "psycopg", "procrastinate", "pgqueuer", "asyncpg", "uvloop")
+    return {name: _version(name) for name in names}
+
+
+def _label(row: dict[str, Any]) -> str:
+    return f"{row['system']} ({row['config']})"
+
+
+def _value(rows: list[dict[str, Any]], row: dict[str, Any], key: str) -> float | None:
+    """A row's figure; enqueue figures are measured once per system (they do
+    not depend on the worker's settings) and stored on its first row."""
+    value = row.get(key)
+    if value is None and key in ("single_enqueue", "bulk_enqueue"):
+        first = next(r for r in rows if r["system"] == row["system"])
+        value = first.get(key)
+    return float(value) if value is not None else None
+
+
+def _ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """pgqueue's main configuration divided by every other row, per metric
+    (for latency a ratio below 1 means pgqueue is faster)."""
+    ours = rows[0]
+    ratios = []
+    for other in rows[1:]:
+        entry: dict[str, Any] = {"versus": _label(other)}
+        if other["status"] != "ok":
+            entry["status"] = other["status"]
+        else:
+            for key, _, _ in METRICS:
+                mine, theirs = _value(rows, ours, key), _value(rows, other, key)
+                if mine and theirs:
+                    entry[key] = mine / theirs
+        ratios.append(entry)
+    return ratios
+
+
+def _find(rows: list[dict[str, Any]], system: str, default: bool | None = None) -> list[Any]:
+    return [
+        r
+        for r in rows
+        if r["system"] == system
+        and r["status"] == "ok"
+        and (default is None or r["config"].startswith("defaults") == default)
+    ]
+
+
+def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it is met."""
+    ours = rows[0]
+    raw = _find(rows, "raw SQL")
+    pq_best = _find(rows, "PgQueuer", default=False)
+    pq_default = _find(rows, "PgQueuer", default=True)
+    targets: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, goal: float, at_most: bool = False) -> None:
+        if value is None:
+            targets.append({"target": name, "status": "peer not installed"})
+            return
+        met = value <= goal if at_most else value >= goal
+        targets.append({"target": name, "value": value, "goal": goal, "met": met})
+
+    def ratio(key: str, other: list[Any]) -> float | None:
+        mine = _value(rows, ours, key)
+        theirs = _value(rows, other[0], key) if other else None
+        return mine / theirs if mine and theirs else None
+
+    add("drain 1 process >= 2x PgQueuer at batch 100", ratio("drain_1", pq_best), 2.0)
+    add("drain 1 process >= 5x PgQueuer at its defaults", ratio("drain_1", pq_default), 5.0)
+    add("drain 1 process >= 0.5x raw SQL ceiling", ratio("drain_1", raw), 0.5)
+    best_pq_p50 = min((r["latency_p50_ms"] for r in pq_best + pq_default), default=None)
+    add(
+        "start latency p50 <= 0.7x PgQueuer's (its better configuration)",
+        ours["latency_p50_ms"] / best_pq_p50 if best_pq_p50 else None,
+        0.7,
+        at_most=True,
+    )
+    add("start latency p99 <= 10 ms", ours["latency_p99_ms"], 10.0, at_most=True)
+    add("single enqueue >= 0.9x raw single-row INSERT", ratio("single_enqueue", raw), 0.9)
+    pq_any = pq_best or pq_default
+    add("bulk enqueue >= 1.5x PgQueuer's bulk", ratio("bulk_enqueue", pq_any), 1.5)
+    return targets
+
+
+def _fmt(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key in LOWER_IS_BETTER:
+        return f"{value:.1f}"
+    return f"{value:,.0f}"
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    machine = report["machine"]
+    settings = ", ".join(f"{k}={v}" for k, v in machine["settings"].items())
+    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+    plan = report["parameters"]
+    print(f"pgqueue bench, {report['date']}")
+    print(f"  PostgreSQL {machine['postgresql']}: {settings}")
+    print(f"  {machine['cpus']} CPUs, Python {machine['python']}; {versions}")
+    print(
+        f"  drains of {plan['jobs']:,} no-op jobs; {plan['single_enqueue_calls']:,} single "
+        f"enqueues; {plan['latency_samples']} latency samples"
+    )
+    print()
+    width = max(len(_label(r)) for r in report["results"]) + 2
+    header = "".join(f"{title:>{COLUMN}}" for _, title, _ in METRICS)
+    units = "".join(f"{unit:>{COLUMN}}" for _, _, unit in METRICS)
+    print(f"{'':<{width}}{header}")
+    print(f"{'':<{width}}{units}")
+    for row in report["results"]:
+        if row["status"] != "ok":
+            print(f"{_label(row):<{width}}{row['status']:>{COLUMN}}")
+            continue
+        cells = "".join(f"{_fmt(key, row.get(key)):>{COLUMN}}" for key, _, _ in METRICS)
+        print(f"{_label(row):<{width}}{cells}")
+    print()
+    ours = _label(report["results"][0])
+    print(f"{ours} / each (latency: below 1 = pgqueue faster)")
+    for entry in report["ratios"]:
+        if "status" in entry:
+            print(f"{entry['versus']:<{width}}{entry['status']:>{COLUMN}}")
+            continue
+        cells = "".join(
+            f"{(format(entry[key], '.2f') + 'x') if key in entry else '-':>{COLUMN}}"
+            for key, _, _ in METRICS
+        )
+        print(f"{entry['versus']:<{width}}{cells}")
+    backlog = report["results"][0].get("backlog")
+    if backlog:
+        print()
+        print("pgqueue, 1 worker process, draining the first jobs of a deep backlog (jobs/s):")
+        for key, value in backlog.items():
+            print(f"  backlog of {int(key.split('_')[1]):>9,} jobs: {value:>10,.0f}")
+    print()
+    print("targets (issue 6):")
+    for target in report["targets"]:
+        if "met" not in target:
+            print(f"  [ ? ] {target['target']}: {target['status']}")
+            continue
+        mark = "met " if target["met"] else "MISS"
+        print(f"  [{mark}] {target['target']}: {target['value']:.2f} (goal {target['goal']:g})")
+
+
+# -- entry point ------------------------------------------------------------------------
+
+
+def _steps(plan: Plan, systems: list[System]) -> int:
+    steps = 3  # raw SQL
+    for system in systems:
+        steps += 3 + len(system.configs) * 3
+    if plan.backlog:
+        steps += len(plan.backlogs)
+    return steps
+
+
+async def run_bench(
+    *, dsn: str | None, jobs: int | None, as_json: bool, quick: bool = False, backlog: bool = False
+) -> int:
+    plan = Plan(
+        jobs=jobs or (200 if quick else 20_000),
+        single=100 if quick else 2_000,
+        samples=10 if quick else 200,
+        backlog=backlog,
+        settle=0.1 if quick else 0.5,
+    )
+    for peer_logger in ("procrastinate", "pgqueuer"):  # their INFO lines would bury the table
+        logging.getLogger(peer_logger).setLevel(logging.WARNING)
     server = resolve_dsn(dsn)
-    name, scratch = _create_scratch(server)
-    results: dict[str, Any] = {}
-    try:
-        await asyncio.to_thread(_migrate.upgrade, scratch)
-        queue = Queue(scratch)
-        queue.task(noop)  # registered by name, like the examples' noop the workers run
-        with psycopg.connect(scratch) as conn:
-            version = conn.execute("SHOW server_version").fetchone()
-            sync_commit = conn.execute("SHOW synchronous_commit").fetchone()
-        results["machine"] = {
-            "postgresql": version[0] if version else None,
-            "synchronous_commit": sync_commit[0] if sync_commit else None,
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "psycopg": psycopg.__version__,
-        }
-        steps: list[tuple[str, Callable[[], Awaitable[float]]]] = [
-            ("single enqueue (jobs/s)", lambda: _single_enqueue(queue, 2000)),
-            ("raw single INSERT (rows/s)", lambda: _raw_single_insert(scratch, 2000)),
-            ("bulk enqueue (jobs/s)", lambda: _bulk_enqueue(queue, jobs)),
-        ]
-        for label, step in steps:
-            _progress(label, as_json)
-            results[label] = await step()
-        for processes in (1, 2):
-            if processes > 1:  # the first drain consumed the enqueue steps' jobs
-                await _bulk_enqueue(queue, jobs)
-            label = f"drain {jobs} no-op jobs, {processes} worker process(es) (jobs/s)"
-            _progress(label, as_json)
-            results[label] = await asyncio.to_thread(_drain, scratch, processes, 100)
-        label = "raw SQL claim 100 + mark done, 1 connection (jobs/s)"
-        _progress(label, as_json)
-        results[label] = await asyncio.to_thread(_raw_drain, scratch, jobs)
-        _progress("enqueue -> start latency", as_json)
-        results["enqueue->start latency (ms)"] = await _latency(queue, scratch, 200)
-        await queue.close()
-    finally:
-        await asyncio.to_thread(_drop_scratch, server, name)
+    installed = [s for s in SYSTEMS if s.installed()]
+    progress = Progress(total=_steps(plan, installed), enabled=True)
+    results: list[dict[str, Any]] = []
+    for system in SYSTEMS:
+        if system in installed:
+            results += await _measure_system(system, server, plan, progress)
+        else:
+            results += [
+                {"system": system.name, "config": c.label, "status": NOT_INSTALLED}
+                for c in system.configs
+            ]
+    results.append(await asyncio.to_thread(_raw, server, plan, progress))
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "machine": await asyncio.to_thread(_machine, server),
+        "versions": _versions(),
+        "parameters": {
+            "jobs": plan.jobs,
+            "single_enqueue_calls": plan.single,
+            "latency_samples": plan.samples,
+            "latency_spacing_ms": plan.spacing * 1000,
+            "enqueue_chunk": ENQUEUE_CHUNK,
+        },
+        "results": results,
+        "ratios": _ratios(results),
+        "targets": _targets(results),
+    }
     if as_json:
-        print(json.dumps(results, indent=2))
-        return 0
-    _print_results(results)
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
     return 0
-
-
-def _progress(label: str, as_json: bool) -> None:
-    if not as_json:
-        print(f"  ... {label}", file=sys.stderr, flush=True)
-
-
-def _print_results(results: dict[str, Any]) -> None:
-    machine = results.pop("machine")
-    print(
-        f"pgqueue bench: PostgreSQL {machine['postgresql']} "
-        f"(synchronous_commit={machine['synchronous_commit']}), {machine['cpus']} CPUs, "
-        f"Python {machine['python']}, psycopg {machine['psycopg']}"
-    )
-    latency = results.pop("enqueue->start latency (ms)")
-    single = results["single enqueue (jobs/s)"]
-    raw_single = results["raw single INSERT (rows/s)"]
-    drain1 = next(v for k, v in results.items() if "1 worker" in k)
-    raw_drain = next(v for k, v in results.items() if k.startswith("raw SQL claim"))
-    for label, value in results.items():
-        print(f"  {label:<62} {value:>10,.0f}")
-    print(
-        f"  {'enqueue->start latency p50 / p95 / p99 (ms)':<62} "
-        f"{latency['p50']:.1f} / {latency['p95']:.1f} / {latency['p99']:.1f}"
-    )
-    print(f"  single enqueue vs raw INSERT: {single / raw_single:.2f}x")
-    print(f"  drain (1 process) vs raw SQL ceiling: {drain1 / raw_drain:.2f}x")

@@ -565,7 +565,9 @@ async def cmd_token(args: argparse.Namespace) -> int:
 async def cmd_bench(args: argparse.Namespace) -> int:
     from ._bench import run_bench
 
-    return await run_bench(dsn=args.dsn, jobs=args.jobs, as_json=args.json)
+    return await run_bench(
+        dsn=args.dsn, jobs=args.jobs, as_json=args.json, quick=args.quick, backlog=args.backlog
+    )
 
 
 async def cmd_embedded(args: argparse.Namespace) -> int:
@@ -794,8 +796,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     json_option(p)
 
-    p = command("bench", cmd_bench, "measure enqueue, drain and latency in a scratch database")
-    p.add_argument("--jobs", type=int, default=20000, help="jobs per drain (default 20000)")
+    p = command(
+        "bench",
+        cmd_bench,
+        "pgqueue beside PgQueuer, procrastinate and raw SQL, in scratch databases",
+    )
+    p.add_argument("--jobs", type=int, help="jobs per drain (default 20000; 500 with --quick)")
+    p.add_argument("--quick", action="store_true", help="small runs: a smoke test, not figures")
+    p.add_argument(
+        "--backlog", action="store_true", help="also drain 10k jobs from 10k and 1M backlogs"
+    )
     json_option(p)
 
     p = command("embedded", cmd_embedded, "the embedded PostgreSQL: print its DSN, or stop it")

@@ -1,0 +1,49 @@
+"""``pgqueue bench --quick --json`` end to end on the test server: every row of
+the table is there, with positive figures, or says its peer is not installed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pgqueue._bench_systems import SYSTEMS
+
+from .helpers import run_cli
+
+PER_SYSTEM = ("single_enqueue", "bulk_enqueue")  # measured once, on a system's first row
+PER_CONFIG = ("drain_1", "drain_2", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
+
+
+def _positive(row: dict[str, Any], keys: tuple[str, ...]) -> None:
+    for key in keys:
+        value = row.get(key)
+        assert isinstance(value, float) and value > 0, (row["system"], row["config"], key, value)
+
+
+def test_quick_bench_reports_every_row(pg_server: str) -> None:
+    result = run_cli("bench", "--quick", "--json", dsn=pg_server, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = result.json()
+
+    machine = report["machine"]
+    assert machine["postgresql"] and machine["cpus"] >= 1
+    assert {"synchronous_commit", "shared_buffers"} <= machine["settings"].keys()
+    assert report["versions"]["pgqueue"] != "not installed"
+
+    rows = {(r["system"], r["config"]): r for r in report["results"]}
+    for system in SYSTEMS:
+        for index, config in enumerate(system.configs):
+            row = rows.pop((system.name, config.label))
+            if not system.installed():
+                assert system.name != "pgqueue"
+                assert row["status"] == "not installed"
+                continue
+            assert row["status"] == "ok"
+            _positive(row, PER_CONFIG + (PER_SYSTEM if index == 0 else ()))
+    raw = rows.pop(("raw SQL", "ceiling"))
+    _positive(raw, ("single_enqueue", "bulk_enqueue", "drain_1"))
+    assert not rows, f"unexpected rows: {list(rows)}"
+
+    assert len(report["ratios"]) == len(report["results"]) - 1
+    assert len(report["targets"]) == 7
+    for target in report["targets"]:
+        assert "met" in target or target["status"] == "peer not installed"
