@@ -27,7 +27,7 @@ def downgrade() -> None:
         DROP TRIGGER jobs_notify_changed ON pgqueue.jobs;
         DROP TRIGGER jobs_notify_enqueued ON pgqueue.jobs;  -- 0002 creates it again
         DROP FUNCTION pgqueue.batch_children_changed(), pgqueue.batch_apply(
-                          bigint, pgqueue.job_status[], pgqueue.job_status[]),
+                          bigint, pgqueue.job_status[], pgqueue.job_status[], bigint[]),
                       pgqueue.enqueue_batch(text[], jsonb[], text[], integer[], timestamptz[],
                           integer[], interval[], jsonb[], text, jsonb, jsonb),
                       pgqueue.raise_batch_error(bigint, text),

@@ -511,7 +511,8 @@ END $$;
 CREATE OR REPLACE FUNCTION pgqueue.batch_apply(
     p_id  bigint,
     p_was pgqueue.job_status[],
-    p_now pgqueue.job_status[]
+    p_now pgqueue.job_status[],
+    p_ids bigint[] DEFAULT NULL
 ) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     d        record;
@@ -535,6 +536,11 @@ BEGIN
     SELECT * INTO b FROM pgqueue.batches WHERE id = p_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN;
+    END IF;
+    IF p_ids IS NOT NULL THEN
+        -- rows this statement already changed (and locked): no new lock waits
+        UPDATE pgqueue.jobs SET paused = b.paused
+         WHERE id = ANY(p_ids) AND status IN ('pending', 'retrying') AND paused <> b.paused;
     END IF;
     b.total := b.total - d.deleted;
     b.pending := b.pending + d.pending;
@@ -593,13 +599,14 @@ DECLARE
 BEGIN
     IF TG_OP = 'UPDATE' THEN
         FOR d IN
-            SELECT o.batch_id, array_agg(o.status) AS was, array_agg(n.status) AS now
+            SELECT o.batch_id, array_agg(o.status) AS was, array_agg(n.status) AS now,
+                   array_agg(n.id) AS ids
               FROM old_jobs o JOIN new_jobs n ON n.id = o.id
              WHERE o.batch_id IS NOT NULL AND o.status <> n.status
              GROUP BY o.batch_id
              ORDER BY o.batch_id
         LOOP
-            PERFORM pgqueue.batch_apply(d.batch_id, d.was, d.now);
+            PERFORM pgqueue.batch_apply(d.batch_id, d.was, d.now, d.ids);
         END LOOP;
     ELSE
         FOR d IN
