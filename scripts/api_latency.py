@@ -6,9 +6,7 @@ Creates a scratch database on that server (dropped at the end), migrates it,
 writes ``--jobs`` jobs of mixed owners and states (100 owners plus ownerless
 jobs; mostly completed over the last day, some failed, cancelled, pending,
 retrying and running), runs the API in this process on 127.0.0.1 and times
-``--requests`` sequential calls for one owner and for an admin. With
-``--owner-indexes`` it first adds the two owner indexes of migration 0003
-(``(owner, id)`` and ``(owner, completed_at)``, both ``WHERE owner IS NOT NULL``).
+``--requests`` sequential calls for one owner and for an admin.
 """
 
 from __future__ import annotations
@@ -59,11 +57,6 @@ SELECT 'q' || (i %% 4), 'task', '{}'::jsonb, s.status::pgqueue.job_status, c.t,
        LATERAL (SELECT now() - interval '1 day' * ((%(n)s - i)::float8 / %(n)s)
                        - interval '2 seconds' AS t) AS c
 """
-OWNER_INDEXES = """
-CREATE INDEX IF NOT EXISTS jobs_owner_id_idx ON pgqueue.jobs (owner, id) WHERE owner IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_owner_completed_idx ON pgqueue.jobs (owner, completed_at)
-    WHERE owner IS NOT NULL;
-"""
 
 
 def percentile(samples: list[float], pct: float) -> float:
@@ -85,7 +78,7 @@ async def measure(url: str, token: str, requests: int) -> tuple[list[float], int
     return timings, len(body["items"])
 
 
-async def run(dsn: str, jobs: int, requests: int, owner_indexes: bool) -> None:
+async def run(dsn: str, jobs: int, requests: int) -> None:
     queue = pgqueue.Queue(dsn)
     async with running(queue, Settings(secret=SECRET), host="127.0.0.1", port=0) as url:
         for who, token in (
@@ -104,7 +97,6 @@ def main() -> int:
     parser.add_argument("--dsn", required=True, help="a database on the server to use")
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--owner-indexes", action="store_true", help="add migration 0003's")
     args = parser.parse_args()
 
     name = f"pgqueue_latency_{uuid.uuid4().hex[:8]}"
@@ -115,8 +107,6 @@ def main() -> int:
         pgqueue.migrate(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(FILL, {"n": args.jobs})  # type: ignore[arg-type]
-            if args.owner_indexes:
-                conn.execute(OWNER_INDEXES)  # type: ignore[arg-type]
             conn.execute("VACUUM ANALYZE pgqueue.jobs")
             counts = conn.execute(
                 "SELECT count(*), count(*) FILTER (WHERE owner = 'user-99') FROM pgqueue.jobs"
@@ -124,10 +114,9 @@ def main() -> int:
         assert counts is not None
         print(
             f"GET /api/v1/jobs/active, {counts[0]:,} jobs ({counts[1]:,} of user-99), "
-            f"{args.requests} sequential requests, owner indexes: "
-            f"{'0003' if args.owner_indexes else 'current schema'}"
+            f"{args.requests} sequential requests, schema {pgqueue.current_revision(dsn)}"
         )
-        asyncio.run(run(dsn, args.jobs, args.requests, args.owner_indexes))
+        asyncio.run(run(dsn, args.jobs, args.requests))
     finally:
         with psycopg.connect(args.dsn, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
