@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 
+import psycopg
 from aiohttp import web
 
 import pgqueue
@@ -44,9 +45,14 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return ApiError(404, "not_found", str(exc)).response()
     except pgqueue.InvalidTransition as exc:
         return ApiError(409, "conflict", str(exc)).response()
-    except pgqueue.DatabaseUnavailable as exc:
-        log.warning("database unavailable: %s", exc)
-        return ApiError(503, "unavailable", "the database is unavailable").response()
+    except (pgqueue.DatabaseUnavailable, psycopg.OperationalError) as exc:
+        # Unreachable, restarting, or our connection was terminated
+        # (AdminShutdown, 57P01), or no pooled connection within the pool's
+        # timeout (PoolTimeout): the client may retry shortly.
+        log.warning("database unavailable: %s", str(exc).strip().partition("\n")[0])
+        error = ApiError(503, "unavailable", "the database is unavailable")
+        error.headers = {"Retry-After": "1"}
+        return error.response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -103,7 +109,10 @@ def create_app(
     app.router.add_static("/static", STATIC)
 
     async def database_pool(app: web.Application) -> AsyncIterator[None]:
-        await queue.pool()
+        pool = await queue.pool()
+        # A request waits this long for a connection (psycopg_pool's default is
+        # 30 s), so during an outage it answers 503 instead of hanging.
+        pool.timeout = settings.db_timeout
         yield
         if close_queue:
             await queue.close()

@@ -33,12 +33,18 @@ class Settings:
     """Seconds a scrape's database gauges are reused by the next scrapes."""
     owner_cache: int = 50_000
     """Job id -> owner entries kept to route NOTIFY payloads without an owner."""
+    db_timeout: float = 3.0
+    """Seconds a request waits for a database connection before answering 503."""
 
     def __post_init__(self) -> None:
         check_secret(self.secret)
         if not (math.isfinite(self.active_window) and self.active_window >= 0):
             raise ConfigurationError(
                 f"the active window must be seconds >= 0, not {self.active_window!r}"
+            )
+        if not (math.isfinite(self.db_timeout) and self.db_timeout > 0):
+            raise ConfigurationError(
+                f"the database timeout must be seconds > 0, not {self.db_timeout!r}"
             )
 
 

@@ -34,6 +34,10 @@ log = logging.getLogger("pgqueue.service.events")
 CHANNEL = "pgqueue_job"
 _UNKNOWN = object()
 _TERMINAL = frozenset(s.value for s in pgqueue.TERMINAL_STATUSES)
+# The LISTEN connection: how long one connection attempt may take, and the
+# longest pause between attempts (so events resume soon after an outage).
+_CONNECT_TIMEOUT = 5
+_MAX_RECONNECT_DELAY = 5.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -203,12 +207,22 @@ class Broadcaster:
 
     async def _listen(self) -> None:
         delay = self._reconnect_delay
+        lost = False
         while True:
             try:
                 dsn = await asyncio.to_thread(lambda: self._queue.dsn)
-                conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+                conn = await psycopg.AsyncConnection.connect(
+                    dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT
+                )
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    # A client that subscribed while we were not listening got
+                    # a snapshot that may predate changes no notification told
+                    # us of: resync now that nothing can be missed any more.
+                    self._resync()
+                    if lost:
+                        log.info("listening on %s again", CHANNEL)
+                    lost = False
                     self.connected = True
                     self._listening.set()
                     delay = self._reconnect_delay
@@ -218,13 +232,15 @@ class Broadcaster:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("LISTEN %s lost (%s); reconnecting in %.1f s", CHANNEL, exc, delay)
+                reason = str(exc).strip().partition("\n")[0] or repr(exc)
+                log.warning("LISTEN %s lost (%s); reconnecting in %.1f s", CHANNEL, reason, delay)
             finally:
                 if self.connected:
                     self._resync()
+                    lost = True
                 self.connected = False
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, _MAX_RECONNECT_DELAY)
 
     def _resync(self) -> None:
         """Changes made while not listening are unknown: start a new epoch (so old

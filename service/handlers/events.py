@@ -13,7 +13,12 @@ An idle stream gets a ``: keepalive`` comment every ``keepalive`` seconds.
 
 from __future__ import annotations
 
+import logging
+
+import psycopg
 from aiohttp import web
+
+import pgqueue
 
 from .. import _keys
 from .._auth import Principal
@@ -23,6 +28,7 @@ from .._models import EventsQuery, JobOut
 from .._routes import Reply, Routes
 
 routes = Routes("events")
+log = logging.getLogger("pgqueue.service.events")
 
 
 def _frame(event: str, event_id: str, data: str) -> bytes:
@@ -56,11 +62,18 @@ async def events(
         await response.prepare(request)
         await response.write(b"retry: 2000\n\n")
         if missed is None:
-            jobs = await app[_keys.QUEUE].active_jobs(
-                None if principal.admin else principal.owner,
-                window=settings.active_window,
-                limit=settings.snapshot_limit,
-            )
+            try:
+                jobs = await app[_keys.QUEUE].active_jobs(
+                    None if principal.admin else principal.owner,
+                    window=settings.active_window,
+                    limit=settings.snapshot_limit,
+                )
+            except (pgqueue.DatabaseUnavailable, psycopg.OperationalError) as exc:
+                # The stream has started, so no 503 can be sent now: end it;
+                # EventSource reconnects after ``retry`` (a 503 would make
+                # it give up for good).
+                log.warning("no snapshot for an event stream: %s", exc)
+                return response
             body = {
                 "jobs": [JobOut.of(j).model_dump(mode="json") for j in jobs],
                 "truncated": len(jobs) == settings.snapshot_limit,
