@@ -104,7 +104,13 @@ def prepare_recorded(dsn: str, total: int, pause: float) -> None:
         )
     q = pgqueue.Queue(dsn)
     q.task(name="recorded", queue="chaos", max_attempts=10)(lambda ctx, n, pause=0.0: n)
-    q.enqueue_many_sync("recorded", [{"n": i, "pause": pause} for i in range(total)])
+    # Half the jobs are children of batches of 100, so every scenario also
+    # checks that batch counters survive the faults (invariant 4).
+    in_batches = total // 2
+    for start in range(0, in_batches, 100):
+        items = range(start, min(start + 100, in_batches))
+        q.enqueue_batch_sync("recorded", [{"n": i, "pause": pause} for i in items])
+    q.enqueue_many_sync("recorded", [{"n": i, "pause": pause} for i in range(in_batches, total)])
 
 
 def check_invariants(dsn: str, total: int) -> dict[str, int]:
@@ -135,6 +141,23 @@ def check_invariants(dsn: str, total: int) -> dict[str, int]:
         interrupted = conn.execute(
             "SELECT count(*) FROM pgqueue.attempts WHERE outcome = 'interrupted'"
         ).fetchone()
+        # Batches whose counters differ from a recount of their children, and
+        # finished batches that are not in a final state (or the reverse).
+        miscounted = conn.execute(
+            """
+            SELECT count(*) FROM pgqueue.batches b,
+                   LATERAL (SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+                                   count(*) FILTER (WHERE status = 'running') AS running,
+                                   count(*) FILTER (WHERE status = 'retrying') AS retrying,
+                                   count(*) FILTER (WHERE status = 'completed') AS completed,
+                                   count(*) AS total
+                              FROM pgqueue.jobs j WHERE j.batch_id = b.id) AS r
+             WHERE (b.pending, b.running, b.retrying, b.completed, b.total)
+                   <> (r.pending, r.running, r.retrying, r.completed, r.total)
+                OR (b.completed_at IS NOT NULL)
+                   <> (r.pending + r.running + r.retrying = 0)
+            """
+        ).fetchone()
     report = {
         "jobs": total,
         **by_status,
@@ -143,6 +166,7 @@ def check_invariants(dsn: str, total: int) -> dict[str, int]:
         "completed_without_a_finished_body": unrun[0] if unrun else -1,
         "rescued_attempts": lost[0] if lost else -1,
         "handed_back_attempts": interrupted[0] if interrupted else -1,
+        "miscounted_batches": miscounted[0] if miscounted else -1,
     }
     print(f"\n[chaos] {report}")
     return report

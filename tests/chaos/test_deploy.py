@@ -58,6 +58,7 @@ def test_rolling_sigterm_deploy_loses_nothing(db_dsn: str, tmp_path: Path) -> No
     assert report["attempts_over_max"] == 0
     assert report["overlapping_bodies"] == 0
     assert report["completed_without_a_finished_body"] == 0
+    assert report["miscounted_batches"] == 0
     assert report["handed_back_attempts"] > 0, "no restart interrupted a job: grace 0 untested"
     assert "running" not in counts(db_dsn)
 

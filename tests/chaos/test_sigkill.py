@@ -51,6 +51,7 @@ def _run(
     assert report["attempts_over_max"] == 0
     assert report["overlapping_bodies"] == 0
     assert report["completed_without_a_finished_body"] == 0
+    assert report["miscounted_batches"] == 0
     assert "CheckViolation" not in tail and "violates check constraint" not in tail
 
 
