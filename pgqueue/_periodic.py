@@ -174,15 +174,15 @@ async def schedule_due(periodics: Sequence[Periodic], fetch: Fetch) -> ScheduleP
 
 
 async def schedule_status(periodics: Sequence[Periodic], fetch: Fetch) -> list[dict[str, Any]]:
-    """Each schedule with its latest recorded tick and its next run (by the
-    database's clock)."""
+    """Each schedule, by name, with its latest recorded tick and its next run
+    (by the database's clock)."""
     if not periodics:
         return []
     rows = await fetch("periodic_state", {"names": [p.name for p in periodics]})
     now: datetime = rows[0][0]
     state = {row[1]: (row[2], row[3]) for row in rows}
     result = []
-    for periodic in periodics:
+    for periodic in sorted(periodics, key=lambda p: p.name):
         last_tick, last_job_id = state.get(periodic.name, (None, None))
         result.append(
             {
