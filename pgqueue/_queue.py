@@ -9,8 +9,8 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
-from typing import Any, Generic, LiteralString, TypeVar, overload
+from datetime import datetime, timedelta, tzinfo
+from typing import Any, Generic, Literal, LiteralString, TypeVar, overload
 
 import psycopg
 from psycopg import sql
@@ -22,6 +22,7 @@ from . import _migrate
 from ._connect import resolve_dsn
 from ._context import JobContext
 from ._job import Attempt, Batch, Job, ProgressEntry
+from ._periodic import Periodic, SchedulePass, make_periodic, schedule_due, schedule_status
 from ._sql import query
 from ._status import BatchStatus, JobStatus
 from .errors import (
@@ -42,6 +43,15 @@ RESERVED_ARGUMENTS = frozenset({"conn"})
 """Keyword names ``Task.enqueue`` keeps for itself; a task may not take them."""
 
 _MAX_QUEUE_NAME = 128
+_MAX_DEDUPE_KEY = 512
+
+DedupeKey = str | Callable[[Mapping[str, Any]], str | None]
+"""A unique job's key: a string, or a function of the job's arguments (None: no key)."""
+
+DedupeScope = Literal["pending", "active"] | timedelta | float
+"""How long a unique job holds its key: ``"pending"`` (until it first starts),
+``"active"`` (until it finishes), or a window (a timedelta or seconds) after
+its creation. See docs/scheduling.md."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -56,6 +66,8 @@ class EnqueueOptions:
     timeout: float | timedelta | None = None
     owner: str | None = None
     metadata: Mapping[str, Any] | None = None
+    dedupe_key: DedupeKey | None = None
+    dedupe_scope: DedupeScope = "pending"
 
 
 _NO_ARGS = Jsonb({})
@@ -74,6 +86,9 @@ class _Row:
     timeout: timedelta | None
     owner: str | None
     metadata: Jsonb
+    dedupe_key: str | None = None
+    dedupe_scope: str = "pending"  # pending, active or window
+    dedupe_window: timedelta | None = None
 
     def params(self) -> dict[str, Any]:
         """Query parameters of the ``enqueue`` query."""
@@ -140,6 +155,35 @@ def _json_object(
                     f"{what}: {key!r} is not JSON-serialisable ({type(item).__name__}): {exc}"
                 ) from None
         raise InvalidJobError(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def _dedupe_scope(scope: object) -> tuple[str, timedelta | None]:
+    """The SQL scope name and window of a :data:`DedupeScope`."""
+    if scope in ("pending", "active"):
+        return str(scope), None
+    if isinstance(scope, str):
+        raise InvalidJobError(
+            f"dedupe_scope must be 'pending', 'active' or a window (seconds or a timedelta), "
+            f"not {scope!r}"
+        )
+    window = _seconds(scope, "dedupe_scope window", allow_zero=False)  # type: ignore[arg-type]
+    return "window", window
+
+
+def _dedupe_key(key: DedupeKey | None, args: Mapping[str, Any]) -> str | None:
+    """The key of one job: ``key`` itself, or what it returns for ``args``."""
+    if key is None:
+        return None
+    if callable(key):
+        try:
+            key = key(args)
+        except Exception as exc:
+            raise InvalidJobError(f"dedupe_key function failed: {exc!r}") from exc
+        if key is None:
+            return None
+    if not isinstance(key, str) or not 1 <= len(key) <= _MAX_DEDUPE_KEY or "\x00" in key:
+        raise InvalidJobError(f"dedupe_key must be 1 to {_MAX_DEDUPE_KEY} characters, not {key!r}")
+    return key
 
 
 def _has_nul(value: Any) -> bool:
@@ -220,7 +264,8 @@ class Task(Generic[R]):
 
     def options(self, **options: Any) -> BoundTask[R]:
         """This task with per-call options (``queue``, ``priority``, ``run_at``,
-        ``delay``, ``max_attempts``, ``timeout``, ``owner``, ``metadata``)."""
+        ``delay``, ``max_attempts``, ``timeout``, ``owner``, ``metadata``,
+        ``dedupe_key``, ``dedupe_scope``)."""
         try:
             return BoundTask(self, EnqueueOptions(**options))
         except TypeError as exc:
@@ -282,6 +327,8 @@ class Queue:
         self._pool_lock: asyncio.Lock | None = None
         self._sync_pool: ConnectionPool | None = None
         self.tasks: dict[str, Task[Any]] = {}
+        self.periodic_tasks: dict[str, Periodic] = {}
+        """The schedules registered with :meth:`periodic`, by name."""
 
     # -- configuration ---------------------------------------------------------------
 
@@ -367,6 +414,60 @@ class Queue:
 
         if fn is not None:
             return register(fn)
+        return register
+
+    def periodic(
+        self,
+        cron: str,
+        *,
+        timezone: str | tzinfo = "UTC",
+        catch_up: int = 0,
+        name: str | None = None,
+        args: Mapping[str, Any] | None = None,
+        **task_options: Any,
+    ) -> Callable[[Callable[..., R] | Task[R]], Task[R]]:
+        """Run a task on a cron schedule; decorate a function (registered as a
+        task with ``task_options``, as by :meth:`task`) or a :class:`Task`.
+
+        - ``cron``: five fields (minute hour day month weekday) or six with
+          seconds last, read in ``timezone`` (an IANA name or a tzinfo).
+        - ``catch_up``: after downtime, how many missed ticks to enqueue
+          besides the latest due one (0, the default: skip them).
+        - ``name``: the schedule's key (default: the task's name); give one
+          per schedule to run a task on several.
+        - ``args``: the arguments of every job of the schedule.
+
+        Workers of the app enqueue each tick exactly once between them, by
+        the database's clock (docs/scheduling.md).
+        """
+
+        def register(target: Callable[..., R] | Task[R]) -> Task[R]:
+            if isinstance(target, Task):
+                if task_options:
+                    raise ConfigurationError(
+                        "periodic: give task options to @queue.task, not to @queue.periodic"
+                    )
+                task = target
+                if task._queue is not self:
+                    raise ConfigurationError(f"task {task.name!r} belongs to another Queue")
+            else:
+                task = self.task(**task_options)(target)
+            periodic = make_periodic(
+                task,
+                cron=cron,
+                timezone=timezone,
+                catch_up=catch_up,
+                name=name,
+                args=args,
+                max_payload_bytes=self.max_payload_bytes,
+            )
+            if periodic.name in self.periodic_tasks:
+                raise ConfigurationError(
+                    f"a periodic schedule named {periodic.name!r} is already registered"
+                )
+            self.periodic_tasks[periodic.name] = periodic
+            return task
+
         return register
 
     def get_task(self, name: str) -> Task[Any]:
@@ -489,8 +590,12 @@ class Queue:
     ) -> _Row:
         """Validate one job and resolve its defaults; raises :class:`InvalidJobError`."""
         resolved = self.get_task(task) if isinstance(task, str) else task
+        template = self._resolve(resolved, options)
+        args = {} if args is None else args
         return dataclasses.replace(
-            self._resolve(resolved, options), args=self._args(resolved, args)
+            template,
+            args=self._args(resolved, args),
+            dedupe_key=_dedupe_key(options.dedupe_key, args),
         )
 
     def _args(self, task: Task[Any], args: Mapping[str, Any] | None) -> Jsonb:
@@ -543,6 +648,14 @@ class Queue:
             not isinstance(owner, str) or not 1 <= len(owner) <= 256 or "\x00" in owner
         ):
             raise InvalidJobError(f"owner must be 1 to 256 characters, not {owner!r}")
+        if options.dedupe_key is not None and not (
+            isinstance(options.dedupe_key, str) or callable(options.dedupe_key)
+        ):
+            raise InvalidJobError(
+                f"dedupe_key must be a string or a function of the arguments, "
+                f"not {options.dedupe_key!r}"
+            )
+        dedupe_scope, dedupe_window = _dedupe_scope(options.dedupe_scope)
         return _Row(
             task=resolved.name,
             args=_NO_ARGS,
@@ -553,6 +666,8 @@ class Queue:
             timeout=timeout,
             owner=owner,
             metadata=metadata,
+            dedupe_scope=dedupe_scope,
+            dedupe_window=dedupe_window,
         )
 
     async def enqueue(
@@ -571,6 +686,12 @@ class Queue:
         current transaction, so it exists iff the transaction commits. Options
         (``queue``, ``priority``, ``run_at``, ``delay``, ``max_attempts``,
         ``timeout``, ``owner``, ``metadata``) override the task's defaults.
+
+        With ``dedupe_key`` the job is unique: while a job of the same task
+        holds that key (for ``dedupe_scope``: ``"pending"``, the default, until
+        it starts; ``"active"`` until it finishes; a window in seconds or a
+        timedelta after its creation), no job is created and that job's id is
+        returned. ``dedupe_key`` may be a function of the arguments.
         """
         row = self._row(task, args, _options(options, option_values))
         rows = await self._fetch("enqueue", row.params(), conn)
@@ -595,21 +716,29 @@ class Queue:
         task: Task[Any] | str,
         args_list: Iterable[Mapping[str, Any]],
         options: EnqueueOptions,
-    ) -> dict[str, list[Any]]:
+    ) -> dict[str, Any]:
         try:
             resolved = self.get_task(task) if isinstance(task, str) else task
             template = self._resolve(resolved, options)
         except InvalidJobError as exc:  # keep the class: UnknownTaskError stays one
             raise type(exc)(f"{exc}; nothing was enqueued") from None
         encoded: list[Jsonb] = []
+        keys: list[str | None] = []
         for index, args in enumerate(args_list):
             try:
                 encoded.append(self._args(resolved, args))
+                if options.dedupe_key is not None:
+                    keys.append(_dedupe_key(options.dedupe_key, args))
             except InvalidJobError as exc:
                 raise type(exc)(f"item {index}: {exc}; nothing was enqueued") from None
-        # Every item shares the options: only the arguments differ.
+        # Every item shares the options: only the arguments (and keys) differ.
         n = len(encoded)
+        unique = any(key is not None for key in keys)
         return {
+            # None for plain bulk enqueues: the function's fast path
+            "dedupe_keys": keys if unique else None,
+            "dedupe_scopes": [template.dedupe_scope] * n if unique else None,
+            "dedupe_windows": [template.dedupe_window] * n if unique else None,
             "tasks": [template.task] * n,
             "args": encoded,
             "queues": [template.queue] * n,
@@ -634,6 +763,9 @@ class Queue:
 
         Returns the ids in the order of ``args_list``. An invalid item raises
         :class:`InvalidJobError` naming its index, and nothing is written.
+        With ``dedupe_key`` (usually a function of each item's arguments) items
+        whose key is held get the holder's id, and items sharing a key get
+        one job between them (see :meth:`enqueue`).
         """
         params = self._many_params(task, args_list, _options(options, option_values))
         if not params["tasks"]:
@@ -868,9 +1000,13 @@ class Queue:
         on_complete: Task[Any] | str | None,
         on_complete_args: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
+        if options.dedupe_key is not None:
+            raise InvalidJobError("children of a batch cannot have a dedupe_key")
         params: dict[str, Any] = self._many_params(
             task, args_list, dataclasses.replace(options, metadata=None)
         )
+        for name in ("dedupe_keys", "dedupe_scopes", "dedupe_windows"):
+            del params[name]
         if not params["tasks"]:
             raise InvalidJobError("a batch needs at least one item; nothing was enqueued")
         del params["owners"]
@@ -1019,6 +1155,24 @@ class Queue:
         told to stop (their late results are refused); no ``on_complete``."""
         rows = await self._fetch("cancel_batch", {"id": batch_id})
         return BatchStatus(rows[0]["status"])
+
+    # -- periodic tasks ----------------------------------------------------------------
+
+    async def _fetch_tuples(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return [tuple(row.values()) for row in await self._fetch(name, params)]
+
+    async def enqueue_due_ticks(self) -> SchedulePass | None:
+        """One scheduler pass: enqueue the due ticks of every periodic task
+        that no worker has enqueued yet (workers do this on their own every
+        few seconds). None if no task is periodic."""
+        return await schedule_due(list(self.periodic_tasks.values()), self._fetch_tuples)
+
+    async def periodic_status(self) -> list[dict[str, Any]]:
+        """Each periodic schedule: name, task, queue, cron, timezone, catch_up,
+        args, ``last_tick`` and ``last_job_id`` (the latest recorded tick;
+        a null job marks where a new schedule started) and ``next_tick``, by
+        the database's clock (``now``)."""
+        return await schedule_status(list(self.periodic_tasks.values()), self._fetch_tuples)
 
     # -- progress and retention ----------------------------------------------------------
 

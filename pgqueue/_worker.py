@@ -11,6 +11,9 @@ Design notes (the why; the what is in docs/operations.md):
   lost (rescued, cancelled) and its task is stopped.
 - Idle workers wait on NOTIFY ``pgqueue_enqueue`` with a jittered poll as the
   backstop; the LISTEN connection reconnects after a database restart.
+- Every worker with periodic tasks runs the scheduler (``pgqueue/_periodic.py``):
+  it wakes at the next tick by the database's clock (at most every
+  ``periodic_interval``), and the database lets one worker enqueue each tick.
 - All database calls go through :meth:`Worker._call`, which retries connection
   failures with backoff; refusals (stale lease) are final and logged.
 """
@@ -39,6 +42,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ._context import JobContext
+from ._periodic import schedule_due
 from ._queue import Queue, Task, encode_json
 from ._sql import query
 from .errors import (
@@ -123,6 +127,9 @@ class WorkerSettings:
     """Seconds a job that ended any other way is kept (errors are kept longer)."""
     prune_interval: float = 60.0
     """Seconds between retention passes (one worker at a time); 0 disables them."""
+    periodic_interval: float = 5.0
+    """Longest sleep of the periodic scheduler between passes (it wakes at each
+    due tick anyway, by the database's clock); 0 disables it in this worker."""
     max_memory_mb: float = 0.0
     """Resident memory (MiB) above which the worker stops: its running attempts
     fail (charged, so a leaking job ends ``dead_letter`` instead of taking down
@@ -157,6 +164,7 @@ class WorkerSettings:
             "retain_completed",
             "retain_failed",
             "prune_interval",
+            "periodic_interval",
             "max_memory_mb",
         ):
             if getattr(self, name) < 0:
@@ -277,6 +285,8 @@ class Worker:
         ]
         if self.settings.prune_interval > 0:
             helpers.append(asyncio.create_task(self._prune_loop(), name="pgqueue-prune"))
+        if self.settings.periodic_interval > 0 and self.queue.periodic_tasks:
+            helpers.append(asyncio.create_task(self._periodic_loop(), name="pgqueue-periodic"))
         if self.settings.max_memory_mb > 0:
             helpers.append(asyncio.create_task(self._memory_loop(), name="pgqueue-memory"))
         if self.settings.listen:
@@ -805,6 +815,31 @@ class Worker:
                 log.debug("retention pass skipped: %s", exc)
             if total:
                 log.info("pruned %d finished jobs", total)
+
+    async def _periodic_loop(self) -> None:
+        """The scheduler: enqueue due ticks, then sleep until the next one (by
+        the database's clock, plus a little jitter so workers do not all hit
+        the same row at once), at most ``periodic_interval``."""
+        periodics = list(self.queue.periodic_tasks.values())
+        interval = self.settings.periodic_interval
+
+        async def fetch(name: str, params: dict[str, Any]) -> list[Any]:
+            return await self._call(name, params, give_up=interval)
+
+        while not self._stopping:
+            delay = _jitter(interval)
+            try:
+                done = await schedule_due(periodics, fetch)
+            except Exception as exc:
+                log.warning("periodic pass failed: %s", exc)
+            else:
+                if done is not None:
+                    if done.enqueued:
+                        log.info("enqueued periodic jobs %s", done.enqueued)
+                    if done.next_due is not None:
+                        until = (done.next_due - done.now).total_seconds()
+                        delay = min(delay, max(0.0, until) + random.uniform(0.01, 0.2))
+            await asyncio.sleep(delay)
 
     def _progress_reported(self, ctx: JobContext) -> None:
         loop = self._loop

@@ -155,6 +155,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         retain_completed=args.retain_completed,
         retain_failed=args.retain_failed,
         prune_interval=args.prune_interval,
+        periodic_interval=args.periodic_interval,
         max_memory_mb=args.max_memory,
     )
     worker = Worker(queue, queues=queues, worker_id=args.worker_id, settings=settings)
@@ -532,6 +533,40 @@ async def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_periodic(args: argparse.Namespace) -> int:
+    if not args.app:
+        raise ConfigurationError("name the app with --app MODULE:QUEUE (or set PGQUEUE_APP)")
+    queue = _queue(args)
+    try:
+        schedules = await queue.periodic_status()
+    finally:
+        await queue.close()
+    if args.json:
+        _print_json(
+            [
+                {k: v.isoformat() if isinstance(v, datetime) else v for k, v in s.items()}
+                for s in schedules
+            ]
+        )
+        return 0
+    rows = [
+        [
+            s["name"],
+            s["task"],
+            s["cron"],
+            s["timezone"],
+            s["catch_up"],
+            _when(s["last_tick"]) + ("" if s["last_job_id"] or not s["last_tick"] else " (start)"),
+            _when(s["next_tick"]),
+            _age((s["next_tick"] - s["now"]).total_seconds()),
+        ]
+        for s in schedules
+    ]
+    headers = ["name", "task", "cron", "timezone", "catch up", "last tick", "next run", "in"]
+    print(_table(headers, rows))
+    return 0
+
+
 async def cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -657,6 +692,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--prune-interval", type=float, default=60.0, help="retention pass every (60 s; 0: off)"
     )
     p.add_argument(
+        "--periodic-interval",
+        type=float,
+        default=5.0,
+        help="periodic scheduler: longest sleep between passes (5 s; 0: off in this worker)",
+    )
+    p.add_argument(
         "--max-memory",
         type=float,
         default=0.0,
@@ -759,6 +800,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--failed-after", type=float, default=7 * 86400.0, help="age of other jobs (7 days)"
     )
+    json_option(p)
+
+    periodic = sub.add_parser("periodic", help="the app's periodic tasks")
+    periodic_sub = periodic.add_subparsers(dest="periodic_command", required=True, metavar="ACTION")
+    p = periodic_sub.add_parser(
+        "list",
+        help="schedules with their last tick and next run (times in UTC)",
+        description="schedules with their last tick and next run (times in UTC)",
+    )
+    p.set_defaults(handler=cmd_periodic)
+    app_option(p)
     json_option(p)
 
     p = command(

@@ -5,13 +5,17 @@
 -- name: enqueue
 SELECT pgqueue.enqueue(%(task)s::text, %(args)s::jsonb, %(queue)s::text, %(priority)s::int,
                        %(run_at)s::timestamptz, %(max_attempts)s::int, %(timeout)s::interval,
-                       %(owner)s::text, %(metadata)s::jsonb) AS id
+                       %(owner)s::text, %(metadata)s::jsonb, %(dedupe_key)s::text,
+                       %(dedupe_scope)s::text, %(dedupe_window)s::interval) AS id
 
 -- name: enqueue_many
 SELECT id FROM pgqueue.enqueue_many(%(tasks)s::text[], %(args)s::jsonb[], %(queues)s::text[],
                                     %(priorities)s::int[], %(run_ats)s::timestamptz[],
                                     %(max_attempts)s::int[], %(timeouts)s::interval[],
-                                    %(owners)s::text[], %(metadata)s::jsonb[]) AS id
+                                    %(owners)s::text[], %(metadata)s::jsonb[],
+                                    p_dedupe_keys => %(dedupe_keys)s::text[],
+                                    p_dedupe_scopes => %(dedupe_scopes)s::text[],
+                                    p_dedupe_windows => %(dedupe_windows)s::interval[]) AS id
 
 -- name: claim
 SELECT id, task, args, queue, attempts, max_attempts,
@@ -277,3 +281,22 @@ SELECT c.queue,
  GROUP BY c.queue, q.paused
  ORDER BY c.queue
  LIMIT %(limit)s::int
+
+-- Periodic tasks (pgqueue/_periodic.py).
+
+-- name: periodic_state
+-- The database's clock and each schedule's latest recorded tick.
+SELECT clock_timestamp() AS now, n.name, t.tick AS last_tick, t.job_id AS last_job_id
+  FROM unnest(%(names)s::text[]) AS n(name)
+  LEFT JOIN LATERAL (
+      SELECT p.tick, p.job_id
+        FROM pgqueue.periodic_ticks p
+       WHERE p.name = n.name
+       ORDER BY p.tick DESC
+       LIMIT 1
+  ) AS t ON true
+
+-- name: enqueue_tick
+SELECT pgqueue.enqueue_tick(%(name)s::text, %(tick)s::timestamptz, %(task)s::text, %(args)s::jsonb,
+                            %(queue)s::text, %(priority)s::int, %(max_attempts)s::int,
+                            %(timeout)s::interval, %(enqueue)s::boolean) AS id

@@ -47,6 +47,8 @@ CREATE TABLE pgqueue.jobs (
     batch_id         bigint,               -- REFERENCES pgqueue.batches, added below
     metadata         jsonb NOT NULL DEFAULT '{}'::jsonb,
     paused           boolean NOT NULL DEFAULT false,  -- its batch is paused: not claimable
+    dedupe_key       text,                 -- unique jobs: the key, per task (docs/scheduling.md)
+    dedupe_scope     text,                 -- ... and how long the job holds it
 
     CONSTRAINT jobs_queue_valid CHECK (queue <> '' AND length(queue) <= 128),
     CONSTRAINT jobs_task_valid CHECK (task <> '' AND length(task) <= 256),
@@ -66,6 +68,12 @@ CREATE TABLE pgqueue.jobs (
         (status IN ('completed', 'failed', 'timeout', 'zombie', 'dead_letter', 'cancelled'))
         = (completed_at IS NOT NULL)
     ),
+    -- pending: until the job first starts; active: until it finishes;
+    -- window: the enqueuer checks jobs created within its window (no index can)
+    CONSTRAINT jobs_dedupe_valid CHECK (
+        (dedupe_key IS NULL) = (dedupe_scope IS NULL)
+        AND length(dedupe_key) BETWEEN 1 AND 512
+        AND dedupe_scope IN ('pending', 'active', 'window')),
     CONSTRAINT jobs_running_has_lease CHECK (
         status <> 'running'
         OR (attempts >= 1 AND worker_id IS NOT NULL
@@ -93,6 +101,19 @@ CREATE INDEX jobs_owner_completed_idx ON pgqueue.jobs (owner, completed_at)
 
 -- Children of a batch, by state (pause, cancel, progress, retention).
 CREATE INDEX jobs_batch_idx ON pgqueue.jobs (batch_id, status) WHERE batch_id IS NOT NULL;
+
+-- Unique jobs. A job holds its (task, dedupe_key) while it is in its scope;
+-- this index lets one holder exist at a time, so a duplicate enqueue
+-- (INSERT ... ON CONFLICT DO NOTHING) finds the holder instead. Only replay
+-- can move a job back into its scope; it refuses while another job holds the key.
+CREATE UNIQUE INDEX jobs_dedupe_held_idx ON pgqueue.jobs (task, dedupe_key)
+    WHERE dedupe_key IS NOT NULL
+      AND ((dedupe_scope = 'pending' AND status = 'pending' AND attempts = 0)
+           OR (dedupe_scope = 'active' AND status IN ('pending', 'retrying', 'running')));
+
+-- Window-scoped unique jobs: the newest job of a key, by creation time.
+CREATE INDEX jobs_dedupe_created_idx ON pgqueue.jobs (task, dedupe_key, created_at)
+    WHERE dedupe_key IS NOT NULL;
 
 -- One row per finished attempt: who ran it, when, and how it ended.
 CREATE TABLE pgqueue.attempts (
@@ -196,3 +217,16 @@ CREATE INDEX batches_finished_idx ON pgqueue.batches (completed_at)
 
 ALTER TABLE pgqueue.jobs
     ADD CONSTRAINT jobs_batch_id_fkey FOREIGN KEY (batch_id) REFERENCES pgqueue.batches (id);
+
+-- Periodic tasks: one row per schedule and tick that was enqueued (or, with
+-- job_id NULL, recorded as the starting point of a new schedule). The primary
+-- key makes each tick happen once however many workers schedule it. job_id
+-- is not a foreign key: retention removes jobs and ticks independently.
+CREATE TABLE pgqueue.periodic_ticks (
+    name         text NOT NULL,
+    tick         timestamptz NOT NULL,
+    job_id       bigint,
+    recorded_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (name, tick),
+    CONSTRAINT periodic_ticks_name_valid CHECK (name <> '' AND length(name) <= 256)
+);

@@ -124,7 +124,7 @@ SELECT pg_terminate_backend(pid)
   FROM pg_stat_activity
  WHERE datname = current_database() AND pid <> pg_backend_pid();
 TRUNCATE pgqueue.attempts, pgqueue.progress_history, pgqueue.jobs, pgqueue.batches,
-         pgqueue.queues RESTART IDENTITY CASCADE;
+         pgqueue.queues, pgqueue.periodic_ticks RESTART IDENTITY CASCADE;
 """
 
 

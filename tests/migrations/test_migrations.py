@@ -6,6 +6,7 @@
   row; upgrading again restores a working queue over the same rows.
 - Revision 0003 (batches) upgrades a database holding jobs of every state and
   downgrades cleanly, batches and all.
+- Revision 0004 (unique jobs, periodic ticks) does the same.
 - pgqueue keeps its own version table and never touches an application's own
   ``alembic_version``.
 """
@@ -317,6 +318,92 @@ def test_batches_revision_upgrades_jobs_of_every_state_and_downgrades_cleanly(
     assert pgqueue.current_revision(dsn) == pgqueue.head_revision()
 
 
+def test_scheduling_revision_upgrades_jobs_of_every_state_and_downgrades_cleanly(
+    empty_db_dsn: str,
+) -> None:
+    dsn = empty_db_dsn
+    _migrate.upgrade(dsn, "0003")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ids = _seed_jobs(conn) | _seed_other_terminal_states(conn)
+        statuses = dict(conn.execute("SELECT id, status::text FROM pgqueue.jobs").fetchall())
+    assert set(statuses.values()) == {s.value for s in pgqueue.JobStatus}
+    before = _table_rows(dsn)
+
+    _migrate.upgrade(dsn, "0004")
+
+    assert _table_rows(dsn) == before, "upgrade to 0004 changed the job rows"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pgqueue.jobs WHERE dedupe_key IS NOT NULL"
+        ).fetchone() == (0,)
+        # the old rows move on under the new functions
+        conn.execute("SELECT pgqueue.complete(%s, 1, '1')", (ids["running"],))
+        rows = conn.execute("SELECT id FROM pgqueue.claim('w', ARRAY['q-pending'], 5)").fetchall()
+        assert rows == [(ids["pending"],)]
+        assert conn.execute("SELECT pgqueue.replay(%s)", (ids["dead_letter"],)).fetchone() == (
+            "pending",
+        )
+        # unique jobs and ticks work next to them
+        first = conn.execute("SELECT pgqueue.enqueue('u', p_dedupe_key => 'k')").fetchone()
+        again = conn.execute("SELECT pgqueue.enqueue('u', p_dedupe_key => 'k')").fetchone()
+        assert first is not None and first == again
+        tick = conn.execute(
+            "SELECT pgqueue.enqueue_tick('every-minute', date_trunc('minute', now()), 'u')"
+        ).fetchone()
+        assert tick is not None and tick[0] is not None
+        assert conn.execute(
+            "SELECT pgqueue.enqueue_tick('every-minute', date_trunc('minute', now()), 'u')"
+        ).fetchone() == (None,)
+    upgraded = _table_rows(dsn)
+
+    _migrate.downgrade(dsn, "0003")
+
+    assert pgqueue.current_revision(dsn) == "0003"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert _regclass(conn, "pgqueue.periodic_ticks") is None
+        columns = conn.execute(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'pgqueue.jobs'::regclass"
+            " AND attname LIKE 'dedupe%%' AND NOT attisdropped"
+        ).fetchone()
+        assert columns == (0,)
+        # 0003's functions are back, with 0003's signatures
+        signatures = {
+            row[0]
+            for row in conn.execute(
+                "SELECT p.oid::regprocedure::text FROM pg_proc p"
+                " WHERE p.pronamespace = 'pgqueue'::regnamespace"
+                " AND p.proname IN ('enqueue', 'enqueue_many', 'prune', 'enqueue_tick')"
+            )
+        }
+        assert signatures == {
+            "pgqueue.enqueue(text,jsonb,text,integer,timestamp with time zone,integer,interval,"
+            "text,jsonb)",
+            "pgqueue.enqueue_many(text[],jsonb[],text[],integer[],timestamp with time zone[],"
+            "integer[],interval[],text[],jsonb[],bigint)",
+            "pgqueue.prune(interval,interval,integer)",
+        }
+        new = conn.execute("SELECT pgqueue.enqueue('after-downgrade')").fetchone()
+        assert new is not None
+    downgraded = _table_rows(dsn)
+    # every row is kept (unique jobs only lose their keys)
+    assert downgraded["jobs"][: len(upgraded["jobs"])] == upgraded["jobs"]
+    assert len(downgraded["jobs"]) == len(upgraded["jobs"]) + 1
+    assert downgraded["attempts"] == upgraded["attempts"]
+    pgqueue.migrate(dsn)
+    assert pgqueue.current_revision(dsn) == pgqueue.head_revision()
+
+
+def test_scheduling_downgrade_restores_the_0003_catalog(
+    empty_db_dsn: str, second_empty_db_dsn: str
+) -> None:
+    """Up to 0004 and back down gives exactly the catalog of a plain 0003."""
+    _migrate.upgrade(empty_db_dsn, "0004")
+    _migrate.downgrade(empty_db_dsn, "0003")
+    _migrate.upgrade(second_empty_db_dsn, "0003")
+    a, b = catalog.snapshot(second_empty_db_dsn), catalog.snapshot(empty_db_dsn)
+    assert a == b, "0004 downgrade differs from 0003:\n" + catalog.diff(a, b, "0003", "0004 down")
+
+
 def test_downgrade_to_base_removes_everything_then_upgrade_restores(empty_db_dsn: str) -> None:
     dsn = empty_db_dsn
     pgqueue.migrate(dsn)
@@ -378,7 +465,7 @@ def test_migrate_is_idempotent(empty_db_dsn: str) -> None:
 def test_current_revision_reports_head(empty_db_dsn: str) -> None:
     assert pgqueue.current_revision(empty_db_dsn) is None
     head = pgqueue.head_revision()
-    assert head == "0003"  # the latest frozen revision in migrations/versions
+    assert head == "0004"  # the latest frozen revision in migrations/versions
 
     _migrate.upgrade(empty_db_dsn, "0001")
     assert pgqueue.current_revision(empty_db_dsn) == "0001"
