@@ -379,3 +379,26 @@ class ProgressPage(BaseModel):
     next_cursor: str | None = Field(
         description="pass as `cursor` for the next page; null at the end"
     )
+
+
+# -- periodic schedules -------------------------------------------------------------------
+
+
+class PeriodicOut(BaseModel):
+    """One cron schedule of the served app, with its last and next tick."""
+
+    name: str
+    task: str
+    queue: str
+    cron: str
+    timezone: str
+    catch_up: int
+    args: dict[str, Any]
+    last_tick: datetime | None = Field(description="the latest tick recorded in the database")
+    last_job_id: int | None = Field(description="its job (null marks where a schedule started)")
+    next_tick: datetime | None = Field(description="the next run, by the database's clock")
+
+
+class PeriodicList(BaseModel):
+    items: list[PeriodicOut] = Field(description="by name")
+    now: datetime | None = Field(description="the database's clock")

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from .._routes import Routes
-from . import batches, events, jobs, queues, system
+from . import batches, events, jobs, periodic, queues, system
 
-ALL: list[Routes] = [jobs.routes, batches.routes, queues.routes, events.routes, system.routes]
+ALL: list[Routes] = [
+    jobs.routes,
+    batches.routes,
+    queues.routes,
+    periodic.routes,
+    events.routes,
+    system.routes,
+]

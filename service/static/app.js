@@ -264,9 +264,22 @@ async function batchAction(id, action) {
   }
 }
 
+// Admins: cron schedules with their next run (by the database's clock).
+async function renderSchedules() {
+  if (!state.me.admin) return;
+  const listing = await api("/periodic");
+  $("schedules-panel").hidden = listing.items.length === 0;
+  $("schedules").replaceChildren(...listing.items.map((s) =>
+    el("tr", { "data-schedule": s.name },
+       el("td", {}, s.name), el("td", {}, s.task),
+       el("td", {}, `${s.cron} (${s.timezone})`),
+       el("td", {}, s.next_tick ? new Date(s.next_tick).toLocaleString() : "-"),
+       el("td", {}, s.last_tick ? new Date(s.last_tick).toLocaleString() : "-"))));
+}
+
 async function refresh() {
   try {
-    await Promise.all([refreshQueues(), refreshFailures(), renderBatches()]);
+    await Promise.all([refreshQueues(), refreshFailures(), renderBatches(), renderSchedules()]);
   } catch (error) {
     if (error.message !== "unauthorized") say("Refresh failed: " + error.message);
   }

@@ -40,6 +40,11 @@ def register_tasks(queue: pgqueue.Queue) -> None:
             ctx.progress(100 * i / n, f"step {i}/{n}")
         return n
 
+    # A schedule for GET /api/v1/periodic that never fires during a test run.
+    @queue.periodic("0 0 29 2 *", timezone="Europe/Paris", queue="api")
+    async def leap_day_report(ctx: pgqueue.JobContext) -> str:
+        return "leap day"
+
     @queue.task(queue="api")
     async def fails_once(ctx: pgqueue.JobContext) -> str:
         if ctx.attempt == 1:
