@@ -263,6 +263,10 @@ class Readiness(BaseModel):
     status: str = Field(description="`ready` or `unavailable`")
     database: bool
     listener: bool
+    schema_at_head: bool = Field(
+        description="the database's pgqueue schema is at this package's latest revision"
+    )
+    schema_revision: str | None = Field(description="the database's pgqueue schema revision")
 
 
 # -- batches and progress history ---------------------------------------------------------

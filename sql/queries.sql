@@ -300,3 +300,7 @@ SELECT clock_timestamp() AS now, n.name, t.tick AS last_tick, t.job_id AS last_j
 SELECT pgqueue.enqueue_tick(%(name)s::text, %(tick)s::timestamptz, %(task)s::text, %(args)s::jsonb,
                             %(queue)s::text, %(priority)s::int, %(max_attempts)s::int,
                             %(timeout)s::interval, %(enqueue)s::boolean) AS id
+
+-- name: schema_revision
+-- The alembic revision of the pgqueue schema (pgqueue._migrate.VERSION_TABLE).
+SELECT version_num FROM pgqueue.pgqueue_alembic_version

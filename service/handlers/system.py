@@ -4,11 +4,13 @@ OpenAPI document; and ``whoami`` for the dashboard."""
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import psycopg
 from aiohttp import web
 
 import pgqueue
+from pgqueue._sql import query
 
 from .. import _keys, _metrics
 from .._auth import Principal
@@ -16,6 +18,11 @@ from .._models import Health, Readiness, WhoAmI
 from .._routes import Reply, Routes, json_reply
 
 routes = Routes("system")
+
+
+@functools.cache
+def _head_revision() -> str:
+    return pgqueue.head_revision()
 
 
 @routes.get(
@@ -27,21 +34,28 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get(
     "/readyz",
-    summary="The database answers and job notifications are being received",
+    summary="The database answers, its schema is at head, and notifications are received",
     replies={200: Reply("ready", Readiness), 503: Reply("not ready", Readiness)},
     auth="none",
 )
 async def readyz(request: web.Request) -> web.Response:
     database = False
+    revision: str | None = None
     with contextlib.suppress(pgqueue.PgQueueError, psycopg.Error, OSError, TimeoutError):
         pool = await request.app[_keys.QUEUE].pool()
         async with pool.connection(timeout=2) as conn:
-            await conn.execute("SELECT 1")
             database = True
+            row = await (await conn.execute(query("schema_revision"))).fetchone()
+            revision = None if row is None else str(row[0])
+    at_head = revision == _head_revision()
     listener = request.app[_keys.BROADCASTER].connected
-    ready = database and listener
+    ready = database and listener and at_head
     body = Readiness(
-        status="ready" if ready else "unavailable", database=database, listener=listener
+        status="ready" if ready else "unavailable",
+        database=database,
+        listener=listener,
+        schema_at_head=at_head,
+        schema_revision=revision,
     )
     return json_reply(body, status=200 if ready else 503)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import jwt
 import pytest
 
+import pgqueue
 from pgqueue_service import decode_token
 from tests.acceptance.helpers import ROOT, cli_command, cli_env, run_cli
 
@@ -79,7 +80,13 @@ def test_serve_answers_and_stops_on_sigterm(db_dsn: str, tmp_path: Path) -> None
             time.sleep(0.1)
         assert url, "serve never said where it listens"
         with urllib.request.urlopen(f"{url}/readyz", timeout=10) as response:
-            assert json.load(response) == {"status": "ready", "database": True, "listener": True}
+            assert json.load(response) == {
+                "status": "ready",
+                "database": True,
+                "listener": True,
+                "schema_at_head": True,
+                "schema_revision": pgqueue.head_revision(),
+            }
         token = run_cli("token", "alice", dsn=None, env=env).stdout.strip()
         request = urllib.request.Request(
             f"{url}/api/v1/jobs", method="POST",

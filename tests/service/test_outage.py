@@ -31,6 +31,8 @@ from .sse import Event, EventReader
 # Every request of these tests gives up after this long: a hang fails the test.
 REQUEST_TIMEOUT = 5.0
 
+AT_HEAD = {"schema_at_head": True, "schema_revision": pgqueue.head_revision()}
+
 
 def _timeout() -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
@@ -202,7 +204,7 @@ async def test_the_api_recovers_after_its_connections_are_terminated(api: Api, d
         assert ready[0] == 503, ready
         assert time.monotonic() < deadline, f"/readyz still {ready} 5 s after the outage"
         await asyncio.sleep(0.1)
-    assert ready[1] == {"status": "ready", "database": True, "listener": True}
+    assert ready[1] == {"status": "ready", "database": True, "listener": True, **AT_HEAD}
 
     # A change after the outage arrives as an event on the resumed stream.
     await source.until(lambda s: _live(s, broadcaster), timeout=5)
@@ -263,7 +265,13 @@ async def test_the_api_answers_503_during_an_outage_and_resumes_after_it(
                 continue  # its database gauges are cached for a moment
             assert status == 503, f"GET {path} answered {status} {body} during the outage"
             if path == "/readyz":
-                assert body == {"status": "unavailable", "database": False, "listener": False}
+                assert body == {
+                    "status": "unavailable",
+                    "database": False,
+                    "listener": False,
+                    "schema_at_head": False,
+                    "schema_revision": None,
+                }
             elif path != "/metrics":
                 assert body["error"] == "unavailable", body
         await asyncio.sleep(0.2)
@@ -284,7 +292,7 @@ async def test_the_api_answers_503_during_an_outage_and_resumes_after_it(
     )
     await source.until(lambda s: _live(s, broadcaster), timeout=10)
     assert (await _get(api, "/readyz"))[1] == {
-        "status": "ready", "database": True, "listener": True,
+        "status": "ready", "database": True, "listener": True, **AT_HEAD,
     }  # fmt: skip
     await _complete_job(db_dsn, job_id, attempt)
     await source.until(lambda s: s.view.get(job_id) == "completed", timeout=5)
