@@ -11,6 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
+import pgqueue
+
 from ._helpers import (
     BAD_INPUT,
     Conn,
@@ -301,3 +303,38 @@ def test_concurrent_claimers_never_exceed_the_limit(db_dsn: str, conn: Conn) -> 
             running += delta
             peak = max(peak, running)
         assert peak <= limit, (key, peak)
+
+
+# -- library ----------------------------------------------------------------------------------
+
+
+async def test_library_enqueue_options(queue: pgqueue.Queue, conn: Conn) -> None:
+    @queue.task(name="per_customer")
+    def per_customer(ctx: pgqueue.JobContext, customer: str, n: int) -> None:
+        return None
+
+    first = await per_customer.options(
+        concurrency_key=lambda args: f"customer:{args['customer']}"
+    ).enqueue(customer="c1", n=1)
+    ids = await queue.enqueue_many(
+        per_customer,
+        [{"customer": "c2", "n": i} for i in range(3)],
+        concurrency_key=lambda args: f"customer:{args['customer']}",
+        concurrency_limit=2,
+    )
+    plain = await per_customer.enqueue(customer="c3", n=1)
+    found = {
+        r["id"]: (r["concurrency_key"], r["concurrency_limit"])
+        for r in rows(conn, "SELECT id, concurrency_key, concurrency_limit FROM pgqueue.jobs")
+    }
+    assert found[first] == ("customer:c1", 1)
+    assert [found[i] for i in ids] == [("customer:c2", 2)] * 3
+    assert found[plain] == (None, None)
+    for bad in (
+        {"concurrency_key": "k", "concurrency_limit": 0},
+        {"concurrency_key": "k", "concurrency_limit": True},
+        {"concurrency_key": 3},
+        {"concurrency_key": ""},
+    ):
+        with pytest.raises(pgqueue.InvalidJobError):
+            await per_customer.options(**bad).enqueue(customer="c", n=1)
