@@ -29,6 +29,9 @@ def _peak(spans: list[tuple[datetime, datetime]]) -> int:
 def test_limit_never_exceeded_across_worker_processes(
     runs_dsn: str, procs, client: pgqueue.Queue
 ) -> None:
+    # every worker is up before the jobs arrive, so they share them
+    for i in range(3):
+        procs.worker(runs_dsn, "--worker-id", f"w{i}", concurrency=6, name=f"w{i}")
     for key, limit in LIMITS.items():
         client.enqueue_many_sync(
             "slow",
@@ -37,8 +40,6 @@ def test_limit_never_exceeded_across_worker_processes(
             concurrency_limit=limit,
         )
     client.enqueue_many_sync("slow", [{"seconds": SECONDS}] * PLAIN)
-    for i in range(3):
-        procs.worker(runs_dsn, "--worker-id", f"w{i}", concurrency=8, name=f"w{i}")
 
     total = PER_KEY * len(LIMITS) + PLAIN
     wait_for_status(runs_dsn, {"completed": total}, timeout=60)
