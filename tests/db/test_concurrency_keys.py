@@ -187,6 +187,16 @@ def test_invalid_keys_and_limits_are_refused(conn: Conn) -> None:
     conn.rollback()
 
 
+def test_keyed_claims_need_read_committed(db_dsn: str, conn: Conn) -> None:
+    enqueue_keyed(conn, "k")
+    conn.commit()
+    with psycopg.connect(db_dsn) as tx:
+        tx.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with pytest.raises(psycopg.Error) as info:
+            claimed_ids(tx)
+        assert info.value.sqlstate == "25000"
+
+
 def test_saturated_key_backlog_does_not_block_others_and_claim_stays_fast(conn: Conn) -> None:
     conn.execute(
         "INSERT INTO pgqueue.jobs (task, concurrency_key, concurrency_limit, run_at)"
