@@ -68,6 +68,8 @@ class EnqueueOptions:
     metadata: Mapping[str, Any] | None = None
     dedupe_key: DedupeKey | None = None
     dedupe_scope: DedupeScope = "pending"
+    concurrency_key: DedupeKey | None = None
+    concurrency_limit: int = 1
 
 
 _NO_ARGS = Jsonb({})
@@ -89,6 +91,8 @@ class _Row:
     dedupe_key: str | None = None
     dedupe_scope: str = "pending"  # pending, active or window
     dedupe_window: timedelta | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int = 1
 
     def params(self) -> dict[str, Any]:
         """Query parameters of the ``enqueue`` query."""
@@ -170,19 +174,22 @@ def _dedupe_scope(scope: object) -> tuple[str, timedelta | None]:
     return "window", window
 
 
-def _dedupe_key(key: DedupeKey | None, args: Mapping[str, Any]) -> str | None:
-    """The key of one job: ``key`` itself, or what it returns for ``args``."""
+def _dedupe_key(
+    key: DedupeKey | None, args: Mapping[str, Any], field: str = "dedupe_key"
+) -> str | None:
+    """The key of one job: ``key`` itself, or what it returns for ``args``
+    (also used for ``concurrency_key``, named by ``field``)."""
     if key is None:
         return None
     if callable(key):
         try:
             key = key(args)
         except Exception as exc:
-            raise InvalidJobError(f"dedupe_key function failed: {exc!r}") from exc
+            raise InvalidJobError(f"{field} function failed: {exc!r}") from exc
         if key is None:
             return None
     if not isinstance(key, str) or not 1 <= len(key) <= _MAX_DEDUPE_KEY or "\x00" in key:
-        raise InvalidJobError(f"dedupe_key must be 1 to {_MAX_DEDUPE_KEY} characters, not {key!r}")
+        raise InvalidJobError(f"{field} must be 1 to {_MAX_DEDUPE_KEY} characters, not {key!r}")
     return key
 
 
@@ -265,7 +272,7 @@ class Task(Generic[R]):
     def options(self, **options: Any) -> BoundTask[R]:
         """This task with per-call options (``queue``, ``priority``, ``run_at``,
         ``delay``, ``max_attempts``, ``timeout``, ``owner``, ``metadata``,
-        ``dedupe_key``, ``dedupe_scope``)."""
+        ``dedupe_key``, ``dedupe_scope``, ``concurrency_key``, ``concurrency_limit``)."""
         try:
             return BoundTask(self, EnqueueOptions(**options))
         except TypeError as exc:
@@ -596,6 +603,7 @@ class Queue:
             template,
             args=self._args(resolved, args),
             dedupe_key=_dedupe_key(options.dedupe_key, args),
+            concurrency_key=_dedupe_key(options.concurrency_key, args, "concurrency_key"),
         )
 
     def _args(self, task: Task[Any], args: Mapping[str, Any] | None) -> Jsonb:
@@ -656,6 +664,16 @@ class Queue:
                 f"not {options.dedupe_key!r}"
             )
         dedupe_scope, dedupe_window = _dedupe_scope(options.dedupe_scope)
+        if options.concurrency_key is not None and not (
+            isinstance(options.concurrency_key, str) or callable(options.concurrency_key)
+        ):
+            raise InvalidJobError(
+                f"concurrency_key must be a string or a function of the arguments, "
+                f"not {options.concurrency_key!r}"
+            )
+        limit = options.concurrency_limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit < 2**31:
+            raise InvalidJobError(f"concurrency_limit must be an integer >= 1, not {limit!r}")
         return _Row(
             task=resolved.name,
             args=_NO_ARGS,
@@ -668,6 +686,7 @@ class Queue:
             metadata=metadata,
             dedupe_scope=dedupe_scope,
             dedupe_window=dedupe_window,
+            concurrency_limit=limit,
         )
 
     async def enqueue(
@@ -692,6 +711,10 @@ class Queue:
         it starts; ``"active"`` until it finishes; a window in seconds or a
         timedelta after its creation), no job is created and that job's id is
         returned. ``dedupe_key`` may be a function of the arguments.
+
+        With ``concurrency_key`` (a string or a function of the arguments) at
+        most ``concurrency_limit`` (default 1) jobs of that key run at once,
+        taken in claim order within the key (docs/scheduling.md).
         """
         row = self._row(task, args, _options(options, option_values))
         rows = await self._fetch("enqueue", row.params(), conn)
@@ -724,17 +747,23 @@ class Queue:
             raise type(exc)(f"{exc}; nothing was enqueued") from None
         encoded: list[Jsonb] = []
         keys: list[str | None] = []
+        ckeys: list[str | None] = []
         for index, args in enumerate(args_list):
             try:
                 encoded.append(self._args(resolved, args))
                 if options.dedupe_key is not None:
                     keys.append(_dedupe_key(options.dedupe_key, args))
+                if options.concurrency_key is not None:
+                    ckeys.append(_dedupe_key(options.concurrency_key, args, "concurrency_key"))
             except InvalidJobError as exc:
                 raise type(exc)(f"item {index}: {exc}; nothing was enqueued") from None
         # Every item shares the options: only the arguments (and keys) differ.
         n = len(encoded)
         unique = any(key is not None for key in keys)
+        keyed = any(key is not None for key in ckeys)
         return {
+            "concurrency_keys": ckeys if keyed else None,
+            "concurrency_limits": [template.concurrency_limit] * n if keyed else None,
             # None for plain bulk enqueues: the function's fast path
             "dedupe_keys": keys if unique else None,
             "dedupe_scopes": [template.dedupe_scope] * n if unique else None,
@@ -1002,10 +1031,18 @@ class Queue:
     ) -> dict[str, Any]:
         if options.dedupe_key is not None:
             raise InvalidJobError("children of a batch cannot have a dedupe_key")
+        if options.concurrency_key is not None:
+            raise InvalidJobError("children of a batch cannot have a concurrency_key")
         params: dict[str, Any] = self._many_params(
             task, args_list, dataclasses.replace(options, metadata=None)
         )
-        for name in ("dedupe_keys", "dedupe_scopes", "dedupe_windows"):
+        for name in (
+            "dedupe_keys",
+            "dedupe_scopes",
+            "dedupe_windows",
+            "concurrency_keys",
+            "concurrency_limits",
+        ):
             del params[name]
         if not params["tasks"]:
             raise InvalidJobError("a batch needs at least one item; nothing was enqueued")

@@ -75,12 +75,14 @@ CREATE OR REPLACE FUNCTION pgqueue.enqueue(
     p_metadata      jsonb DEFAULT '{}',
     p_dedupe_key    text DEFAULT NULL,
     p_dedupe_scope  text DEFAULT 'pending',
-    p_dedupe_window interval DEFAULT NULL
+    p_dedupe_window interval DEFAULT NULL,
+    p_concurrency_key   text DEFAULT NULL,
+    p_concurrency_limit integer DEFAULT 1
 ) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_id bigint;
 BEGIN
-    IF p_dedupe_key IS NULL THEN
+    IF p_dedupe_key IS NULL AND p_concurrency_key IS NULL THEN
         INSERT INTO pgqueue.jobs (task, args, queue, priority, run_at, max_attempts, timeout, owner, metadata)
         VALUES (p_task, COALESCE(p_args, '{}'), COALESCE(p_queue, 'default'), COALESCE(p_priority, 0),
                 COALESCE(p_run_at, now()), COALESCE(p_max_attempts, 1), p_timeout, p_owner,
@@ -93,7 +95,8 @@ BEGIN
                ARRAY[p_task], ARRAY[COALESCE(p_args, '{}')], ARRAY[COALESCE(p_queue, 'default')],
                ARRAY[COALESCE(p_priority, 0)], ARRAY[p_run_at], ARRAY[COALESCE(p_max_attempts, 1)],
                ARRAY[p_timeout], ARRAY[p_owner], ARRAY[COALESCE(p_metadata, '{}')], NULL,
-               ARRAY[p_dedupe_key], ARRAY[p_dedupe_scope], ARRAY[p_dedupe_window]) AS e(id);
+               ARRAY[p_dedupe_key], ARRAY[p_dedupe_scope], ARRAY[p_dedupe_window],
+               ARRAY[p_concurrency_key], ARRAY[p_concurrency_limit]) AS e(id);
     RETURN v_id;
 END $$;
 
@@ -117,6 +120,10 @@ END $$;
 -- held until the enqueuing transaction ends; the check after it must see
 -- jobs committed meanwhile, hence READ COMMITTED. Keys are taken in (task,
 -- key) order, so concurrent bulk enqueues cannot deadlock on them.
+--
+-- Concurrency keys: an item with p_concurrency_keys[i] is claimed only while
+-- fewer than p_concurrency_limits[i] jobs of that key are running (see claim
+-- and docs/scheduling.md).
 CREATE OR REPLACE FUNCTION pgqueue.enqueue_many(
     p_tasks          text[],
     p_args           jsonb[],
@@ -130,7 +137,9 @@ CREATE OR REPLACE FUNCTION pgqueue.enqueue_many(
     p_batch_id       bigint DEFAULT NULL,
     p_dedupe_keys    text[] DEFAULT NULL,
     p_dedupe_scopes  text[] DEFAULT NULL,
-    p_dedupe_windows interval[] DEFAULT NULL
+    p_dedupe_windows interval[] DEFAULT NULL,
+    p_concurrency_keys   text[] DEFAULT NULL,
+    p_concurrency_limits integer[] DEFAULT NULL
 ) RETURNS SETOF bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_n       integer := cardinality(p_tasks);
@@ -154,7 +163,10 @@ BEGIN
        OR (p_dedupe_keys IS NOT NULL
            AND (cardinality(p_dedupe_keys) <> v_n
                 OR cardinality(p_dedupe_scopes) IS DISTINCT FROM v_n
-                OR cardinality(p_dedupe_windows) IS DISTINCT FROM v_n)) THEN
+                OR cardinality(p_dedupe_windows) IS DISTINCT FROM v_n))
+       OR (p_concurrency_keys IS NOT NULL
+           AND (cardinality(p_concurrency_keys) <> v_n
+                OR cardinality(p_concurrency_limits) IS DISTINCT FROM v_n)) THEN
         RAISE EXCEPTION 'pgqueue: enqueue_many: all argument arrays must have % items', v_n
             USING ERRCODE = '22023';
     END IF;
@@ -174,12 +186,18 @@ BEGIN
                    THEN 'dedupe_scope must be pending, active or window'
                WHEN ds = 'window' AND (dw IS NULL OR dw <= interval '0')
                    THEN 'dedupe_scope window needs a positive window'
+               WHEN ck = '' OR length(ck) > 512 THEN 'concurrency_key must be 1 to 512 characters'
+               WHEN ck IS NOT NULL AND (cl IS NULL OR cl < 1)
+                   THEN 'concurrency_limit must be at least 1'
+               WHEN ck IS NOT NULL AND p_batch_id IS NOT NULL
+                   THEN 'children of a batch cannot have a concurrency_key'
                ELSE 'dedupe_scope window needs a READ COMMITTED transaction'
            END AS problem
       INTO v_bad
       FROM unnest(p_tasks, p_args, p_queues, p_max_attempts, p_timeouts, p_metadata,
-                  p_dedupe_keys, p_dedupe_scopes, p_dedupe_windows)
-           WITH ORDINALITY AS u(t, a, q, m, tm, md, dk, ds, dw, ord)
+                  p_dedupe_keys, p_dedupe_scopes, p_dedupe_windows, p_concurrency_keys,
+                  p_concurrency_limits)
+           WITH ORDINALITY AS u(t, a, q, m, tm, md, dk, ds, dw, ck, cl, ord)
      WHERE t IS NULL OR t = '' OR length(t) > 256
         OR a IS NULL OR jsonb_typeof(a) <> 'object'
         OR q IS NULL OR q = '' OR length(q) > 128
@@ -192,6 +210,8 @@ BEGIN
                  OR (ds = 'window'
                      AND (dw IS NULL OR dw <= interval '0'
                           OR current_setting('transaction_isolation') <> 'read committed'))))
+        OR (ck IS NOT NULL AND (ck = '' OR length(ck) > 512 OR cl IS NULL OR cl < 1
+                                OR p_batch_id IS NOT NULL))
      ORDER BY ord
      LIMIT 1;
     IF FOUND THEN
@@ -204,11 +224,12 @@ BEGIN
         -- no unique jobs: one plain INSERT
         RETURN QUERY
         INSERT INTO pgqueue.jobs (task, args, queue, priority, run_at, max_attempts, timeout, owner,
-                                  metadata, batch_id)
-        SELECT t, a, q, COALESCE(p, 0), COALESCE(r, now()), m, tm, o, md, p_batch_id
+                                  metadata, batch_id, concurrency_key, concurrency_limit)
+        SELECT t, a, q, COALESCE(p, 0), COALESCE(r, now()), m, tm, o, md, p_batch_id,
+               ck, CASE WHEN ck IS NOT NULL THEN cl END
           FROM unnest(p_tasks, p_args, p_queues, p_priorities, p_run_ats, p_max_attempts,
-                      p_timeouts, p_owners, p_metadata)
-               WITH ORDINALITY AS u(t, a, q, p, r, m, tm, o, md, ord)
+                      p_timeouts, p_owners, p_metadata, p_concurrency_keys, p_concurrency_limits)
+               WITH ORDINALITY AS u(t, a, q, p, r, m, tm, o, md, ck, cl, ord)
          ORDER BY ord
         RETURNING id;
         RETURN;
@@ -217,11 +238,13 @@ BEGIN
     -- The items without a key: one INSERT; identity values follow item order.
     WITH plain AS (
         INSERT INTO pgqueue.jobs (task, args, queue, priority, run_at, max_attempts, timeout, owner,
-                                  metadata)
-        SELECT t, a, q, COALESCE(p, 0), COALESCE(r, now()), m, tm, o, md
+                                  metadata, concurrency_key, concurrency_limit)
+        SELECT t, a, q, COALESCE(p, 0), COALESCE(r, now()), m, tm, o, md,
+               ck, CASE WHEN ck IS NOT NULL THEN cl END
           FROM unnest(p_tasks, p_args, p_queues, p_priorities, p_run_ats, p_max_attempts,
-                      p_timeouts, p_owners, p_metadata, p_dedupe_keys)
-               WITH ORDINALITY AS u(t, a, q, p, r, m, tm, o, md, dk, ord)
+                      p_timeouts, p_owners, p_metadata, p_dedupe_keys, p_concurrency_keys,
+                      p_concurrency_limits)
+               WITH ORDINALITY AS u(t, a, q, p, r, m, tm, o, md, dk, ck, cl, ord)
          WHERE dk IS NULL
          ORDER BY ord
         RETURNING id
@@ -276,10 +299,12 @@ BEGIN
         -- for that transaction, then skip; the next pass finds its job.
         WITH created AS (
             INSERT INTO pgqueue.jobs (task, args, queue, priority, run_at, max_attempts, timeout,
-                                      owner, metadata, dedupe_key, dedupe_scope)
+                                      owner, metadata, dedupe_key, dedupe_scope, concurrency_key,
+                                      concurrency_limit)
             SELECT g.t, p_args[g.f], p_queues[g.f], COALESCE(p_priorities[g.f], 0),
                    COALESCE(p_run_ats[g.f], now()), p_max_attempts[g.f], p_timeouts[g.f],
-                   p_owners[g.f], p_metadata[g.f], g.k, g.s
+                   p_owners[g.f], p_metadata[g.f], g.k, g.s, p_concurrency_keys[g.f],
+                   CASE WHEN p_concurrency_keys[g.f] IS NOT NULL THEN p_concurrency_limits[g.f] END
               FROM unnest(g_tasks, g_keys, g_scopes, g_first, g_ids)
                    WITH ORDINALITY AS g(t, k, s, f, id, i)
              WHERE g.id IS NULL
@@ -314,6 +339,22 @@ END $$;
 -- tasks are claimed, so a worker never takes a job it cannot run (e.g. during a
 -- rolling deploy). Never returns more than p_limit rows; rows locked by
 -- concurrent claimers are skipped, not waited on.
+--
+-- Concurrency keys (docs/scheduling.md): a job with a concurrency_key is
+-- claimed only while fewer than its concurrency_limit jobs of that key are
+-- running. Keyed jobs live in their own claim index, so jobs without a key pay
+-- one probe of an (then empty) index. When keyed jobs wait, the claim walks
+-- the distinct waiting keys of each queue (a skip scan: one index probe per
+-- key, however long a key's backlog is), takes the first due job of each as
+-- the key's head, and visits the heads in claim order: for each it takes the
+-- key's transaction-scoped advisory lock without waiting (a key another
+-- claimer holds is skipped, like a locked row), counts the key's running jobs
+-- in a statement that starts after the lock was taken (so it sees every claim
+-- of the key committed before), and keeps the key's free slots. The lock is
+-- held until the claiming transaction commits, when the claimed jobs become
+-- visible as running to the next claimer of the key. Within a key jobs are
+-- taken in claim order (FIFO for equal priorities). Needs READ COMMITTED
+-- when keyed jobs wait: a later statement must see newer commits.
 CREATE OR REPLACE FUNCTION pgqueue.claim(
     p_worker_id     text,
     p_queues        text[],
@@ -321,6 +362,13 @@ CREATE OR REPLACE FUNCTION pgqueue.claim(
     p_lease_timeout interval DEFAULT '20 seconds',
     p_tasks         text[] DEFAULT NULL
 ) RETURNS SETOF pgqueue.jobs LANGUAGE plpgsql AS $$
+DECLARE
+    v_queues  text[];
+    v_head    record;
+    v_running integer;
+    v_slots   integer := 0;
+    v_keys    text[] := '{}';  -- keys locked by this claim with free slots,
+    v_free    integer[] := '{}';  -- and how many jobs of each it may take
 BEGIN
     IF p_limit IS NULL OR p_limit < 1 THEN
         RAISE EXCEPTION 'pgqueue: claim: limit must be at least 1, not %', p_limit USING ERRCODE = '22023';
@@ -335,20 +383,91 @@ BEGIN
         RAISE EXCEPTION 'pgqueue: claim: lease_timeout must be positive' USING ERRCODE = '22023';
     END IF;
 
+    SELECT COALESCE(array_agg(DISTINCT q.name), '{}') INTO v_queues
+      FROM unnest(p_queues) AS q(name)
+     WHERE NOT EXISTS (SELECT 1 FROM pgqueue.queues s WHERE s.name = q.name AND s.paused);
+
+    -- any keyed job waiting? (an ordered probe, so it stays an index scan)
+    PERFORM FROM unnest(v_queues) AS q(name)
+      CROSS JOIN LATERAL (
+          SELECT j.concurrency_key FROM pgqueue.jobs j
+           WHERE j.queue = q.name AND j.concurrency_key IS NOT NULL
+             AND j.status IN ('pending', 'retrying') AND NOT j.paused
+           ORDER BY j.concurrency_key LIMIT 1) AS k
+     LIMIT 1;
+    IF FOUND THEN
+        IF current_setting('transaction_isolation') <> 'read committed' THEN
+            RAISE EXCEPTION 'pgqueue: claim: jobs with a concurrency_key need a READ COMMITTED transaction'
+                USING ERRCODE = '25000';
+        END IF;
+        FOR v_head IN
+            WITH RECURSIVE keys AS (
+                -- the distinct waiting keys of each queue, one index probe each
+                SELECT q.name AS queue,
+                       (SELECT j.concurrency_key FROM pgqueue.jobs j
+                         WHERE j.queue = q.name AND j.concurrency_key IS NOT NULL
+                           AND j.status IN ('pending', 'retrying') AND NOT j.paused
+                         ORDER BY j.concurrency_key LIMIT 1) AS key
+                  FROM unnest(v_queues) AS q(name)
+                UNION ALL
+                SELECT k.queue,
+                       (SELECT j.concurrency_key FROM pgqueue.jobs j
+                         WHERE j.queue = k.queue AND j.concurrency_key > k.key
+                           AND j.concurrency_key IS NOT NULL
+                           AND j.status IN ('pending', 'retrying') AND NOT j.paused
+                         ORDER BY j.concurrency_key LIMIT 1)
+                  FROM keys k
+                 WHERE k.key IS NOT NULL
+            )
+            SELECT * FROM (
+                SELECT DISTINCT ON (h.concurrency_key) h.concurrency_key AS key,
+                       h.concurrency_limit AS lim, h.priority, h.run_at, h.id
+                  FROM keys
+                  CROSS JOIN LATERAL (
+                      -- the key's head in this queue: its first due job
+                      SELECT j.concurrency_key, j.concurrency_limit, j.priority, j.run_at, j.id
+                        FROM pgqueue.jobs j
+                       WHERE j.queue = keys.queue AND j.concurrency_key = keys.key
+                         AND j.status IN ('pending', 'retrying') AND NOT j.paused
+                         AND j.run_at <= clock_timestamp()
+                         AND (p_tasks IS NULL OR j.task = ANY(p_tasks))
+                         AND (j.batch_id IS NULL OR NOT pgqueue.batch_paused(j.batch_id))
+                       ORDER BY j.priority DESC, j.run_at, j.id
+                       LIMIT 1
+                  ) AS h
+                 WHERE keys.key IS NOT NULL
+                 ORDER BY h.concurrency_key, h.priority DESC, h.run_at, h.id
+            ) AS heads
+             ORDER BY heads.priority DESC, heads.run_at, heads.id
+        LOOP
+            EXIT WHEN v_slots >= p_limit;
+            -- a key already full is skipped without taking its lock
+            CONTINUE WHEN (SELECT count(*) FROM pgqueue.jobs j
+                            WHERE j.concurrency_key = v_head.key AND j.status = 'running') >= v_head.lim;
+            -- another claimer holds the key: skip it, like a locked row
+            CONTINUE WHEN NOT pg_try_advisory_xact_lock(hashtext('pgqueue.concurrency_key'),
+                                                        hashtext(v_head.key));
+            -- a new statement, so a new snapshot: it sees every claim of the key
+            -- that committed before the lock was ours
+            SELECT count(*) INTO v_running
+              FROM pgqueue.jobs j
+             WHERE j.concurrency_key = v_head.key AND j.status = 'running';
+            CONTINUE WHEN v_running >= v_head.lim;
+            v_keys := v_keys || v_head.key;
+            v_free := v_free || LEAST(v_head.lim - v_running, p_limit - v_slots);
+            v_slots := v_slots + LEAST(v_head.lim - v_running, p_limit - v_slots);
+        END LOOP;
+    END IF;
+
     RETURN QUERY
     WITH ts AS (SELECT clock_timestamp() AS now),
-    active AS (
-        SELECT DISTINCT q.name
-          FROM unnest(p_queues) AS q(name)
-         WHERE NOT EXISTS (SELECT 1 FROM pgqueue.queues s WHERE s.name = q.name AND s.paused)
-    ),
-    candidates AS (
-        SELECT c.id
-          FROM active
+    plain AS (
+        SELECT c.id, c.priority, c.run_at
+          FROM unnest(v_queues) AS active(name)
           CROSS JOIN LATERAL (
               SELECT j.id, j.priority, j.run_at
                 FROM pgqueue.jobs j
-               WHERE j.queue = active.name
+               WHERE j.queue = active.name AND j.concurrency_key IS NULL
                  AND j.status IN ('pending', 'retrying') AND NOT j.paused
                  AND j.run_at <= (SELECT now FROM ts)
                  AND (p_tasks IS NULL OR j.task = ANY(p_tasks))
@@ -359,7 +478,33 @@ BEGIN
                LIMIT p_limit
                  FOR UPDATE SKIP LOCKED
           ) AS c
-         ORDER BY c.priority DESC, c.run_at, c.id
+    ),
+    keyed AS (
+        -- at most the free slots of each key locked above, in claim order
+        SELECT r.id, r.priority, r.run_at
+          FROM (SELECT c.id, c.priority, c.run_at, k.free,
+                       row_number() OVER (PARTITION BY k.key
+                                          ORDER BY c.priority DESC, c.run_at, c.id) AS n
+                  FROM unnest(v_keys, v_free) AS k(key, free)
+                  CROSS JOIN unnest(v_queues) AS active(name)
+                  CROSS JOIN LATERAL (
+                      SELECT j.id, j.priority, j.run_at
+                        FROM pgqueue.jobs j
+                       WHERE j.queue = active.name AND j.concurrency_key = k.key
+                         AND j.status IN ('pending', 'retrying') AND NOT j.paused
+                         AND j.run_at <= (SELECT now FROM ts)
+                         AND (p_tasks IS NULL OR j.task = ANY(p_tasks))
+                         AND (j.batch_id IS NULL OR NOT pgqueue.batch_paused(j.batch_id))
+                       ORDER BY j.priority DESC, j.run_at, j.id
+                       LIMIT k.free
+                         FOR UPDATE SKIP LOCKED
+                  ) AS c) AS r
+         WHERE r.n <= r.free
+    ),
+    candidates AS (
+        SELECT u.id
+          FROM (SELECT * FROM plain UNION ALL SELECT * FROM keyed) AS u
+         ORDER BY u.priority DESC, u.run_at, u.id
          LIMIT p_limit
     )
     UPDATE pgqueue.jobs j

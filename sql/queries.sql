@@ -6,7 +6,8 @@
 SELECT pgqueue.enqueue(%(task)s::text, %(args)s::jsonb, %(queue)s::text, %(priority)s::int,
                        %(run_at)s::timestamptz, %(max_attempts)s::int, %(timeout)s::interval,
                        %(owner)s::text, %(metadata)s::jsonb, %(dedupe_key)s::text,
-                       %(dedupe_scope)s::text, %(dedupe_window)s::interval) AS id
+                       %(dedupe_scope)s::text, %(dedupe_window)s::interval,
+                       %(concurrency_key)s::text, %(concurrency_limit)s::int) AS id
 
 -- name: enqueue_many
 SELECT id FROM pgqueue.enqueue_many(%(tasks)s::text[], %(args)s::jsonb[], %(queues)s::text[],
@@ -15,7 +16,9 @@ SELECT id FROM pgqueue.enqueue_many(%(tasks)s::text[], %(args)s::jsonb[], %(queu
                                     %(owners)s::text[], %(metadata)s::jsonb[],
                                     p_dedupe_keys => %(dedupe_keys)s::text[],
                                     p_dedupe_scopes => %(dedupe_scopes)s::text[],
-                                    p_dedupe_windows => %(dedupe_windows)s::interval[]) AS id
+                                    p_dedupe_windows => %(dedupe_windows)s::interval[],
+                                    p_concurrency_keys => %(concurrency_keys)s::text[],
+                                    p_concurrency_limits => %(concurrency_limits)s::int[]) AS id
 
 -- name: claim
 SELECT id, task, args, queue, attempts, max_attempts,

@@ -49,6 +49,8 @@ CREATE TABLE pgqueue.jobs (
     paused           boolean NOT NULL DEFAULT false,  -- its batch is paused: not claimable
     dedupe_key       text,                 -- unique jobs: the key, per task (docs/scheduling.md)
     dedupe_scope     text,                 -- ... and how long the job holds it
+    concurrency_key  text,                 -- at most concurrency_limit running jobs per key
+    concurrency_limit integer,             -- ... (docs/scheduling.md)
 
     CONSTRAINT jobs_queue_valid CHECK (queue <> '' AND length(queue) <= 128),
     CONSTRAINT jobs_task_valid CHECK (task <> '' AND length(task) <= 256),
@@ -74,6 +76,10 @@ CREATE TABLE pgqueue.jobs (
         (dedupe_key IS NULL) = (dedupe_scope IS NULL)
         AND length(dedupe_key) BETWEEN 1 AND 512
         AND dedupe_scope IN ('pending', 'active', 'window')),
+    CONSTRAINT jobs_concurrency_valid CHECK (
+        (concurrency_key IS NULL) = (concurrency_limit IS NULL)
+        AND length(concurrency_key) BETWEEN 1 AND 512
+        AND concurrency_limit >= 1),
     CONSTRAINT jobs_running_has_lease CHECK (
         status <> 'running'
         OR (attempts >= 1 AND worker_id IS NOT NULL
@@ -83,8 +89,18 @@ CREATE TABLE pgqueue.jobs (
 
 -- The claim: per queue, highest priority first, then oldest run_at, then id.
 -- Partial, so finished jobs (the bulk of a busy table) cost it nothing.
+-- Jobs with a concurrency key wait in their own index (below).
 CREATE INDEX jobs_claim_idx ON pgqueue.jobs (queue, priority DESC, run_at, id)
-    WHERE status IN ('pending', 'retrying') AND NOT paused;
+    WHERE status IN ('pending', 'retrying') AND NOT paused AND concurrency_key IS NULL;
+
+-- Concurrency keys: the claim walks the distinct waiting keys of a queue and
+-- takes each key's jobs in claim order from this index, and counts a key's
+-- running jobs with the next one.
+CREATE INDEX jobs_claim_keyed_idx
+    ON pgqueue.jobs (queue, concurrency_key, priority DESC, run_at, id)
+    WHERE status IN ('pending', 'retrying') AND NOT paused AND concurrency_key IS NOT NULL;
+CREATE INDEX jobs_running_key_idx ON pgqueue.jobs (concurrency_key)
+    WHERE status = 'running' AND concurrency_key IS NOT NULL;
 
 -- Rescue and heartbeat scans touch running jobs only.
 CREATE INDEX jobs_running_idx ON pgqueue.jobs (heartbeat_at)

@@ -26,7 +26,7 @@ TASKS = 3
 CLAIM_SELECT = """
 SELECT j.id, j.priority, j.run_at
   FROM pgqueue.jobs j
- WHERE j.queue = $1
+ WHERE j.queue = $1 AND j.concurrency_key IS NULL
    AND j.status IN ('pending', 'retrying') AND NOT j.paused
    AND j.run_at <= $2
    AND ($3::text[] IS NULL OR j.task = ANY($3::text[]))

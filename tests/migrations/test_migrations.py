@@ -7,6 +7,7 @@
 - Revision 0003 (batches) upgrades a database holding jobs of every state and
   downgrades cleanly, batches and all.
 - Revision 0004 (unique jobs, periodic ticks) does the same.
+- Revision 0005 (concurrency keys) does the same.
 - pgqueue keeps its own version table and never touches an application's own
   ``alembic_version``.
 """
@@ -465,7 +466,7 @@ def test_migrate_is_idempotent(empty_db_dsn: str) -> None:
 def test_current_revision_reports_head(empty_db_dsn: str) -> None:
     assert pgqueue.current_revision(empty_db_dsn) is None
     head = pgqueue.head_revision()
-    assert head == "0004"  # the latest frozen revision in migrations/versions
+    assert head == "0005"  # the latest frozen revision in migrations/versions
 
     _migrate.upgrade(empty_db_dsn, "0001")
     assert pgqueue.current_revision(empty_db_dsn) == "0001"
@@ -569,3 +570,68 @@ def _assert_at_head_and_working(dsn: str) -> None:
         assert _pgqueue_function_count(conn) >= 10
         job = conn.execute("SELECT pgqueue.enqueue('after-race')").fetchone()
         assert job is not None
+
+
+def test_concurrency_revision_upgrades_jobs_of_every_state_and_downgrades_cleanly(
+    empty_db_dsn: str,
+) -> None:
+    dsn = empty_db_dsn
+    _migrate.upgrade(dsn, "0004")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ids = _seed_jobs(conn) | _seed_other_terminal_states(conn)
+        statuses = dict(conn.execute("SELECT id, status::text FROM pgqueue.jobs").fetchall())
+    assert set(statuses.values()) == {s.value for s in pgqueue.JobStatus}
+    before = _table_rows(dsn)
+
+    _migrate.upgrade(dsn, "0005")
+
+    assert _table_rows(dsn) == before, "upgrade to 0005 changed the job rows"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # the old rows move on under the new functions
+        conn.execute("SELECT pgqueue.complete(%s, 1, '1')", (ids["running"],))
+        rows = conn.execute("SELECT id FROM pgqueue.claim('w', ARRAY['q-pending'], 5)").fetchall()
+        assert rows == [(ids["pending"],)]
+        assert conn.execute("SELECT pgqueue.replay(%s)", (ids["dead_letter"],)).fetchone() == (
+            "pending",
+        )
+        # keyed jobs work next to them
+        keyed = [
+            conn.execute(
+                "SELECT pgqueue.enqueue('k', p_queue => 'keyed', p_concurrency_key => 'c')"
+            ).fetchone()
+            for _ in range(2)
+        ]
+        got = conn.execute("SELECT id FROM pgqueue.claim('w', ARRAY['keyed'], 5)").fetchall()
+        assert got == [keyed[0]]
+    upgraded = _table_rows(dsn)
+
+    _migrate.downgrade(dsn, "0004")
+
+    assert pgqueue.current_revision(dsn) == "0004"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        columns = conn.execute(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'pgqueue.jobs'::regclass"
+            " AND attname LIKE 'concurrency%%' AND NOT attisdropped"
+        ).fetchone()
+        assert columns == (0,)
+        # the keyed job left behind is an ordinary job again
+        got = conn.execute("SELECT id FROM pgqueue.claim('w', ARRAY['keyed'], 5)").fetchall()
+        assert got == [keyed[1]]
+        new = conn.execute("SELECT pgqueue.enqueue('after-downgrade')").fetchone()
+        assert new is not None
+    downgraded = _table_rows(dsn)
+    assert len(downgraded["jobs"]) == len(upgraded["jobs"]) + 1
+    assert downgraded["attempts"] == upgraded["attempts"]
+    pgqueue.migrate(dsn)
+    assert pgqueue.current_revision(dsn) == pgqueue.head_revision()
+
+
+def test_concurrency_downgrade_restores_the_0004_catalog(
+    empty_db_dsn: str, second_empty_db_dsn: str
+) -> None:
+    """Up to 0005 and back down gives exactly the catalog of a plain 0004."""
+    _migrate.upgrade(empty_db_dsn, "0005")
+    _migrate.downgrade(empty_db_dsn, "0004")
+    _migrate.upgrade(second_empty_db_dsn, "0004")
+    a, b = catalog.snapshot(second_empty_db_dsn), catalog.snapshot(empty_db_dsn)
+    assert a == b, "0005 downgrade differs from 0004:\n" + catalog.diff(a, b, "0004", "0005 down")
