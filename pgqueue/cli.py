@@ -188,10 +188,24 @@ async def cmd_enqueue(args: argparse.Namespace) -> int:
         )
     task_args = _parse_json_object(args.args, "--args")
     options: dict[str, Any] = {}
-    for name in ("queue", "priority", "delay", "max_attempts", "timeout", "owner"):
+    names = (
+        "queue", "priority", "delay", "max_attempts", "timeout", "owner",
+        "dedupe_key", "concurrency_key", "concurrency_limit",
+    )  # fmt: skip
+    for name in names:
         value = getattr(args, name)
         if value is not None:
             options[name] = value
+    if args.dedupe_scope is not None:
+        scope: str | float = args.dedupe_scope
+        if scope not in ("pending", "active"):
+            try:
+                scope = float(args.dedupe_scope)  # a window in seconds
+            except ValueError:
+                raise CommandError(
+                    f"--dedupe-scope must be pending, active or seconds, not {scope!r}"
+                ) from None
+        options["dedupe_scope"] = scope
     try:
         job_id = await queue.enqueue(args.task, task_args, **options)
     finally:
@@ -715,6 +729,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, help="attempts including the first")
     p.add_argument("--timeout", type=float, help="seconds an attempt may run")
     p.add_argument("--owner", help="owner (who may see the job through the API)")
+    p.add_argument("--dedupe-key", help="unique job: a duplicate returns the existing job's id")
+    p.add_argument("--dedupe-scope", help="pending (default), active, or a window in seconds")
+    p.add_argument("--concurrency-key", help="at most --concurrency-limit running per key")
+    p.add_argument("--concurrency-limit", type=int, help="running jobs per key (default 1)")
     json_option(p)
 
     jobs = sub.add_parser("jobs", help="list, show, retry or cancel jobs")

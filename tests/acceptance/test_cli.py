@@ -450,3 +450,31 @@ def test_prune_deletes_old_finished_jobs_only(finished: dict[str, int], runs_dsn
     assert pruned.json() == {"deleted": 1}  # the failed job is kept longer
     remaining = dict(rows(runs_dsn, "SELECT id, status::text FROM pgqueue.jobs"))
     assert remaining == {finished["failed"]: "failed", pending: "pending"}
+
+
+# -- unique jobs and concurrency keys ----------------------------------------------------------
+
+
+def test_enqueue_with_a_dedupe_key_returns_the_existing_job(runs_dsn: str) -> None:
+    first = _enqueue(runs_dsn, "record", "--dedupe-key", "report-7")
+    again = _enqueue(runs_dsn, "record", "--dedupe-key", "report-7", "--dedupe-scope", "active")
+    other = _enqueue(runs_dsn, "record", "--dedupe-key", "report-8", "--dedupe-scope", "60")
+    assert again == first and other != first
+    assert scalar(runs_dsn, "SELECT count(*) FROM pgqueue.jobs") == 2
+    bad = run_cli(
+        "enqueue", "record", "--app", APP, "--dedupe-key", "k", "--dedupe-scope", "soon",
+        dsn=runs_dsn,
+    )  # fmt: skip
+    _assert_one_error_line(bad, "--dedupe-scope")
+    assert scalar(runs_dsn, "SELECT count(*) FROM pgqueue.jobs") == 2
+
+
+def test_enqueue_with_a_concurrency_key_stores_key_and_limit(runs_dsn: str) -> None:
+    job_id = _enqueue(
+        runs_dsn, "record", "--concurrency-key", "customer-1", "--concurrency-limit", "2"
+    )
+    assert rows(
+        runs_dsn,
+        "SELECT concurrency_key, concurrency_limit FROM pgqueue.jobs WHERE id = %s",
+        [job_id],
+    ) == [("customer-1", 2)]
