@@ -908,9 +908,24 @@ class Queue:
         _check_queue_name(name, InvalidJobError)
         await self._fetch("resume_queue", {"name": name})
 
+    async def set_rate_limit(
+        self, name: str, limit: int | None, *, per: float | timedelta = 1.0
+    ) -> None:
+        """Start at most ``limit`` jobs of queue ``name`` in any window of ``per``
+        seconds, across all workers; ``limit=None`` removes the limit."""
+        _check_queue_name(name, InvalidJobError)
+        period = None
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise InvalidJobError(f"rate limit must be an integer >= 1, not {limit!r}")
+            period = _seconds(per, "per", allow_zero=False)
+        await self._fetch("set_rate_limit", {"name": name, "limit": limit, "period": period})
+
     async def queue_stats(self) -> list[dict[str, Any]]:
         """Per queue: paused flag, job counts by state, age in seconds of the
-        oldest job waiting to run."""
+        oldest job waiting to run, and its rate limit (``rate_limit`` jobs per
+        ``rate_per`` seconds, None without one; ``rate_used``: jobs started in
+        the last ``rate_per`` seconds)."""
         return await self._fetch("queue_stats", {})
 
     async def queue_gauges(

@@ -25,6 +25,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import random
 import signal
@@ -225,6 +226,7 @@ class Worker:
         self._abandoned: list[concurrent.futures.Future[Any]] = []
         self._release_at_exit: list[_Lease] = []
         self._claim_retries = 0  # claims retried after a connection failure
+        self._rate_limited: bool | None = None  # was a queue held back by its rate limit?
         self._last_beat = time.monotonic()  # when the last heartbeat that got through was sent
         self._pool: AsyncConnectionPool | None = None
         self._threads: ThreadPoolExecutor | None = None
@@ -409,13 +411,27 @@ class Worker:
                     idle = not rows and not self._leases and not self._completions
                     if until_idle and idle and not await self._has_unfinished():
                         return
+                    sleep = _jitter(settings.poll_interval)
+                    if not rows or self._rate_limited is not False:
+                        sleep = min(sleep, await self._rate_wait())
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), _jitter(settings.poll_interval))
+                        await asyncio.wait_for(self._wakeup.wait(), sleep)
             except Exception:
                 if self._stopping:
                     return
                 log.exception("claim failed")
                 await asyncio.sleep(_jitter(settings.poll_interval))
+
+    async def _rate_wait(self) -> float:
+        """Seconds until a rate-limited queue of this worker that is out of room
+        may start a job again (infinity if none is held back by its limit): an
+        idle worker claims again then, not a poll interval later."""
+        rows = await self._call("rate_wait", {"queues": self.queues}, give_up=0)
+        wait = rows[0][0] if rows else None
+        # Asked after every empty claim; after a partial one only while some
+        # queue was last seen held back (so unlimited workers pay no query).
+        self._rate_limited = wait is not None
+        return math.inf if wait is None else max(float(wait), 0.0) + 0.005
 
     async def _release_orphans(self, within: float) -> None:
         """Release rows leased to this worker in the last ``within`` seconds (the

@@ -62,6 +62,12 @@ SELECT id, status FROM pgqueue.rescue(%(stale_after)s::interval)
 -- name: pause_queue
 SELECT pgqueue.pause_queue(%(name)s::text)
 
+-- name: set_rate_limit
+SELECT pgqueue.set_rate_limit(%(name)s::text, %(limit)s::int, %(period)s::interval)
+
+-- name: rate_wait
+SELECT pgqueue.rate_wait(%(queues)s::text[]) AS wait
+
 -- name: resume_queue
 SELECT pgqueue.resume_queue(%(name)s::text)
 
@@ -100,11 +106,18 @@ WITH counts AS (
 SELECT names.name AS queue,
        COALESCE(q.paused, false) AS paused,
        COALESCE(jsonb_object_agg(c.status, c.n) FILTER (WHERE c.status IS NOT NULL), '{}') AS counts,
-       EXTRACT(EPOCH FROM clock_timestamp() - min(c.oldest))::float8 AS oldest_pending_age
+       EXTRACT(EPOCH FROM clock_timestamp() - min(c.oldest))::float8 AS oldest_pending_age,
+       q.rate_limit,
+       EXTRACT(EPOCH FROM q.rate_period)::float8 AS rate_per,
+       -- jobs started within the last rate_per seconds (counted against the limit)
+       CASE WHEN q.rate_limit IS NOT NULL THEN
+           (SELECT COALESCE(sum(w.n), 0) FROM unnest(q.rate_at, q.rate_n) AS w(at, n)
+             WHERE w.at > clock_timestamp() - q.rate_period)::integer
+       END AS rate_used
   FROM names
   LEFT JOIN counts c ON c.queue = names.name
   LEFT JOIN pgqueue.queues q ON q.name = names.name
- GROUP BY names.name, q.paused
+ GROUP BY names.name, q.paused, q.rate_limit, q.rate_period, q.rate_at, q.rate_n
  ORDER BY names.name
 
 -- name: unfinished

@@ -153,7 +153,15 @@ CREATE TABLE pgqueue.attempts (
 CREATE TABLE pgqueue.queues (
     name        text PRIMARY KEY,
     paused      boolean NOT NULL DEFAULT false,
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    rate_limit  integer,    -- at most rate_limit jobs started in any rate_period
+    rate_period interval,   -- ... (docs/scheduling.md); NULL: no limit
+    rate_at     timestamptz[] NOT NULL DEFAULT '{}',  -- the window: claims within the
+    rate_n      integer[] NOT NULL DEFAULT '{}',      -- last rate_period, and their job counts
+    CONSTRAINT queues_rate_valid CHECK (
+        (rate_limit IS NULL) = (rate_period IS NULL)
+        AND rate_limit >= 1 AND rate_period > interval '0'
+        AND cardinality(rate_at) = cardinality(rate_n))
 );
 
 -- Progress reports of each job, newest last; bounded per job by the progress()

@@ -8,6 +8,7 @@
   downgrades cleanly, batches and all.
 - Revision 0004 (unique jobs, periodic ticks) does the same.
 - Revision 0005 (concurrency keys) does the same.
+- Revision 0006 (rate limits per queue) does the same, over a paused queue too.
 - pgqueue keeps its own version table and never touches an application's own
   ``alembic_version``.
 """
@@ -60,7 +61,10 @@ def _table_rows(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
             "attempts": conn.execute(
                 "SELECT * FROM pgqueue.attempts ORDER BY job_id, attempt"
             ).fetchall(),
-            "queues": conn.execute("SELECT * FROM pgqueue.queues ORDER BY name").fetchall(),
+            # the columns of revision 0001 (0006 adds rate limits)
+            "queues": conn.execute(
+                "SELECT name, paused, updated_at FROM pgqueue.queues ORDER BY name"
+            ).fetchall(),
         }
 
 
@@ -466,7 +470,7 @@ def test_migrate_is_idempotent(empty_db_dsn: str) -> None:
 def test_current_revision_reports_head(empty_db_dsn: str) -> None:
     assert pgqueue.current_revision(empty_db_dsn) is None
     head = pgqueue.head_revision()
-    assert head == "0005"  # the latest frozen revision in migrations/versions
+    assert head == "0006"  # the latest frozen revision in migrations/versions
 
     _migrate.upgrade(empty_db_dsn, "0001")
     assert pgqueue.current_revision(empty_db_dsn) == "0001"
@@ -635,3 +639,74 @@ def test_concurrency_downgrade_restores_the_0004_catalog(
     _migrate.upgrade(second_empty_db_dsn, "0004")
     a, b = catalog.snapshot(second_empty_db_dsn), catalog.snapshot(empty_db_dsn)
     assert a == b, "0005 downgrade differs from 0004:\n" + catalog.diff(a, b, "0004", "0005 down")
+
+
+def test_rate_limit_revision_upgrades_jobs_of_every_state_and_downgrades_cleanly(
+    empty_db_dsn: str,
+) -> None:
+    dsn = empty_db_dsn
+    _migrate.upgrade(dsn, "0005")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ids = _seed_jobs(conn) | _seed_other_terminal_states(conn)
+        conn.execute("SELECT pgqueue.pause_queue('q-paused')")
+        paused_job = conn.execute("SELECT pgqueue.enqueue('p', p_queue => 'q-paused')").fetchone()
+        statuses = dict(conn.execute("SELECT id, status::text FROM pgqueue.jobs").fetchall())
+    assert set(statuses.values()) == {s.value for s in pgqueue.JobStatus}
+    before = _table_rows(dsn)
+
+    _migrate.upgrade(dsn, "0006")
+
+    assert _table_rows(dsn) == before, "upgrade to 0006 changed the job or queue rows"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pgqueue.queues WHERE rate_limit IS NOT NULL"
+        ).fetchone() == (0,)
+        # the old rows move on under the new functions; the paused queue stays paused
+        conn.execute("SELECT pgqueue.complete(%s, 1, '1')", (ids["running"],))
+        rows = conn.execute("SELECT id FROM pgqueue.claim('w', ARRAY['q-pending'], 5)").fetchall()
+        assert rows == [(ids["pending"],)]
+        assert (
+            conn.execute("SELECT id FROM pgqueue.claim('w', ARRAY['q-paused'], 5)").fetchall() == []
+        )
+        # rate limits work next to them
+        conn.execute("SELECT pgqueue.set_rate_limit('limited', 2, interval '1 hour')")
+        for _ in range(3):
+            conn.execute("SELECT pgqueue.enqueue('r', p_queue => 'limited')")
+        got = conn.execute("SELECT id FROM pgqueue.claim('w', ARRAY['limited'], 5)").fetchall()
+        assert len(got) == 2
+    upgraded = _table_rows(dsn)
+
+    _migrate.downgrade(dsn, "0005")
+
+    assert pgqueue.current_revision(dsn) == "0005"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        columns = conn.execute(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'pgqueue.queues'::regclass"
+            " AND attname LIKE 'rate%%' AND NOT attisdropped"
+        ).fetchone()
+        assert columns == (0,)
+        # the paused queue is still paused; the limited queue is an ordinary one again
+        assert (
+            conn.execute("SELECT id FROM pgqueue.claim('w', ARRAY['q-paused'], 5)").fetchall() == []
+        )
+        got = conn.execute("SELECT id FROM pgqueue.claim('w', ARRAY['limited'], 5)").fetchall()
+        assert len(got) == 1
+        conn.execute("SELECT pgqueue.resume_queue('q-paused')")
+        got = conn.execute("SELECT id FROM pgqueue.claim('w', ARRAY['q-paused'], 5)").fetchall()
+        assert got == [paused_job]
+    downgraded = _table_rows(dsn)
+    assert len(downgraded["jobs"]) == len(upgraded["jobs"])
+    assert downgraded["attempts"] == upgraded["attempts"]
+    pgqueue.migrate(dsn)
+    assert pgqueue.current_revision(dsn) == pgqueue.head_revision()
+
+
+def test_rate_limit_downgrade_restores_the_0005_catalog(
+    empty_db_dsn: str, second_empty_db_dsn: str
+) -> None:
+    """Up to 0006 and back down gives exactly the catalog of a plain 0005."""
+    _migrate.upgrade(empty_db_dsn, "0006")
+    _migrate.downgrade(empty_db_dsn, "0005")
+    _migrate.upgrade(second_empty_db_dsn, "0005")
+    a, b = catalog.snapshot(second_empty_db_dsn), catalog.snapshot(empty_db_dsn)
+    assert a == b, "0006 downgrade differs from 0005:\n" + catalog.diff(a, b, "0005", "0006 down")
