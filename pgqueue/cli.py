@@ -349,6 +349,8 @@ async def cmd_queues(args: argparse.Namespace) -> int:
             else:
                 print(f"queue {args.name} {'paused' if args.action == 'pause' else 'resumed'}")
             return 0
+        if args.action == "limit":
+            return await _set_rate_limit(queue, args)
         stats = await queue.queue_stats()
     finally:
         await queue.close()
@@ -359,10 +361,33 @@ async def cmd_queues(args: argparse.Namespace) -> int:
     rows = [
         [s["queue"], "yes" if s["paused"] else "no"]
         + [s["counts"].get(state, 0) for state in states]
-        + [_age(s["oldest_pending_age"])]
+        + [_age(s["oldest_pending_age"]), _rate(s)]
         for s in stats
     ]
-    print(_table(["queue", "paused", *states, "oldest waiting"], rows))
+    print(_table(["queue", "paused", *states, "oldest waiting", "rate limit"], rows))
+    return 0
+
+
+def _rate(stats: dict[str, Any]) -> str:
+    """``10/1s (3 used)``: a queue's rate limit and the jobs started in its window."""
+    if stats.get("rate_limit") is None:
+        return "-"
+    return f"{stats['rate_limit']}/{stats['rate_per']:g}s ({stats['rate_used']} used)"
+
+
+async def _set_rate_limit(queue: Queue, args: argparse.Namespace) -> int:
+    if not args.name:
+        raise CommandError("queues limit needs a queue NAME")
+    if args.off == (args.limit is not None):
+        raise CommandError("queues limit needs either N (with --per SECONDS) or --off")
+    await queue.set_rate_limit(args.name, None if args.off else args.limit, per=args.per)
+    if args.json:
+        per = None if args.off else args.per
+        _print_json({"queue": args.name, "rate_limit": args.limit, "rate_per": per})
+    elif args.off:
+        print(f"queue {args.name}: no rate limit")
+    else:
+        print(f"queue {args.name}: at most {args.limit} jobs started per {args.per:g}s")
     return 0
 
 
@@ -766,10 +791,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = jobs_command("cancel", cmd_jobs_cancel, "cancel a pending, retrying or running job")
     p.add_argument("id", type=int)
 
-    p = command("queues", cmd_queues, "counts per queue and state; pause or resume a queue")
+    p = command(
+        "queues", cmd_queues, "counts per queue and state; pause, resume or rate-limit a queue"
+    )
     p.set_defaults(app=None)
-    p.add_argument("action", nargs="?", choices=["list", "pause", "resume"], default="list")
-    p.add_argument("name", nargs="?", help="queue to pause or resume")
+    p.add_argument(
+        "action", nargs="?", choices=["list", "pause", "resume", "limit"], default="list"
+    )
+    p.add_argument("name", nargs="?", help="queue to pause, resume or limit")
+    p.add_argument(
+        "limit", nargs="?", type=int, help="limit: at most N jobs started per --per seconds"
+    )
+    p.add_argument(
+        "--per", type=float, default=1.0, metavar="SECONDS", help="limit: the period (default 1)"
+    )
+    p.add_argument("--off", action="store_true", help="limit: remove the queue's rate limit")
     json_option(p)
 
     batches = sub.add_parser("batches", help="create, list, show, pause, resume or cancel batches")

@@ -224,6 +224,25 @@ def test_queues_json_counts_jobs_per_state_and_pause_resume(
     assert stats()["other"] == (False, {"pending": 2})
 
 
+def test_queues_limit_sets_shows_and_removes_a_rate_limit(runs_dsn: str) -> None:
+    limited = run_cli("queues", "limit", "other", "10", "--per", "60", dsn=runs_dsn)
+    assert limited.returncode == 0, limited.stderr
+    assert "at most 10 jobs started per 60s" in limited.stdout
+
+    listing = run_cli("queues", dsn=runs_dsn)
+    assert listing.returncode == 0, listing.stderr
+    assert "10/60s (0 used)" in listing.stdout
+    result = run_cli("queues", "--json", dsn=runs_dsn)
+    other = {q["queue"]: q for q in result.json()}["other"]
+    assert (other["rate_limit"], other["rate_per"], other["rate_used"]) == (10, 60.0, 0)
+
+    off = run_cli("queues", "limit", "other", "--off", "--json", dsn=runs_dsn)
+    assert off.returncode == 0, off.stderr
+    assert off.json() == {"queue": "other", "rate_limit": None, "rate_per": None}
+    result = run_cli("queues", "--json", dsn=runs_dsn)
+    assert {q["queue"]: q for q in result.json()}["other"]["rate_limit"] is None
+
+
 # -- errors ------------------------------------------------------------------------------
 
 UNREACHABLE = "postgresql://x@127.0.0.1:1/x"
@@ -268,6 +287,9 @@ UNREACHABLE = "postgresql://x@127.0.0.1:1/x"
         pytest.param(["jobs", "retry", "999999"], "999999", id="retry-missing-job"),
         pytest.param(["jobs", "list", "--status", "bogus"], "bogus", id="unknown-status"),
         pytest.param(["queues", "pause"], "NAME", id="pause-without-name"),
+        pytest.param(["queues", "limit", "q"], "--off", id="limit-without-n"),
+        pytest.param(["queues", "limit", "q", "0"], "rate limit", id="limit-zero"),
+        pytest.param(["queues", "limit", "q", "5", "--per", "0"], "per", id="limit-zero-period"),
     ],
 )
 def test_cli_errors_exit_nonzero_with_one_line_and_write_nothing(
