@@ -88,6 +88,16 @@ def render(
         "Age of the oldest job that is due and not yet claimed (0 when none).",
     )
     paused = _Family("pgqueue_queue_paused", "gauge", "1 if the queue is paused.")
+    rate_limit = _Family(
+        "pgqueue_queue_rate_limit",
+        "gauge",
+        "Jobs the queue may start per rate period (only queues with a rate limit).",
+    )
+    rate_used = _Family(
+        "pgqueue_queue_rate_used",
+        "gauge",
+        "Jobs started within the queue's current rate period (only queues with a rate limit).",
+    )
     for name in queues:
         row = by_queue.get(name, {})
         counts = row.get("counts") or {}
@@ -95,6 +105,9 @@ def render(
             jobs.add(counts.get(state, 0), queue=name, state=state)
         oldest.add(max(0.0, row.get("oldest_pending_age") or 0.0), queue=name)
         paused.add(1 if row.get("paused") else 0, queue=name)
+        if row.get("rate_limit") is not None:
+            rate_limit.add(row["rate_limit"], queue=name)
+            rate_used.add(row.get("rate_used") or 0, queue=name)
 
     finished = _Family(
         "pgqueue_jobs_finished_total",
@@ -124,5 +137,5 @@ def render(
     )
     up.add(1 if broadcaster.connected else 0)
 
-    families = (jobs, oldest, paused, finished, retries, notes, streams, up)
+    families = (jobs, oldest, paused, rate_limit, rate_used, finished, retries, notes, streams, up)
     return "\n".join(line for f in families for line in f.lines) + "\n"

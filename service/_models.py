@@ -238,6 +238,13 @@ class QueueOut(BaseModel):
     paused: bool
     counts: QueueCounts = Field(description="unfinished jobs (the caller's, unless admin)")
     oldest_pending_age: float | None = Field(description="seconds the oldest due job has waited")
+    rate_limit: int | None = Field(
+        default=None, description="at most this many jobs started per `rate_per` seconds"
+    )
+    rate_per: float | None = Field(default=None, description="the rate limit's period, seconds")
+    rate_used: int | None = Field(
+        default=None, description="jobs started within the last `rate_per` seconds"
+    )
 
 
 class QueuePage(BaseModel):

@@ -30,6 +30,9 @@ def queue_out(row: dict[str, Any]) -> QueueOut:
         paused=row["paused"],
         counts=QueueCounts(**{k: v for k, v in counts.items() if k in QueueCounts.model_fields}),
         oldest_pending_age=row["oldest_pending_age"],
+        rate_limit=row.get("rate_limit"),
+        rate_per=row.get("rate_per"),
+        rate_used=row.get("rate_used"),
     )
 
 

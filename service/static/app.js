@@ -201,6 +201,7 @@ async function refreshQueues() {
               el("td", {}, q.queue), el("td", {}, String(q.counts.pending)),
               el("td", {}, String(q.counts.retrying)), el("td", {}, String(q.counts.running)),
               el("td", {}, age(q.oldest_pending_age)),
+              el("td", {}, q.rate_limit ? `${q.rate_used}/${q.rate_limit} per ${q.rate_per}s` : "-"),
               el("td", { class: "queue-state" }, q.paused ? "paused" : "active"), el("td", {}, toggle));
   }));
 }

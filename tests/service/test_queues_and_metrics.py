@@ -9,6 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import pgqueue
+from pgqueue_service import _keys
 
 from .conftest import Api
 
@@ -117,3 +118,24 @@ async def test_metrics_queries_read_only_unfinished_rows(queue: pgqueue.Queue) -
     # unfinished rows only: the claim index, or the status index on its
     # (pending, retrying) prefix, which also holds children of paused batches
     assert "jobs_claim_idx" in plan or "jobs_status_idx" in plan, plan
+
+
+async def test_queues_and_metrics_show_rate_limits(api: Api) -> None:
+    await api.queue.set_rate_limit("limited", 10, per=60)
+    await api.enqueue(None)  # queue "api", no limit
+    for _ in range(3):
+        await api.enqueue(None, queue="limited")
+    claimed = await api.sql("SELECT id FROM pgqueue.claim('w', ARRAY['limited'], 2)")
+    assert len(claimed) == 2
+    page = await api.json("GET", "/api/v1/queues", "root", admin=True)
+    limited = next(q for q in page["items"] if q["queue"] == "limited")
+    assert (limited["rate_limit"], limited["rate_per"], limited["rate_used"]) == (10, 60.0, 2)
+    plain = next(q for q in page["items"] if q["queue"] != "limited")
+    assert (plain["rate_limit"], plain["rate_per"], plain["rate_used"]) == (None, None, None)
+
+    api.client.app[_keys.GAUGES].invalidate()
+    response = await api.call("GET", "/metrics", owner=None)
+    samples = _samples(await response.text())
+    assert samples[("pgqueue_queue_rate_limit", (("queue", "limited"),))] == 10
+    assert samples[("pgqueue_queue_rate_used", (("queue", "limited"),))] == 2
+    assert ("pgqueue_queue_rate_limit", (("queue", plain["queue"]),)) not in samples
