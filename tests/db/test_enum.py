@@ -65,3 +65,31 @@ def test_is_terminal_matches_what_the_database_accepts(
     with pytest.raises(psycopg.errors.CheckViolation) as exc:
         conn.execute(sql, (status.value, "now" if not status.is_terminal else None))
     assert exc.value.diag.constraint_name == "jobs_terminal_iff_completed_at"
+
+
+def test_python_batch_status_equals_the_database_enum_in_values_and_order(conn: Conn) -> None:
+    labels = [
+        r["enumlabel"]
+        for r in rows(
+            conn,
+            """SELECT e.enumlabel
+                 FROM pg_enum e
+                 JOIN pg_type t ON t.oid = e.enumtypid
+                 JOIN pg_namespace n ON n.oid = t.typnamespace
+                WHERE n.nspname = 'pgqueue' AND t.typname = 'batch_status'
+                ORDER BY e.enumsortorder""",
+        )
+    ]
+    assert [s.value for s in pgqueue.BatchStatus] == labels
+
+
+def test_batch_final_statuses_equal_those_of_the_final_iff_completed_at_constraint(
+    conn: Conn,
+) -> None:
+    definition = rows(
+        conn,
+        "SELECT pg_get_constraintdef(oid) AS d FROM pg_constraint"
+        " WHERE conname = 'batches_final_iff_completed_at'",
+    )[0]["d"]
+    named = set(re.findall(r"'(\w+)'", definition))
+    assert named == {s.value for s in pgqueue.BatchStatus if s.is_final}
