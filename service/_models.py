@@ -37,13 +37,18 @@ def decode_cursor(kind: str, cursor: str) -> str:
     return key
 
 
-def job_cursor_id(cursor: str | None) -> int | None:
+def id_cursor(kind: str, cursor: str | None) -> int | None:
+    """The id inside a ``kind`` cursor (None for no cursor); ``ValueError`` otherwise."""
     if cursor is None:
         return None
-    key = decode_cursor("job", cursor)
+    key = decode_cursor(kind, cursor)
     if not key.isdigit() or not 1 <= int(key) <= MAX_BIGINT:
         raise ValueError("not a cursor returned by this endpoint")
     return int(key)
+
+
+def job_cursor_id(cursor: str | None) -> int | None:
+    return id_cursor("job", cursor)
 
 
 # -- parameters --------------------------------------------------------------------------
@@ -286,12 +291,7 @@ class BatchPath(_Params):
 
 
 def batch_cursor_id(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    key = decode_cursor("batch", cursor)
-    if not key.isdigit() or not 1 <= int(key) <= MAX_BIGINT:
-        raise ValueError("not a cursor returned by this endpoint")
-    return int(key)
+    return id_cursor("batch", cursor)
 
 
 class BatchListQuery(Page):
@@ -345,12 +345,7 @@ class BatchPage(BaseModel):
 
 
 def progress_cursor_id(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    key = decode_cursor("progress", cursor)
-    if not key.isdigit() or not 1 <= int(key) <= MAX_BIGINT:
-        raise ValueError("not a cursor returned by this endpoint")
-    return int(key)
+    return id_cursor("progress", cursor)
 
 
 class ProgressQuery(Page):
