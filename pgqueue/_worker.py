@@ -299,9 +299,7 @@ class Worker:
             finally:
                 await self._drain()
         finally:
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await _stop_tasks(helpers)
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     self._loop.remove_signal_handler(sig)
@@ -414,8 +412,7 @@ class Worker:
                     sleep = _jitter(settings.poll_interval)
                     if not rows or self._rate_limited is not False:
                         sleep = min(sleep, await self._rate_wait())
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), sleep)
+                    await _wait(self._wakeup, sleep)
             except Exception:
                 if self._stopping:
                     return
@@ -717,8 +714,11 @@ class Worker:
                 continue
             try:
                 # Bounded, so a hung connection cannot hold back the next beat.
-                rows = await asyncio.wait_for(
-                    self._call(
+                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a
+                # cancel that arrives as the call completes, and this loop would
+                # then outlive the worker's shutdown.)
+                async with asyncio.timeout(settings.heartbeat_interval):
+                    rows = await self._call(
                         "heartbeat",
                         {
                             "worker_id": self.worker_id,
@@ -726,9 +726,7 @@ class Worker:
                             "attempts": [lease.attempt for lease in leases],
                         },
                         give_up=settings.heartbeat_interval,
-                    ),
-                    timeout=settings.heartbeat_interval,
-                )
+                    )
             except Exception as exc:
                 log.warning(
                     "heartbeat failed (%s); none for %.0fs", exc, time.monotonic() - self._last_beat
@@ -955,8 +953,7 @@ class Worker:
             and not self._hard_stop
         ):
             self._slot_freed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_freed.wait(), 0.1)
+            await _wait(self._slot_freed, 0.1)
         for lease in list(self._leases.values()):
             if not lease.finished and lease.body is not None:
                 # Async bodies are cancelled; a thread cannot be interrupted, so
@@ -979,6 +976,41 @@ class Worker:
             await self._report(
                 lease, "release", {"run_in": timedelta(seconds=THREAD_RELEASE_DELAY)}
             )
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for ``event`` at most ``timeout`` seconds; whether it was set."""
+    if math.isinf(timeout):
+        await event.wait()
+        return True
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _stop_tasks(tasks: Sequence[asyncio.Task[Any]], within: float = 5.0) -> None:
+    """Cancel ``tasks`` and wait until they have ended, cancelling again any
+    that swallowed a cancel (Python 3.11's ``asyncio.wait_for`` can), so a
+    stopping worker never waits forever on a background loop. Tasks still
+    running after ``within`` seconds are logged and left behind."""
+    pending = {task for task in tasks if not task.done()}
+    deadline = time.monotonic() + within
+    while pending and time.monotonic() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    if pending:
+        log.error(
+            "background tasks did not stop within %.0fs: %s",
+            within,
+            ", ".join(sorted(task.get_name() for task in pending)),
+        )
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
 
 def _resident_mib() -> float | None:
