@@ -566,8 +566,8 @@ BEGIN
                    started_at = COALESCE(j.started_at, GREATEST(ts.now, j.created_at)),
                    leased_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at),
                    heartbeat_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at)
-              FROM candidates, ts
-             WHERE j.id = candidates.id
+              FROM ts
+             WHERE j.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
             RETURNING j.*
         ),
         counted AS (
@@ -641,8 +641,8 @@ BEGIN
                started_at = COALESCE(j.started_at, GREATEST(ts.now, j.created_at)),
                leased_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at),
                heartbeat_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at)
-          FROM candidates, ts
-         WHERE j.id = candidates.id
+          FROM ts
+         WHERE j.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
         RETURNING j.*;
     END IF;
 END $$;
@@ -654,7 +654,10 @@ END $$;
 -- A lease missing from the result was lost (rescued, cancelled or timed out)
 -- and its task must stop.
 CREATE OR REPLACE FUNCTION pgqueue.heartbeat(p_worker_id text, p_ids bigint[], p_attempts integer[])
-RETURNS TABLE (id bigint, attempt integer, refreshed boolean) LANGUAGE sql AS $$
+RETURNS TABLE (id bigint, attempt integer, refreshed boolean) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     WITH ts AS (SELECT clock_timestamp() AS now),
     leases AS (
         SELECT * FROM unnest(p_ids, p_attempts) AS l(id, attempt)
@@ -681,13 +684,13 @@ RETURNS TABLE (id bigint, attempt integer, refreshed boolean) LANGUAGE sql AS $$
      WHERE NOT EXISTS (SELECT 1 FROM beat WHERE beat.id = l.id)
        AND EXISTS (SELECT 1 FROM pgqueue.jobs j
                     WHERE j.id = l.id AND j.attempts = l.attempt
-                      AND j.status = 'running' AND j.worker_id = p_worker_id)
-$$;
+                      AND j.status = 'running' AND j.worker_id = p_worker_id);
+END $$;
 
 -- progress: record a running job's progress (clamped to 0..100) and message
 -- under its lease, and append it to the job's progress history, which keeps
 -- the newest p_history_limit reports (0: none). The change is announced on
--- pgqueue_job by the notify_changed trigger.
+-- pgqueue_job by the jobs_changed trigger.
 CREATE OR REPLACE FUNCTION pgqueue.progress(
     p_id            bigint,
     p_attempt       integer,
@@ -732,8 +735,13 @@ END $$;
 -- leases that were applied; a missing one was stale and its result refused.
 -- started_at is filled with COALESCE and completed_at clamped with GREATEST
 -- in the same UPDATE, so completed_at >= started_at >= created_at always.
+-- (plpgsql, like heartbeat, so its plan is cached per session: it runs for
+-- every batch of completions.)
 CREATE OR REPLACE FUNCTION pgqueue.complete_many(p_ids bigint[], p_attempts integer[], p_results jsonb[])
-RETURNS TABLE (id bigint, attempt integer) LANGUAGE sql AS $$
+RETURNS TABLE (id bigint, attempt integer) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     WITH ts AS (SELECT clock_timestamp() AS now),
     input AS (
         SELECT * FROM unnest(p_ids, p_attempts, p_results) AS i(id, attempt, result)
@@ -763,8 +771,8 @@ RETURNS TABLE (id bigint, attempt integer) LANGUAGE sql AS $$
         SELECT done.id, done.attempts, done.worker_id, done.leased_at, done.completed_at, 'completed'
           FROM done
     )
-    SELECT done.id, done.attempts FROM done
-$$;
+    SELECT done.id, done.attempts FROM done;
+END $$;
 
 -- complete: finish one attempt successfully; raises PQ003 if the lease is stale.
 CREATE OR REPLACE FUNCTION pgqueue.complete(p_id bigint, p_attempt integer, p_result jsonb DEFAULT NULL)
@@ -1246,50 +1254,74 @@ BEGIN
     END IF;
 END $$;
 
--- Runs once per UPDATE or DELETE statement on jobs, with the statement's old
--- and new rows, and applies the children's moves batch by batch in id order
--- (so concurrent statements lock batch rows in the same order and never
--- deadlock on them).
-CREATE OR REPLACE FUNCTION pgqueue.batch_children_changed()
+-- Runs once per UPDATE statement on jobs, with the statement's old and new
+-- rows. It announces each job whose state or progress changed on
+-- pgqueue_job (and a running job's cancel on pgqueue_cancel, a job pending
+-- again on pgqueue_enqueue), then applies batch children's moves batch by
+-- batch in id order (so concurrent statements lock batch rows in the same
+-- order and never deadlock on them). One statement-level trigger instead of a
+-- row trigger per job: a claim or completion of 100 jobs runs it once.
+CREATE OR REPLACE FUNCTION pgqueue.jobs_changed()
 RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     d record;
 BEGIN
-    IF TG_OP = 'UPDATE' THEN
-        FOR d IN
-            SELECT o.batch_id, array_agg(o.status) AS was, array_agg(n.status) AS now,
-                   array_agg(n.id) AS ids
-              FROM old_jobs o JOIN new_jobs n ON n.id = o.id
-             WHERE o.batch_id IS NOT NULL AND o.status <> n.status
-             GROUP BY o.batch_id
-             ORDER BY o.batch_id
-        LOOP
-            PERFORM pgqueue.batch_apply(d.batch_id, d.was, d.now, d.ids);
-        END LOOP;
-    ELSE
-        FOR d IN
-            SELECT o.batch_id, array_agg(o.status) AS was,
-                   array_agg(NULL::pgqueue.job_status) AS now
-              FROM old_jobs o
-             WHERE o.batch_id IS NOT NULL
-             GROUP BY o.batch_id
-             ORDER BY o.batch_id
-        LOOP
-            PERFORM pgqueue.batch_apply(d.batch_id, d.was, d.now);
-        END LOOP;
-    END IF;
+    PERFORM pg_notify('pgqueue_job', json_build_object(
+                'id', n.id, 'status', n.status, 'progress', n.progress, 'queue', n.queue,
+                'owner', n.owner, 'batch_id', n.batch_id,
+                'message', left(n.progress_message, 200))::text),
+            CASE WHEN n.status = 'cancelled' AND o.status = 'running'
+                 THEN pg_notify('pgqueue_cancel', n.id::text) END,
+            CASE WHEN n.status = 'pending' AND o.status <> 'pending'
+                 THEN pg_notify('pgqueue_enqueue', n.queue) END
+       FROM old_jobs o JOIN new_jobs n ON n.id = o.id
+      WHERE o.status <> n.status OR o.progress <> n.progress
+         OR o.progress_message IS DISTINCT FROM n.progress_message;
+    FOR d IN
+        SELECT o.batch_id, array_agg(o.status) AS was, array_agg(n.status) AS now,
+               array_agg(n.id) AS ids
+          FROM old_jobs o JOIN new_jobs n ON n.id = o.id
+         WHERE o.batch_id IS NOT NULL AND o.status <> n.status
+         GROUP BY o.batch_id
+         ORDER BY o.batch_id
+    LOOP
+        PERFORM pgqueue.batch_apply(d.batch_id, d.was, d.now, d.ids);
+    END LOOP;
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER jobs_batch_counts_update
+-- Runs once per DELETE statement on jobs: deletes the jobs' attempts (the
+-- attempts table has no foreign key, so recording an attempt costs no
+-- per-row check; this is its ON DELETE CASCADE) and applies batch children's
+-- removal as jobs_changed applies their moves.
+CREATE OR REPLACE FUNCTION pgqueue.jobs_deleted()
+RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    d record;
+BEGIN
+    DELETE FROM pgqueue.attempts a USING old_jobs o WHERE a.job_id = o.id;
+    FOR d IN
+        SELECT o.batch_id, array_agg(o.status) AS was,
+               array_agg(NULL::pgqueue.job_status) AS now
+          FROM old_jobs o
+         WHERE o.batch_id IS NOT NULL
+         GROUP BY o.batch_id
+         ORDER BY o.batch_id
+    LOOP
+        PERFORM pgqueue.batch_apply(d.batch_id, d.was, d.now);
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER jobs_changed
     AFTER UPDATE ON pgqueue.jobs
     REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.batch_children_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.jobs_changed();
 
-CREATE TRIGGER jobs_batch_counts_delete
+CREATE TRIGGER jobs_deleted
     AFTER DELETE ON pgqueue.jobs
     REFERENCING OLD TABLE AS old_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.batch_children_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.jobs_deleted();
 
 -- pause_batch: its pending and retrying children are not claimed until
 -- resume_batch; running children finish normally. Children are flagged
@@ -1513,7 +1545,8 @@ BEGIN
     RETURN v_id;
 END $$;
 
--- Announcements. Channel pgqueue_enqueue (payload: queue name) wakes idle
+-- Announcements (sent by notify_enqueued below and by jobs_changed above).
+-- Channel pgqueue_enqueue (payload: queue name) wakes idle
 -- workers; pgqueue_job (payload: JSON id, status, progress, queue, owner,
 -- batch_id, message) reports every state or progress change; pgqueue_cancel
 -- (payload: job id) tells a worker that one of its running jobs was
@@ -1527,29 +1560,7 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE OR REPLACE FUNCTION pgqueue.notify_changed()
-RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('pgqueue_job', json_build_object(
-        'id', NEW.id, 'status', NEW.status, 'progress', NEW.progress, 'queue', NEW.queue,
-        'owner', NEW.owner, 'batch_id', NEW.batch_id,
-        'message', left(NEW.progress_message, 200))::text);
-    IF NEW.status = 'cancelled' AND OLD.status = 'running' THEN
-        PERFORM pg_notify('pgqueue_cancel', NEW.id::text);
-    ELSIF NEW.status = 'pending' AND OLD.status <> 'pending' THEN
-        PERFORM pg_notify('pgqueue_enqueue', NEW.queue);
-    END IF;
-    RETURN NULL;
-END $$;
-
 CREATE TRIGGER jobs_notify_enqueued
     AFTER INSERT ON pgqueue.jobs
     REFERENCING NEW TABLE AS new_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.notify_enqueued();
-
-CREATE TRIGGER jobs_notify_changed
-    AFTER UPDATE OF status, progress, progress_message ON pgqueue.jobs
-    FOR EACH ROW
-    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.progress IS DISTINCT FROM NEW.progress
-          OR OLD.progress_message IS DISTINCT FROM NEW.progress_message)
-    EXECUTE FUNCTION pgqueue.notify_changed();

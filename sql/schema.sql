@@ -131,9 +131,12 @@ CREATE UNIQUE INDEX jobs_dedupe_held_idx ON pgqueue.jobs (task, dedupe_key)
 CREATE INDEX jobs_dedupe_created_idx ON pgqueue.jobs (task, dedupe_key, created_at)
     WHERE dedupe_key IS NOT NULL;
 
--- One row per finished attempt: who ran it, when, and how it ended.
+-- One row per finished attempt: who ran it, when, and how it ended. Only the
+-- transition functions write it, each for the job row it just updated; job_id
+-- is not a foreign key (no per-row check on the hot path): the jobs_deleted
+-- trigger deletes a job's attempts with it.
 CREATE TABLE pgqueue.attempts (
-    job_id      bigint NOT NULL REFERENCES pgqueue.jobs (id) ON DELETE CASCADE,
+    job_id      bigint NOT NULL,
     attempt     integer NOT NULL,
     worker_id   text NOT NULL,
     started_at  timestamptz NOT NULL,

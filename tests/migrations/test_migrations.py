@@ -9,12 +9,15 @@
 - Revision 0004 (unique jobs, periodic ticks) does the same.
 - Revision 0005 (concurrency keys) does the same.
 - Revision 0006 (rate limits per queue) does the same, over a paused queue too.
+- Revision 0007 (the cheaper hot path) does the same; its jobs_deleted trigger
+  deletes a deleted job's attempts as the foreign key it replaces did.
 - pgqueue keeps its own version table and never touches an application's own
   ``alembic_version``.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -470,7 +473,7 @@ def test_migrate_is_idempotent(empty_db_dsn: str) -> None:
 def test_current_revision_reports_head(empty_db_dsn: str) -> None:
     assert pgqueue.current_revision(empty_db_dsn) is None
     head = pgqueue.head_revision()
-    assert head == "0006"  # the latest frozen revision in migrations/versions
+    assert head == "0007"  # the latest frozen revision in migrations/versions
 
     _migrate.upgrade(empty_db_dsn, "0001")
     assert pgqueue.current_revision(empty_db_dsn) == "0001"
@@ -710,3 +713,74 @@ def test_rate_limit_downgrade_restores_the_0005_catalog(
     _migrate.upgrade(second_empty_db_dsn, "0005")
     a, b = catalog.snapshot(second_empty_db_dsn), catalog.snapshot(empty_db_dsn)
     assert a == b, "0006 downgrade differs from 0005:\n" + catalog.diff(a, b, "0005", "0006 down")
+
+
+def test_hot_path_revision_upgrades_jobs_of_every_state_and_downgrades_cleanly(
+    empty_db_dsn: str,
+) -> None:
+    dsn = empty_db_dsn
+    _migrate.upgrade(dsn, "0006")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ids = _seed_jobs(conn) | _seed_other_terminal_states(conn)
+        statuses = dict(conn.execute("SELECT id, status::text FROM pgqueue.jobs").fetchall())
+    assert set(statuses.values()) == {s.value for s in pgqueue.JobStatus}
+    before = _table_rows(dsn)
+
+    _migrate.upgrade(dsn, "0007")
+
+    assert _table_rows(dsn) == before, "upgrade to 0007 changed the job rows"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("LISTEN pgqueue_job")
+        # the old rows move on under the new functions, and are announced
+        done = conn.execute(
+            "SELECT id, attempt FROM pgqueue.complete_many(%s::bigint[], '{1}', '{1}')",
+            ([ids["running"]],),
+        ).fetchall()
+        assert done == [(ids["running"], 1)]
+        rows = conn.execute("SELECT id FROM pgqueue.claim('w', ARRAY['q-pending'], 5)").fetchall()
+        assert rows == [(ids["pending"],)]
+        announced = [json.loads(n.payload) for n in conn.notifies(timeout=1, stop_after=2)]
+        assert {(n["id"], n["status"]) for n in announced} == {
+            (ids["running"], "completed"),
+            (ids["pending"], "running"),
+        }
+        # deleting a job deletes its attempts, as ON DELETE CASCADE did
+        conn.execute("DELETE FROM pgqueue.jobs WHERE id = %s", (ids["running"],))
+        assert conn.execute(
+            "SELECT count(*) FROM pgqueue.attempts WHERE job_id = %s", (ids["running"],)
+        ).fetchone() == (0,)
+    upgraded = _table_rows(dsn)
+
+    _migrate.downgrade(dsn, "0006")
+
+    assert pgqueue.current_revision(dsn) == "0006"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        fk = conn.execute(
+            "SELECT count(*) FROM pg_constraint WHERE conname = 'attempts_job_id_fkey'"
+        ).fetchone()
+        assert fk == (1,)
+        new = conn.execute("SELECT pgqueue.enqueue('after-downgrade', p_queue => 'q-d')").fetchone()
+        assert new is not None
+        got = conn.execute(
+            "SELECT id, attempts FROM pgqueue.claim('w', ARRAY['q-d'], 5)"
+        ).fetchall()
+        assert got == [(new[0], 1)]
+        done = conn.execute(
+            "SELECT id FROM pgqueue.complete_many(%s::bigint[], '{1}', '{1}')", ([new[0]],)
+        ).fetchall()
+        assert done == [(new[0],)]
+    downgraded = _table_rows(dsn)
+    assert len(downgraded["jobs"]) == len(upgraded["jobs"]) + 1
+    pgqueue.migrate(dsn)
+    assert pgqueue.current_revision(dsn) == pgqueue.head_revision()
+
+
+def test_hot_path_downgrade_restores_the_0006_catalog(
+    empty_db_dsn: str, second_empty_db_dsn: str
+) -> None:
+    """Up to 0007 and back down gives exactly the catalog of a plain 0006."""
+    _migrate.upgrade(empty_db_dsn, "0007")
+    _migrate.downgrade(empty_db_dsn, "0006")
+    _migrate.upgrade(second_empty_db_dsn, "0006")
+    a, b = catalog.snapshot(second_empty_db_dsn), catalog.snapshot(empty_db_dsn)
+    assert a == b, "0007 downgrade differs from 0006:\n" + catalog.diff(a, b, "0006", "0007 down")
