@@ -59,6 +59,9 @@ log = logging.getLogger("pgqueue.worker")
 
 _MAX_ERROR_CHARS = 16_000
 
+CLAIM_GATHER = 0.002
+"""Seconds a busy worker waits for more free slots before a small claim."""
+
 OUTCOME_DEADLINE = 10.0
 """Seconds a stopping worker spends writing outcomes before giving up on them
 (their leases are then rescued)."""
@@ -214,6 +217,7 @@ class Worker:
         base = settings or WorkerSettings()
         self.settings = dataclasses.replace(base, **overrides) if overrides else base
         self._leases: dict[tuple[int, int], _Lease] = {}  # by (job id, attempt)
+        self._running = 0  # leases whose body has not ended
         self._completions: list[tuple[_Lease, Jsonb]] = []
         self._stopping = False
         self._hard_stop = False
@@ -388,13 +392,30 @@ class Worker:
             "lease_timeout": timedelta(seconds=settings.stale_after),
             "tasks": sorted(self.queue.tasks),
         }
+        gathered = False
         while not self._stopping:
+            # A slot is free once its body ended, even while its outcome waits in
+            # the completion batch, so the next claim overlaps the flush. Held
+            # leases stay bounded (twice the concurrency) if flushes fall behind.
             # Threads of stopped sync tasks still hold executor threads: count them.
-            free = settings.concurrency - len(self._leases) - self.abandoned_threads
+            free = (
+                min(
+                    settings.concurrency - self._running,
+                    2 * settings.concurrency - len(self._leases),
+                )
+                - self.abandoned_threads
+            )
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
+            if free < settings.concurrency // 2 and self._running and not gathered:
+                # Busy: let a few more bodies end first, so one claim fills many
+                # slots (a claim of 50 jobs costs little more than a claim of 1).
+                gathered = True
+                await asyncio.sleep(CLAIM_GATHER)
+                continue
+            gathered = False
             self._wakeup.clear()
             retries, claim_started = self._claim_retries, time.monotonic()
             try:
@@ -469,6 +490,7 @@ class Worker:
         )
         lease = _Lease(job_id, attempt, task_name, ctx, timeout)
         self._leases[lease.key] = lease
+        self._running += 1
         runner = asyncio.create_task(self._execute(lease), name=f"pgqueue-job-{job_id}")
         self._outcomes_pending.add(runner)
         runner.add_done_callback(self._outcomes_pending.discard)
@@ -611,7 +633,10 @@ class Worker:
 
     def _finish(self, lease: _Lease) -> None:
         """The body ended: free its slot (the lease stays until its outcome is written)."""
+        if lease.finished:
+            return
         lease.finished = True
+        self._running -= 1
         self.jobs_done += 1
         self._slot_freed.set()
 
