@@ -630,6 +630,8 @@ class Worker:
         """Forget a lease whose outcome is written (or refused)."""
         self._leases.pop(lease.key, None)
         self._slot_freed.set()
+        if not self._leases:
+            self._wakeup.set()  # an idle check (until_idle) may be waiting on it
 
     def _finish(self, lease: _Lease) -> None:
         """The body ended: free its slot (the lease stays until its outcome is written)."""
