@@ -1,5 +1,7 @@
 -- Named queries used by the pgqueue library. Each starts with "-- name: NAME"
 -- and is loaded by pgqueue/_sql.py; library code never assembles SQL text.
+-- Array parameters of the bulk queries use %(name)b: sent in binary, they
+-- skip the text format's per-element quoting (about a fifth of a bulk enqueue).
 -- Transitions are calls to the stored functions in functions.sql.
 
 -- name: enqueue
@@ -10,15 +12,15 @@ SELECT pgqueue.enqueue(%(task)s::text, %(args)s::jsonb, %(queue)s::text, %(prior
                        %(concurrency_key)s::text, %(concurrency_limit)s::int) AS id
 
 -- name: enqueue_many
-SELECT id FROM pgqueue.enqueue_many(%(tasks)s::text[], %(args)s::jsonb[], %(queues)s::text[],
-                                    %(priorities)s::int[], %(run_ats)s::timestamptz[],
-                                    %(max_attempts)s::int[], %(timeouts)s::interval[],
-                                    %(owners)s::text[], %(metadata)s::jsonb[],
-                                    p_dedupe_keys => %(dedupe_keys)s::text[],
-                                    p_dedupe_scopes => %(dedupe_scopes)s::text[],
-                                    p_dedupe_windows => %(dedupe_windows)s::interval[],
-                                    p_concurrency_keys => %(concurrency_keys)s::text[],
-                                    p_concurrency_limits => %(concurrency_limits)s::int[]) AS id
+SELECT id FROM pgqueue.enqueue_many(%(tasks)b::text[], %(args)b::jsonb[], %(queues)b::text[],
+                                    %(priorities)b::int[], %(run_ats)b::timestamptz[],
+                                    %(max_attempts)b::int[], %(timeouts)b::interval[],
+                                    %(owners)b::text[], %(metadata)b::jsonb[],
+                                    p_dedupe_keys => %(dedupe_keys)b::text[],
+                                    p_dedupe_scopes => %(dedupe_scopes)b::text[],
+                                    p_dedupe_windows => %(dedupe_windows)b::interval[],
+                                    p_concurrency_keys => %(concurrency_keys)b::text[],
+                                    p_concurrency_limits => %(concurrency_limits)b::int[]) AS id
 
 -- name: claim
 SELECT id, task, args, queue, attempts, max_attempts,
@@ -28,7 +30,7 @@ SELECT id, task, args, queue, attempts, max_attempts,
 
 -- name: heartbeat
 SELECT id, attempt, refreshed
-  FROM pgqueue.heartbeat(%(worker_id)s::text, %(ids)s::bigint[], %(attempts)s::int[])
+  FROM pgqueue.heartbeat(%(worker_id)s::text, %(ids)b::bigint[], %(attempts)b::int[])
 
 -- name: held_by_worker
 SELECT id, attempts
@@ -41,7 +43,7 @@ SELECT pgqueue.progress(%(id)s::bigint, %(attempt)s::int, %(pct)s::numeric, %(me
                         %(history)s::int) AS progress
 
 -- name: complete_many
-SELECT id, attempt FROM pgqueue.complete_many(%(ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[])
+SELECT id, attempt FROM pgqueue.complete_many(%(ids)b::bigint[], %(attempts)b::int[], %(results)b::jsonb[])
 
 -- name: fail
 SELECT pgqueue.fail(%(id)s::bigint, %(attempt)s::int, %(error)s::text, %(retryable)s::boolean,
@@ -131,10 +133,10 @@ SELECT count(*) AS n
             AND NOT EXISTS (SELECT 1 FROM pgqueue.queues q WHERE q.name = j.queue AND q.paused)))
 
 -- name: enqueue_batch
-SELECT pgqueue.enqueue_batch(%(tasks)s::text[], %(args)s::jsonb[], %(queues)s::text[],
-                             %(priorities)s::int[], %(run_ats)s::timestamptz[],
-                             %(max_attempts)s::int[], %(timeouts)s::interval[],
-                             %(metadata)s::jsonb[], %(owner)s::text, %(batch_metadata)s::jsonb,
+SELECT pgqueue.enqueue_batch(%(tasks)b::text[], %(args)b::jsonb[], %(queues)b::text[],
+                             %(priorities)b::int[], %(run_ats)b::timestamptz[],
+                             %(max_attempts)b::int[], %(timeouts)b::interval[],
+                             %(metadata)b::jsonb[], %(owner)s::text, %(batch_metadata)s::jsonb,
                              %(on_complete)s::jsonb) AS id
 
 -- name: get_batch
