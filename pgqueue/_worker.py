@@ -70,6 +70,9 @@ THREAD_RELEASE_DELAY = 2.0
 """Seconds before a job whose sync thread could not be stopped at shutdown
 becomes claimable again."""
 
+VACUUM_MIN_DEAD = 10_000
+"""Dead rows a pgqueue table must hold before a worker VACUUMs it."""
+
 PRUNE_CHUNK = 1000
 """Finished jobs deleted per retention statement (each a short transaction)."""
 
@@ -131,6 +134,13 @@ class WorkerSettings:
     """Seconds a job that ended any other way is kept (errors are kept longer)."""
     prune_interval: float = 60.0
     """Seconds between retention passes (one worker at a time); 0 disables them."""
+    vacuum_interval: float = 5.0
+    """Seconds between checks of pgqueue's tables for dead rows; one worker at a
+    time VACUUMs those with at least ``VACUUM_MIN_DEAD`` (and a tenth of their
+    live rows). Every claim, completion and prune leaves dead row versions, and
+    autovacuum visits a database about once a minute: under heavy load the table
+    would bloat in between and claims slow down. 0 leaves it all to autovacuum
+    (a role that does not own the tables is left to it anyway)."""
     periodic_interval: float = 5.0
     """Longest sleep of the periodic scheduler between passes (it wakes at each
     due tick anyway, by the database's clock); 0 disables it in this worker."""
@@ -168,6 +178,7 @@ class WorkerSettings:
             "retain_completed",
             "retain_failed",
             "prune_interval",
+            "vacuum_interval",
             "periodic_interval",
             "max_memory_mb",
         ):
@@ -291,6 +302,8 @@ class Worker:
         ]
         if self.settings.prune_interval > 0:
             helpers.append(asyncio.create_task(self._prune_loop(), name="pgqueue-prune"))
+        if self.settings.vacuum_interval > 0:
+            helpers.append(asyncio.create_task(self._vacuum_loop(), name="pgqueue-vacuum"))
         if self.settings.periodic_interval > 0 and self.queue.periodic_tasks:
             helpers.append(asyncio.create_task(self._periodic_loop(), name="pgqueue-periodic"))
         if self.settings.max_memory_mb > 0:
@@ -856,6 +869,50 @@ class Worker:
                 log.debug("retention pass skipped: %s", exc)
             if total:
                 log.info("pruned %d finished jobs", total)
+
+    async def _vacuum_loop(self) -> None:
+        """VACUUM pgqueue's tables when they hold many dead rows (see
+        ``WorkerSettings.vacuum_interval``), on a connection of its own: VACUUM
+        cannot run in a transaction and may take a while."""
+        params = {"min_dead": VACUUM_MIN_DEAD, "fraction": 0.1}
+        while True:
+            await asyncio.sleep(_jitter(self.settings.vacuum_interval))
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.queue.dsn, autocommit=True, connect_timeout=5
+                )
+                async with conn:
+                    if not await self._vacuum_pass(conn, params):
+                        log.info(
+                            "this role does not own pgqueue's tables: vacuuming is left "
+                            "to autovacuum"
+                        )
+                        return
+            except psycopg.Error as exc:
+                log.warning("vacuum pass skipped: %s", str(exc).strip()[:200])
+
+    async def _vacuum_pass(
+        self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any]
+    ) -> bool:
+        """One check (and VACUUM if needed) under the vacuum lock; False if this
+        role may not vacuum the tables."""
+        cur = await conn.execute(query("vacuum_lock"))
+        row = await cur.fetchone()
+        if not (row and row[0]):
+            return True  # another worker is at it
+        cur = await conn.execute(query("vacuum_candidates"), params)
+        rows = await cur.fetchall()
+        if rows and not all(owned for _, _, owned in rows):
+            return False
+        if rows:
+            started = time.monotonic()
+            await conn.execute(query("vacuum"))
+            log.info(
+                "vacuumed pgqueue tables (%s dead rows) in %.2fs",
+                ", ".join(f"{name}: {dead:,}" for name, dead, _ in rows),
+                time.monotonic() - started,
+            )
+        return True
 
     async def _periodic_loop(self) -> None:
         """The scheduler: enqueue due ticks, then sleep until the next one (by

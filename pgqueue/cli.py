@@ -155,6 +155,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         retain_completed=args.retain_completed,
         retain_failed=args.retain_failed,
         prune_interval=args.prune_interval,
+        vacuum_interval=args.vacuum_interval,
         periodic_interval=args.periodic_interval,
         max_memory_mb=args.max_memory,
     )
@@ -639,6 +640,12 @@ async def cmd_token(args: argparse.Namespace) -> int:
 async def cmd_bench(args: argparse.Namespace) -> int:
     from ._bench import run_bench
 
+    if args.sustained is not None:
+        from ._bench_sustained import run_sustained
+
+        return await run_sustained(
+            _connect.resolve_dsn(args.dsn), args.sustained, as_json=args.json
+        )
     return await run_bench(
         dsn=args.dsn, jobs=args.jobs, as_json=args.json, quick=args.quick, backlog=args.backlog
     )
@@ -729,6 +736,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--prune-interval", type=float, default=60.0, help="retention pass every (60 s; 0: off)"
+    )
+    p.add_argument(
+        "--vacuum-interval",
+        type=float,
+        default=5.0,
+        help="VACUUM pgqueue's tables when full of dead rows, checked every (5 s; 0: off)",
     )
     p.add_argument(
         "--periodic-interval",
@@ -911,6 +924,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small runs: a smoke test, not figures")
     p.add_argument(
         "--backlog", action="store_true", help="also drain 10k jobs from 10k and 1M backlogs"
+    )
+    p.add_argument(
+        "--sustained",
+        type=int,
+        metavar="N",
+        help="instead: N jobs through one worker with retention on (throughput, sizes)",
     )
     json_option(p)
 

@@ -193,6 +193,20 @@ SELECT id, job_id, attempt, at, pct, message
  ORDER BY id
  LIMIT %(limit)s::int
 
+-- name: vacuum_lock
+SELECT pg_try_advisory_lock(hashtext('pgqueue.vacuum')) AS locked
+
+-- name: vacuum_candidates
+SELECT s.relname::text AS name, s.n_dead_tup AS dead,
+       pg_has_role(c.relowner, 'USAGE') AS owned
+  FROM pg_stat_user_tables s
+  JOIN pg_class c ON c.oid = s.relid
+ WHERE s.schemaname = 'pgqueue' AND s.relname IN ('jobs', 'attempts', 'progress_history')
+   AND s.n_dead_tup >= GREATEST(%(min_dead)s::bigint, %(fraction)s::float8 * s.n_live_tup)
+
+-- name: vacuum
+VACUUM pgqueue.jobs, pgqueue.attempts, pgqueue.progress_history
+
 -- name: prune
 SELECT pgqueue.prune(%(completed_after)s::interval, %(failed_after)s::interval, %(limit)s::int) AS deleted
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -425,3 +426,76 @@ async def test_table_stays_bounded_under_steady_load_with_zero_retention(
             await eventually(emptied, what="every finished job and batch to be pruned")
             assert count(conn, "attempts") == 0 and count(conn, "progress_history") == 0
     assert 0 < peak <= 41  # never more than one round's worth of rows
+
+
+# -- vacuum ------------------------------------------------------------------------------------
+
+
+def vacuum_count(conn: Conn) -> int:
+    return int(
+        scalar(
+            conn,
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'pgqueue.jobs'::regclass",
+        )
+    )
+
+
+def make_dead_rows(conn: Conn, n: int) -> None:
+    """n dead row versions in pgqueue.jobs, reported to the statistics now."""
+    conn.execute(
+        "INSERT INTO pgqueue.jobs (task, queue)"
+        " SELECT 'dead', 'graveyard' FROM generate_series(1, %s)",
+        (n,),
+    )
+    conn.execute("DELETE FROM pgqueue.jobs WHERE queue = 'graveyard'")
+    conn.execute("SELECT pg_stat_force_next_flush()")
+
+
+async def test_worker_vacuums_the_jobs_table_once_it_is_full_of_dead_rows(
+    queue: pgqueue.Queue, conn: Conn
+) -> None:
+    """Claims, completions and prunes leave dead rows faster than autovacuum
+    (about once a minute) removes them; a worker VACUUMs once there are many."""
+    before = vacuum_count(conn)
+    async with running_worker(queue, vacuum_interval=0.2, prune_interval=0):
+        await asyncio.sleep(0.6)
+        assert vacuum_count(conn) == before, "vacuumed a table without many dead rows"
+        make_dead_rows(conn, 12_000)
+
+        async def vacuumed() -> bool:
+            return vacuum_count(conn) > before
+
+        await eventually(vacuumed, what="a worker to VACUUM pgqueue.jobs")
+    dead = scalar(
+        conn, "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'pgqueue.jobs'::regclass"
+    )
+    assert int(dead) < 12_000
+
+
+async def test_vacuum_off_leaves_dead_rows_to_autovacuum(queue: pgqueue.Queue, conn: Conn) -> None:
+    before = vacuum_count(conn)
+    async with running_worker(queue, vacuum_interval=0, prune_interval=0):
+        make_dead_rows(conn, 12_000)
+        await asyncio.sleep(1.0)
+    assert vacuum_count(conn) == before
+
+
+async def test_a_role_that_does_not_own_the_tables_leaves_vacuum_to_autovacuum(
+    queue: pgqueue.Queue, conn: Conn, db_dsn: str
+) -> None:
+    role = f"pgqueue_not_owner_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        make_dead_rows(conn, 12_000)
+        before = vacuum_count(conn)
+        worker = pgqueue.Worker(queue)
+        params = {"min_dead": 10_000, "fraction": 0.1}
+        other = await psycopg.AsyncConnection.connect(db_dsn, user=role, autocommit=True)
+        async with other:
+            assert await worker._vacuum_pass(other, params) is False
+        owner = await psycopg.AsyncConnection.connect(db_dsn, autocommit=True)
+        async with owner:
+            assert await worker._vacuum_pass(owner, params) is True
+        assert vacuum_count(conn) == before + 1
+    finally:
+        conn.execute(f"DROP ROLE {role}")
