@@ -7,6 +7,9 @@ The bench measures every queue the same way, inside its worker processes:
   ``$PGQUEUE_BENCH_OUT/<pid>.json`` at exit; jobs/s is the total count over
   (latest end - earliest start) across the processes, so process start-up
   and shutdown are excluded alike for all queues;
+- sustained load: with ``$PGQUEUE_BENCH_MARK`` = M, every M-th task start
+  is also recorded (``marks`` in the JSON), so throughput can be read per
+  stretch of the run;
 - latency: a task given ``sample`` appends ``sample wall-clock-time`` to
   ``$PGQUEUE_BENCH_OUT/stamps-<pid>.txt`` as its body starts; the bench
   compares it with the time it called enqueue (same machine, same clock).
@@ -23,10 +26,12 @@ import os
 import time
 
 _OUT = os.environ.get("PGQUEUE_BENCH_OUT")
+_MARK = int(os.environ.get("PGQUEUE_BENCH_MARK") or 0)
 
 _first: float | None = None
 _last = 0.0
 _count = 0
+_marks: list[float] = []
 
 
 def job(sample: int | None = None) -> None:
@@ -37,6 +42,8 @@ def job(sample: int | None = None) -> None:
         _first = now
     _last = now
     _count += 1
+    if _MARK and _count % _MARK == 0:
+        _marks.append(now)
     if sample is not None and _OUT:
         with open(os.path.join(_OUT, f"stamps-{os.getpid()}.txt"), "a") as f:
             f.write(f"{sample} {now!r}\n")
@@ -46,7 +53,7 @@ def _write() -> None:
     if _OUT and _count:
         path = os.path.join(_OUT, f"{os.getpid()}.json")
         with open(path, "w") as f:
-            json.dump({"first": _first, "last": _last, "count": _count}, f)
+            json.dump({"first": _first, "last": _last, "count": _count, "marks": _marks}, f)
 
 
 atexit.register(_write)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from pgqueue._bench_systems import SYSTEMS
 
 from .helpers import run_cli
@@ -47,3 +49,27 @@ def test_quick_bench_reports_every_row(pg_server: str) -> None:
     assert len(report["targets"]) == 7
     for target in report["targets"]:
         assert "met" in target or target["status"] == "peer not installed"
+
+
+def test_sustained_bench_reports_tenths_and_sizes(pg_server: str) -> None:
+    """The sustained mode end to end with a small N: every job runs once (the
+    probe's count is checked against N inside the bench), throughput comes per
+    tenth, and retention keeps the jobs table far below N rows."""
+    result = run_cli("bench", "--sustained", "20000", "--json", dsn=pg_server, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = result.json()
+    assert report["jobs"] == 20_000
+    tenths = report["jobs_per_s_by_tenth"]
+    assert len(tenths) == 10 and all(rate > 0 for rate in tenths)
+    # the tenths are rounded to whole jobs/s in the report
+    assert report["last_over_first"] == pytest.approx(tenths[-1] / tenths[0], rel=0.05)
+    assert isinstance(report["met"], bool)
+    sizes = report["sizes"]
+    assert sizes and all(s["jobs_heap_mib"] > 0 for s in sizes)
+    assert sizes[-1]["jobs_rows"] < 20_000  # retention ran: not every job is still there
+
+
+def test_sustained_bench_refuses_a_tiny_run(pg_server: str) -> None:
+    result = run_cli("bench", "--sustained", "500", dsn=pg_server, timeout=60)
+    assert result.returncode != 0
+    assert "--sustained needs at least 10,000 jobs" in result.stderr
