@@ -229,6 +229,7 @@ class Worker:
         self.settings = dataclasses.replace(base, **overrides) if overrides else base
         self._leases: dict[tuple[int, int], _Lease] = {}  # by (job id, attempt)
         self._running = 0  # leases whose body has not ended
+        self._until_idle = False
         self._completions: list[tuple[_Lease, Jsonb]] = []
         self._stopping = False
         self._hard_stop = False
@@ -312,6 +313,7 @@ class Worker:
             helpers.append(asyncio.create_task(self._listen_loop(), name="pgqueue-listen"))
         try:
             try:
+                self._until_idle = until_idle
                 await self._claim_loop(until_idle=until_idle)
             finally:
                 await self._drain()
@@ -643,8 +645,8 @@ class Worker:
         """Forget a lease whose outcome is written (or refused)."""
         self._leases.pop(lease.key, None)
         self._slot_freed.set()
-        if not self._leases:
-            self._wakeup.set()  # an idle check (until_idle) may be waiting on it
+        if self._until_idle and not self._leases:
+            self._wakeup.set()  # the idle check may be waiting for the last outcome
 
     def _finish(self, lease: _Lease) -> None:
         """The body ended: free its slot (the lease stays until its outcome is written)."""
