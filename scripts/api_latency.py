@@ -16,13 +16,12 @@ import asyncio
 import statistics
 import sys
 import time
-import uuid
 
 import aiohttp
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 import pgqueue
+from pgqueue._bench import _scratch as scratch_database
 from pgqueue_service import Settings, mint_token, running
 
 SECRET = "latency-" + "x" * 60
@@ -99,11 +98,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=500)
     args = parser.parse_args()
 
-    name = f"pgqueue_latency_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.dsn, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
-    dsn = make_conninfo(args.dsn, dbname=name)
-    try:
+    with scratch_database(args.dsn, "latency") as dsn:
         pgqueue.migrate(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(FILL, {"n": args.jobs})  # type: ignore[arg-type]
@@ -117,9 +112,6 @@ def main() -> int:
             f"{args.requests} sequential requests, schema {pgqueue.current_revision(dsn)}"
         )
         asyncio.run(run(dsn, args.jobs, args.requests))
-    finally:
-        with psycopg.connect(args.dsn, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
     return 0
 
 

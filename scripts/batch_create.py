@@ -12,12 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-import uuid
-
-import psycopg
-from psycopg.conninfo import make_conninfo
 
 import pgqueue
+from pgqueue._bench import _scratch as scratch_database
 
 
 async def run(dsn: str, children: int, runs: int) -> None:
@@ -51,19 +48,12 @@ def main() -> int:
     parser.add_argument("--children", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    name = f"pgqueue_batch_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.dsn, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
-    dsn = make_conninfo(args.dsn, dbname=name)
-    try:
+    with scratch_database(args.dsn, "batch") as dsn:
         pgqueue.migrate(dsn)
         print(
             f"enqueue_batch of {args.children:,} children, schema {pgqueue.current_revision(dsn)}"
         )
         asyncio.run(run(dsn, args.children, args.runs))
-    finally:
-        with psycopg.connect(args.dsn, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
     return 0
 
 

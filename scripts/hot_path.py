@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import uuid
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
 import pgqueue
 from pgqueue import _migrate
+from pgqueue._bench import _scratch as scratch_database
 
 CLAIM = (
     "SELECT id, attempts FROM pgqueue.claim(%s::text, %s::text[], %s::int,"
@@ -68,11 +67,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--revision", help="schema revision to measure (default: head)")
     args = parser.parse_args()
-    name = f"pgqueue_hot_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.dsn, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
-    dsn = make_conninfo(args.dsn, dbname=name)
-    try:
+    with scratch_database(args.dsn, "hot") as dsn:
         _migrate.upgrade(dsn, args.revision or "heads")
         with psycopg.connect(dsn, autocommit=True) as conn:
             rounds = [one_round(conn, args.jobs) for _ in range(args.rounds)]
@@ -82,9 +77,6 @@ def main() -> int:
             f"{rate:,.0f} jobs/s; claim(100) {claim_ms:.2f} ms, "
             f"complete_many(100) {complete_ms:.2f} ms (medians)"
         )
-    finally:
-        with psycopg.connect(args.dsn, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
     return 0
 
 
