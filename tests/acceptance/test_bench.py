@@ -54,7 +54,8 @@ def test_quick_bench_reports_every_row(pg_server: str) -> None:
 def test_sustained_bench_reports_tenths_and_sizes(pg_server: str) -> None:
     """The sustained mode end to end with a small N: every job runs once (the
     probe's count is checked against N inside the bench), throughput comes per
-    tenth, and retention keeps the jobs table far below N rows."""
+    tenth, and the sizes are sampled (the first sample is of the empty table;
+    a run this short ends before anything is old enough to prune)."""
     result = run_cli("bench", "--sustained", "20000", "--json", dsn=pg_server, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = result.json()
@@ -65,8 +66,10 @@ def test_sustained_bench_reports_tenths_and_sizes(pg_server: str) -> None:
     assert report["last_over_first"] == pytest.approx(tenths[-1] / tenths[0], rel=0.05)
     assert isinstance(report["met"], bool)
     sizes = report["sizes"]
-    assert sizes and all(s["jobs_heap_mib"] > 0 for s in sizes)
-    assert sizes[-1]["jobs_rows"] < 20_000  # retention ran: not every job is still there
+    assert len(sizes) >= 2 and sizes[0]["at_s"] < sizes[-1]["at_s"]
+    assert max(s["jobs_heap_mib"] for s in sizes) > 0
+    assert all(0 <= s["jobs_rows"] <= 20_000 for s in sizes)
+    assert sizes[-1]["jobs_rows"] > 0  # finished jobs are kept for 10 s
 
 
 def test_sustained_bench_refuses_a_tiny_run(pg_server: str) -> None:
