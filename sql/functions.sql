@@ -1318,6 +1318,17 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- Runs once per TRUNCATE of jobs: empties attempts as well. With the foreign
+-- key, TRUNCATE jobs failed unless attempts went with it; without this, a
+-- TRUNCATE ... RESTART IDENTITY would leave attempts whose ids new jobs reuse.
+-- (DELETE, not TRUNCATE: attempts may be in the same TRUNCATE statement.)
+CREATE OR REPLACE FUNCTION pgqueue.jobs_truncated()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM pgqueue.attempts;
+    RETURN NULL;
+END $$;
+
 CREATE TRIGGER jobs_changed
     AFTER UPDATE ON pgqueue.jobs
     REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
@@ -1327,6 +1338,10 @@ CREATE TRIGGER jobs_deleted
     AFTER DELETE ON pgqueue.jobs
     REFERENCING OLD TABLE AS old_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.jobs_deleted();
+
+CREATE TRIGGER jobs_truncated
+    AFTER TRUNCATE ON pgqueue.jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.jobs_truncated();
 
 -- pause_batch: its pending and retrying children are not claimed until
 -- resume_batch; running children finish normally. Children are flagged

@@ -7,13 +7,17 @@
 -- * One statement-level trigger per UPDATE (jobs_changed) announces changes
 --   and moves batch counters; it replaces the notify_changed row trigger.
 -- * attempts.job_id is no longer a foreign key; jobs_deleted deletes a
---   deleted job's attempts instead.
+--   deleted job's attempts instead, and jobs_truncated empties attempts when
+--   jobs is truncated.
 -- * complete_many and heartbeat find their rows by primary key, never by an
 --   index on status (which made them scan every running job of the fleet).
 -- * These functions run with jit = off: their plans are cached with the
 --   estimates of their first call (a trigger's transition table of 20,000
 --   rows, say), and JIT compiling a later 100-row call cost more than it.
 
+-- Both tables at once, in the order workers take them (jobs, then attempts),
+-- so a live worker's completion cannot deadlock with this migration.
+LOCK TABLE pgqueue.jobs, pgqueue.attempts IN ACCESS EXCLUSIVE MODE;
 ALTER TABLE pgqueue.attempts DROP CONSTRAINT attempts_job_id_fkey;
 DROP TRIGGER jobs_notify_changed ON pgqueue.jobs;
 DROP TRIGGER jobs_batch_counts_update ON pgqueue.jobs;
@@ -487,6 +491,17 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- Runs once per TRUNCATE of jobs: empties attempts as well. With the foreign
+-- key, TRUNCATE jobs failed unless attempts went with it; without this, a
+-- TRUNCATE ... RESTART IDENTITY would leave attempts whose ids new jobs reuse.
+-- (DELETE, not TRUNCATE: attempts may be in the same TRUNCATE statement.)
+CREATE OR REPLACE FUNCTION pgqueue.jobs_truncated()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM pgqueue.attempts;
+    RETURN NULL;
+END $$;
+
 CREATE TRIGGER jobs_changed
     AFTER UPDATE ON pgqueue.jobs
     REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
@@ -496,4 +511,8 @@ CREATE TRIGGER jobs_deleted
     AFTER DELETE ON pgqueue.jobs
     REFERENCING OLD TABLE AS old_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.jobs_deleted();
+
+CREATE TRIGGER jobs_truncated
+    AFTER TRUNCATE ON pgqueue.jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.jobs_truncated();
 

@@ -1,14 +1,19 @@
 -- pgqueue revision 0007, downgrade: back to revision 0006's hot path.
 -- Frozen with 0007_hot_path.sql.
 
+LOCK TABLE pgqueue.jobs, pgqueue.attempts IN ACCESS EXCLUSIVE MODE;
 DROP TRIGGER jobs_changed ON pgqueue.jobs;
 DROP TRIGGER jobs_deleted ON pgqueue.jobs;
+DROP TRIGGER jobs_truncated ON pgqueue.jobs;
 DROP FUNCTION pgqueue.jobs_changed();
 DROP FUNCTION pgqueue.jobs_deleted();
+DROP FUNCTION pgqueue.jobs_truncated();
 DROP FUNCTION pgqueue.heartbeat(text, bigint[], integer[]);
 DROP FUNCTION pgqueue.complete_many(bigint[], integer[], jsonb[]);
--- attempts of jobs deleted by hand while the trigger was off cannot exist:
--- jobs_deleted removed them with their job.
+-- Attempts whose job is gone (deleted while the triggers were disabled, or
+-- with session_replication_role = replica) would make the foreign key fail:
+-- they have nothing left to describe.
+DELETE FROM pgqueue.attempts a WHERE NOT EXISTS (SELECT 1 FROM pgqueue.jobs j WHERE j.id = a.job_id);
 ALTER TABLE pgqueue.attempts ADD CONSTRAINT attempts_job_id_fkey
     FOREIGN KEY (job_id) REFERENCES pgqueue.jobs (id) ON DELETE CASCADE;
 

@@ -749,6 +749,14 @@ def test_hot_path_revision_upgrades_jobs_of_every_state_and_downgrades_cleanly(
         assert conn.execute(
             "SELECT count(*) FROM pgqueue.attempts WHERE job_id = %s", (ids["running"],)
         ).fetchone() == (0,)
+        # an attempt whose job went while the triggers were off
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM pgqueue.jobs WHERE id = %s", (ids["dead_letter"],))
+        conn.execute("RESET session_replication_role")
+        orphans = conn.execute(
+            "SELECT count(*) FROM pgqueue.attempts WHERE job_id = %s", (ids["dead_letter"],)
+        ).fetchone()
+        assert orphans is not None and orphans[0] > 0
     upgraded = _table_rows(dsn)
 
     _migrate.downgrade(dsn, "0006")
@@ -771,8 +779,31 @@ def test_hot_path_revision_upgrades_jobs_of_every_state_and_downgrades_cleanly(
         assert done == [(new[0],)]
     downgraded = _table_rows(dsn)
     assert len(downgraded["jobs"]) == len(upgraded["jobs"]) + 1
+    # the orphaned attempts were dropped so the foreign key could come back
+    assert len(downgraded["attempts"]) == len(upgraded["attempts"]) - orphans[0] + 1
     pgqueue.migrate(dsn)
     assert pgqueue.current_revision(dsn) == pgqueue.head_revision()
+
+
+def test_truncating_jobs_empties_attempts_so_reused_ids_can_finish(db_dsn: str) -> None:
+    """Without the foreign key, TRUNCATE ... RESTART IDENTITY must not leave
+    attempts behind: new jobs get the old ids, and their attempts the old keys."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        first = conn.execute("SELECT pgqueue.enqueue('t', p_queue => 'trunc')").fetchone()
+        conn.execute("SELECT id FROM pgqueue.claim('w', ARRAY['trunc'], 1)")
+        conn.execute("SELECT pgqueue.complete(%s, 1, '1')", first)
+        conn.execute(
+            "TRUNCATE pgqueue.jobs, pgqueue.progress_history, pgqueue.batches"
+            " RESTART IDENTITY CASCADE"
+        )
+        assert conn.execute("SELECT count(*) FROM pgqueue.attempts").fetchone() == (0,)
+        again = conn.execute("SELECT pgqueue.enqueue('t', p_queue => 'trunc')").fetchone()
+        assert again == first
+        conn.execute("SELECT id FROM pgqueue.claim('w', ARRAY['trunc'], 1)")
+        conn.execute("SELECT pgqueue.complete(%s, 1, '1')", again)
+        # listing attempts too in the same TRUNCATE works as before
+        conn.execute("TRUNCATE pgqueue.attempts, pgqueue.jobs CASCADE")
+        assert conn.execute("SELECT count(*) FROM pgqueue.attempts").fetchone() == (0,)
 
 
 def test_hot_path_downgrade_restores_the_0006_catalog(
