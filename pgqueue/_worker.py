@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any, LiteralString
+from typing import Any, Literal, LiteralString
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -72,6 +72,9 @@ becomes claimable again."""
 
 VACUUM_MIN_DEAD = 10_000
 """Dead rows a pgqueue table must hold before a worker VACUUMs it."""
+
+VACUUM_MAX_BACKOFF = 300.0
+"""Longest wait between vacuum checks while dead rows cannot be removed."""
 
 PRUNE_CHUNK = 1000
 """Finished jobs deleted per retention statement (each a short transaction)."""
@@ -875,46 +878,72 @@ class Worker:
     async def _vacuum_loop(self) -> None:
         """VACUUM pgqueue's tables when they hold many dead rows (see
         ``WorkerSettings.vacuum_interval``), on a connection of its own: VACUUM
-        cannot run in a transaction and may take a while."""
+        cannot run in a transaction and may take a while. When a VACUUM could
+        not remove the dead rows (an old transaction or a replication slot
+        still needs them), the checks back off, up to VACUUM_MAX_BACKOFF."""
         params = {"min_dead": VACUUM_MIN_DEAD, "fraction": 0.1}
-        while True:
-            await asyncio.sleep(_jitter(self.settings.vacuum_interval))
+        delay = self.settings.vacuum_interval
+        while not self._stopping:
+            await asyncio.sleep(_jitter(delay))
+            if self._stopping:
+                return
             try:
                 conn = await psycopg.AsyncConnection.connect(
                     self.queue.dsn, autocommit=True, connect_timeout=5
                 )
                 async with conn:
-                    if not await self._vacuum_pass(conn, params):
-                        log.info(
-                            "this role does not own pgqueue's tables: vacuuming is left "
-                            "to autovacuum"
-                        )
-                        return
-            except psycopg.Error as exc:
+                    outcome = await self._vacuum_pass(conn, params)
+            except Exception as exc:
                 log.warning("vacuum pass skipped: %s", str(exc).strip()[:200])
+                continue
+            if outcome == "not owner":
+                log.info("this role does not own pgqueue's tables: vacuuming is left to autovacuum")
+                return
+            if outcome == "stuck":
+                delay = min(delay * 2, VACUUM_MAX_BACKOFF)
+                log.warning(
+                    "VACUUM left pgqueue's dead rows in place (an old transaction or a "
+                    "replication slot holds them back); next check in %.0fs",
+                    delay,
+                )
+            else:
+                delay = self.settings.vacuum_interval
 
     async def _vacuum_pass(
         self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any]
-    ) -> bool:
-        """One check (and VACUUM if needed) under the vacuum lock; False if this
-        role may not vacuum the tables."""
+    ) -> Literal["clean", "vacuumed", "stuck", "busy", "not owner"]:
+        """One check under the vacuum lock, and VACUUM of each table over the
+        threshold: ``vacuumed``, ``stuck`` (still over it afterwards), ``clean``
+        (nothing to do), ``busy`` (another worker holds the lock) or ``not
+        owner`` (this role may not vacuum them)."""
         cur = await conn.execute(query("vacuum_lock"))
         row = await cur.fetchone()
         if not (row and row[0]):
-            return True  # another worker is at it
-        cur = await conn.execute(query("vacuum_candidates"), params)
-        rows = await cur.fetchall()
-        if rows and not all(owned for _, _, owned in rows):
-            return False
-        if rows:
+            return "busy"
+        try:
+            # VACUUM must not be cut short by a statement_timeout of the DSN or role
+            await conn.execute(query("vacuum_session"))
+            cur = await conn.execute(query("vacuum_candidates"), params)
+            rows = await cur.fetchall()
+            if not rows:
+                return "clean"
+            if not all(owned for _, _, owned in rows):
+                return "not owner"
             started = time.monotonic()
-            await conn.execute(query("vacuum"))
+            for name, _, _ in rows:
+                await conn.execute(query(f"vacuum_{name}"))
             log.info(
-                "vacuumed pgqueue tables (%s dead rows) in %.2fs",
-                ", ".join(f"{name}: {dead:,}" for name, dead, _ in rows),
+                "vacuumed %s (dead rows before: %s) in %.2fs",
+                ", ".join(f"pgqueue.{name}" for name, _, _ in rows),
+                ", ".join(f"{dead:,}" for _, dead, _ in rows),
                 time.monotonic() - started,
             )
-        return True
+            cur = await conn.execute(query("vacuum_candidates"), params)
+            left = {name for name, _, _ in await cur.fetchall()}
+            return "stuck" if left & {name for name, _, _ in rows} else "vacuumed"
+        finally:
+            # explicit: behind a pooler, closing the connection may not end the session
+            await conn.execute(query("vacuum_unlock"))
 
     async def _periodic_loop(self) -> None:
         """The scheduler: enqueue due ticks, then sleep until the next one (by

@@ -196,6 +196,12 @@ SELECT id, job_id, attempt, at, pct, message
 -- name: vacuum_lock
 SELECT pg_try_advisory_lock(hashtext('pgqueue.vacuum')) AS locked
 
+-- name: vacuum_unlock
+SELECT pg_advisory_unlock(hashtext('pgqueue.vacuum')) AS unlocked
+
+-- name: vacuum_session
+SET statement_timeout = 0
+
 -- name: vacuum_candidates
 SELECT s.relname::text AS name, s.n_dead_tup AS dead,
        pg_has_role(c.relowner, 'USAGE') AS owned
@@ -203,9 +209,19 @@ SELECT s.relname::text AS name, s.n_dead_tup AS dead,
   JOIN pg_class c ON c.oid = s.relid
  WHERE s.schemaname = 'pgqueue' AND s.relname IN ('jobs', 'attempts', 'progress_history')
    AND s.n_dead_tup >= GREATEST(%(min_dead)s::bigint, %(fraction)s::float8 * s.n_live_tup)
+ ORDER BY s.relname
 
--- name: vacuum
-VACUUM pgqueue.jobs, pgqueue.attempts, pgqueue.progress_history
+-- name: vacuum_attempts
+-- Plain VACUUM, without its final truncation of empty pages at the end of the
+-- table (that step takes an ACCESS EXCLUSIVE lock, replayed on standbys); the
+-- space is reused by new rows instead.
+VACUUM (TRUNCATE false) pgqueue.attempts
+
+-- name: vacuum_jobs
+VACUUM (TRUNCATE false) pgqueue.jobs
+
+-- name: vacuum_progress_history
+VACUUM (TRUNCATE false) pgqueue.progress_history
 
 -- name: prune
 SELECT pgqueue.prune(%(completed_after)s::interval, %(failed_after)s::interval, %(limit)s::int) AS deleted
