@@ -34,6 +34,7 @@ RETAIN = 10.0
 PRUNE_EVERY = 2.0
 SAMPLE_EVERY = 5.0
 GOAL = 0.8  # last tenth's jobs/s over the first tenth's
+DEADLINE = 3600.0  # seconds a whole run may take
 
 _SIZES = """
 SELECT pg_relation_size('pgqueue.jobs'), pg_indexes_size('pgqueue.jobs'),
@@ -58,12 +59,26 @@ def _sample(conn: psycopg.Connection[Any], started: float) -> dict[str, float]:
     }
 
 
-async def _produce(dsn: str, total: int, samples: list[dict[str, float]], started: float) -> None:
+def _check_alive(worker: subprocess.Popen[bytes], started: float) -> None:
+    if worker.poll() is not None:
+        raise RuntimeError(f"the sustained worker exited ({worker.returncode})")
+    if time.monotonic() - started > DEADLINE:
+        raise RuntimeError(f"the sustained run did not finish within {DEADLINE:.0f}s")
+
+
+async def _produce(
+    dsn: str,
+    total: int,
+    samples: list[dict[str, float]],
+    started: float,
+    worker: subprocess.Popen[bytes],
+) -> None:
     client = await Pgqueue().client(dsn)
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             enqueued, next_sample = 0, 0.0
             while enqueued < total:
+                _check_alive(worker, started)
                 if time.monotonic() >= next_sample:
                     samples.append(_sample(conn, started))
                     next_sample = time.monotonic() + SAMPLE_EVERY
@@ -75,6 +90,7 @@ async def _produce(dsn: str, total: int, samples: list[dict[str, float]], starte
                 await client.enqueue_many(chunk)
                 enqueued += chunk
             while True:  # the worker finishes the backlog
+                _check_alive(worker, started)
                 if time.monotonic() >= next_sample:
                     samples.append(_sample(conn, started))
                     next_sample = time.monotonic() + SAMPLE_EVERY
@@ -122,7 +138,10 @@ async def run_sustained(server: str, total: int, *, as_json: bool) -> int:
         samples: list[dict[str, float]] = []
         started = time.monotonic()
         try:
-            await _produce(dsn, total, samples, started)
+            try:
+                await _produce(dsn, total, samples, started, worker)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}: {_tail(log_path)}") from None
         finally:
             _stop(worker)
         elapsed = time.monotonic() - started
