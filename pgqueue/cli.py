@@ -338,7 +338,20 @@ async def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     return _print_status(args, status, f"job {args.id} is {status.value}")
 
 
+def _check_queues_arguments(args: argparse.Namespace) -> None:
+    """Refuse what an action does not take, rather than ignore it."""
+    if args.action == "limit":
+        return
+    if args.limit is not None or args.off or args.per != 1.0:
+        raise CommandError(f"queues {args.action} takes no N, --per or --off (those are for limit)")
+    if args.action == "list" and args.name:
+        raise CommandError(
+            f"queues list takes no queue name (to pause it: queues pause {args.name})"
+        )
+
+
 async def cmd_queues(args: argparse.Namespace) -> int:
+    _check_queues_arguments(args)
     queue = _queue(args)
     try:
         if args.action in ("pause", "resume"):
