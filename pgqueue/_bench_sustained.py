@@ -77,27 +77,23 @@ async def _produce(
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             enqueued, next_sample = 0, 0.0
-            while enqueued < total:
+            while True:
                 _check_alive(worker, started)
                 if time.monotonic() >= next_sample:
                     samples.append(_sample(conn, started))
                     next_sample = time.monotonic() + SAMPLE_EVERY
                 row = conn.execute(_UNFINISHED).fetchone()
-                if row is not None and row[0] > BACKLOG:
+                unfinished = row[0] if row is not None else 0
+                if enqueued == total:  # the worker finishes the backlog
+                    if unfinished == 0:
+                        break
+                    await asyncio.sleep(0.2)
+                elif unfinished > BACKLOG:
                     await asyncio.sleep(0.05)
-                    continue
-                chunk = min(ENQUEUE_CHUNK * 5, total - enqueued)
-                await client.enqueue_many(chunk)
-                enqueued += chunk
-            while True:  # the worker finishes the backlog
-                _check_alive(worker, started)
-                if time.monotonic() >= next_sample:
-                    samples.append(_sample(conn, started))
-                    next_sample = time.monotonic() + SAMPLE_EVERY
-                row = conn.execute(_UNFINISHED).fetchone()
-                if row is not None and row[0] == 0:
-                    break
-                await asyncio.sleep(0.2)
+                else:
+                    chunk = min(ENQUEUE_CHUNK * 5, total - enqueued)
+                    await client.enqueue_many(chunk)
+                    enqueued += chunk
             samples.append(_sample(conn, started))
     finally:
         await client.close()

@@ -317,7 +317,7 @@ class Worker:
         try:
             try:
                 self._until_idle = until_idle
-                await self._claim_loop(until_idle=until_idle)
+                await self._claim_loop()
             finally:
                 await self._drain()
         finally:
@@ -402,7 +402,7 @@ class Worker:
 
     # -- claiming ----------------------------------------------------------------------
 
-    async def _claim_loop(self, *, until_idle: bool) -> None:
+    async def _claim_loop(self) -> None:
         settings = self.settings
         params: dict[str, Any] = {
             "worker_id": self.worker_id,
@@ -446,7 +446,7 @@ class Worker:
                     await self._release_orphans(time.monotonic() - claim_started)
                 if len(rows) < free:
                     idle = not rows and not self._leases and not self._completions
-                    if until_idle and idle and not await self._has_unfinished():
+                    if self._until_idle and idle and not await self._has_unfinished():
                         return
                     sleep = _jitter(settings.poll_interval)
                     if not rows or self._rate_limited is not False:

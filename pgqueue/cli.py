@@ -342,7 +342,7 @@ def _check_queues_arguments(args: argparse.Namespace) -> None:
     """Refuse what an action does not take, rather than ignore it."""
     if args.action == "limit":
         return
-    if args.limit is not None or args.off or args.per != 1.0:
+    if args.limit is not None or args.off or args.per is not None:
         raise CommandError(f"queues {args.action} takes no N, --per or --off (those are for limit)")
     if args.action == "list" and args.name:
         raise CommandError(
@@ -394,14 +394,16 @@ async def _set_rate_limit(queue: Queue, args: argparse.Namespace) -> int:
         raise CommandError("queues limit needs a queue NAME")
     if args.off == (args.limit is not None):
         raise CommandError("queues limit needs either N (with --per SECONDS) or --off")
-    await queue.set_rate_limit(args.name, None if args.off else args.limit, per=args.per)
+    per = 1.0 if args.per is None else args.per
+    await queue.set_rate_limit(args.name, None if args.off else args.limit, per=per)
     if args.json:
-        per = None if args.off else args.per
-        _print_json({"queue": args.name, "rate_limit": args.limit, "rate_per": per})
+        _print_json(
+            {"queue": args.name, "rate_limit": args.limit, "rate_per": None if args.off else per}
+        )
     elif args.off:
         print(f"queue {args.name}: no rate limit")
     else:
-        print(f"queue {args.name}: at most {args.limit} jobs started per {args.per:g}s")
+        print(f"queue {args.name}: at most {args.limit} jobs started per {per:g}s")
     return 0
 
 
@@ -828,9 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "limit", nargs="?", type=int, help="limit: at most N jobs started per --per seconds"
     )
-    p.add_argument(
-        "--per", type=float, default=1.0, metavar="SECONDS", help="limit: the period (default 1)"
-    )
+    p.add_argument("--per", type=float, metavar="SECONDS", help="limit: the period (default 1)")
     p.add_argument("--off", action="store_true", help="limit: remove the queue's rate limit")
     json_option(p)
 
