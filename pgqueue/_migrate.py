@@ -6,18 +6,19 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-import sqlalchemy
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy.pool import NullPool
 
 from ._connect import resolve_dsn
 from .errors import translate
+
+# alembic and SQLAlchemy (with mako and pygments) take most of a second to
+# import; they are imported by the functions below, when a migration runs, so
+# `import pgqueue` in an application, a worker or the CLI does not pay for it.
+if TYPE_CHECKING:
+    import sqlalchemy
+    from alembic.config import Config
 
 # Alembic keeps the running command's context in module globals (alembic.op,
 # alembic.context), so two commands in one process must not overlap; separate
@@ -32,6 +33,8 @@ BRANCH = "pgqueue"
 def alembic_config(connection: sqlalchemy.Connection | None = None) -> Config:
     """An alembic configuration pointing at pgqueue's migrations. With a
     ``connection`` the migrations run on it (inside its transaction)."""
+    from alembic.config import Config
+
     location = str(resources.files("pgqueue.migrations"))
     cfg = Config()
     cfg.set_main_option("script_location", location)
@@ -43,6 +46,9 @@ def alembic_config(connection: sqlalchemy.Connection | None = None) -> Config:
 
 @contextmanager
 def _connection(dsn: str | None) -> Iterator[sqlalchemy.Connection]:
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
     conninfo = resolve_dsn(dsn)
 
     def connect() -> psycopg.Connection[Any]:
@@ -61,18 +67,24 @@ def _connection(dsn: str | None) -> Iterator[sqlalchemy.Connection]:
 
 def upgrade(dsn: str | None = None, revision: str = "heads") -> None:
     """Bring the pgqueue schema up to ``revision`` (default: the latest)."""
+    from alembic import command
+
     with _ALEMBIC_LOCK, _connection(dsn) as conn:
         command.upgrade(alembic_config(conn), revision)
 
 
 def downgrade(dsn: str | None = None, revision: str = "-1") -> None:
     """Step the pgqueue schema down to ``revision`` (``-1``: one step; ``base``: none)."""
+    from alembic import command
+
     with _ALEMBIC_LOCK, _connection(dsn) as conn:
         command.downgrade(alembic_config(conn), revision)
 
 
 def current_revision(dsn: str | None = None) -> str | None:
     """The revision the database is at, or None if pgqueue was never installed."""
+    from alembic.runtime.migration import MigrationContext
+
     with _connection(dsn) as conn:
         ctx = MigrationContext.configure(
             conn, opts={"version_table": VERSION_TABLE, "version_table_schema": VERSION_SCHEMA}
@@ -82,6 +94,8 @@ def current_revision(dsn: str | None = None) -> str | None:
 
 def head_revision() -> str:
     """The latest revision shipped with this version of pgqueue."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
