@@ -11,6 +11,8 @@
 - Revision 0006 (rate limits per queue) does the same, over a paused queue too.
 - Revision 0007 (the cheaper hot path) does the same; its jobs_deleted trigger
   deletes a deleted job's attempts as the foreign key it replaces did.
+- Revision 0008 (the lean claim) changes one function; its downgrade restores
+  0007's catalog exactly.
 - pgqueue keeps its own version table and never touches an application's own
   ``alembic_version``.
 """
@@ -473,7 +475,7 @@ def test_migrate_is_idempotent(empty_db_dsn: str) -> None:
 def test_current_revision_reports_head(empty_db_dsn: str) -> None:
     assert pgqueue.current_revision(empty_db_dsn) is None
     head = pgqueue.head_revision()
-    assert head == "0007"  # the latest frozen revision in migrations/versions
+    assert head == "0008"  # the latest frozen revision in migrations/versions
 
     _migrate.upgrade(empty_db_dsn, "0001")
     assert pgqueue.current_revision(empty_db_dsn) == "0001"
@@ -815,3 +817,14 @@ def test_hot_path_downgrade_restores_the_0006_catalog(
     _migrate.upgrade(second_empty_db_dsn, "0006")
     a, b = catalog.snapshot(second_empty_db_dsn), catalog.snapshot(empty_db_dsn)
     assert a == b, "0007 downgrade differs from 0006:\n" + catalog.diff(a, b, "0006", "0007 down")
+
+
+def test_lean_claim_downgrade_restores_the_0007_catalog(
+    empty_db_dsn: str, second_empty_db_dsn: str
+) -> None:
+    """Up to 0008 and back down gives exactly the catalog of a plain 0007."""
+    _migrate.upgrade(empty_db_dsn, "0008")
+    _migrate.downgrade(empty_db_dsn, "0007")
+    _migrate.upgrade(second_empty_db_dsn, "0007")
+    a, b = catalog.snapshot(second_empty_db_dsn), catalog.snapshot(empty_db_dsn)
+    assert a == b, "0008 downgrade differs from 0007:\n" + catalog.diff(a, b, "0007", "0008 down")
