@@ -10,6 +10,11 @@ claimed leases, ``--rounds`` times. It prints the median jobs/s and the
 median milliseconds per call of each function, round trip included: the
 ceiling of a strictly sequential worker on this server, without Python's
 share. Run it on a quiet machine; compare revisions in the same run.
+
+``--idle N`` measures instead what an idle worker woken by NOTIFY pays: N
+times, one job is enqueued from a second connection, then after 20 ms (the
+spacing of the bench's latency step) it is claimed (limit 100) and completed;
+it prints the median milliseconds of the one-job claim, round trip included.
 """
 
 from __future__ import annotations
@@ -60,16 +65,41 @@ def one_round(conn: psycopg.Connection[Any], jobs: int) -> tuple[float, float, f
     return jobs / elapsed, claiming / calls * 1000, completing / calls * 1000
 
 
+def idle_claims(conn: psycopg.Connection[Any], dsn: str, samples: int) -> float:
+    """Median ms of a one-job claim after 20 ms of quiet, as an idle worker sees it."""
+    times = []
+    with psycopg.connect(dsn, autocommit=True) as producer:
+        for _ in range(samples + 10):
+            producer.execute("SELECT pgqueue.enqueue('noop', '{}', 'bench')")
+            time.sleep(0.02)
+            t0 = time.perf_counter()
+            rows = conn.execute(CLAIM, ("idle", ["bench"], 100, "20 seconds", ["noop"])).fetchall()
+            times.append(time.perf_counter() - t0)
+            assert len(rows) == 1, rows
+            ids, attempts = [r[0] for r in rows], [r[1] for r in rows]
+            conn.execute(COMPLETE, (ids, attempts, [Jsonb(None)])).fetchall()
+            time.sleep(0.02)
+    return statistics.median(times[10:]) * 1000
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", required=True, help="a database on the server to use")
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--revision", help="schema revision to measure (default: head)")
+    parser.add_argument("--idle", type=int, metavar="N", help="instead: N idle one-job claims")
     args = parser.parse_args()
     with scratch_database(args.dsn, "hot") as dsn:
         _migrate.upgrade(dsn, args.revision or "heads")
         with psycopg.connect(dsn, autocommit=True) as conn:
+            if args.idle:
+                ms = idle_claims(conn, dsn, args.idle)
+                print(
+                    f"schema {pgqueue.current_revision(dsn)}: one-job claim after 20 ms idle, "
+                    f"{ms:.2f} ms (median of {args.idle})"
+                )
+                return 0
             rounds = [one_round(conn, args.jobs) for _ in range(args.rounds)]
         rate, claim_ms, complete_ms = (statistics.median(r[i] for r in rounds) for i in range(3))
         print(
