@@ -658,6 +658,19 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     if args.sustained is not None:
         from ._bench_sustained import run_sustained
 
+        # a sustained run has its own fixed shape: refuse what it would ignore
+        stray = [
+            name
+            for name, given in (
+                ("--jobs", args.jobs is not None),
+                ("--quick", args.quick),
+                ("--backlog", args.backlog),
+            )
+            if given
+        ]
+        if stray:
+            raise CommandError(f"bench --sustained takes no {', '.join(stray)}")
+
         return await run_sustained(
             _connect.resolve_dsn(args.dsn), args.sustained, as_json=args.json
         )

@@ -76,3 +76,19 @@ def test_sustained_bench_refuses_a_tiny_run(pg_server: str) -> None:
     result = run_cli("bench", "--sustained", "500", dsn=pg_server, timeout=60)
     assert result.returncode != 0
     assert "--sustained needs at least 10,000 jobs" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--quick"], "--quick"),
+        (["--jobs", "100"], "--jobs"),
+        (["--backlog", "--quick"], "--quick"),
+    ],
+)
+def test_sustained_bench_refuses_options_it_would_ignore(
+    pg_server: str, extra: list[str], named: str
+) -> None:
+    result = run_cli("bench", "--sustained", "20000", *extra, dsn=pg_server, timeout=60)
+    assert result.returncode != 0
+    assert "bench --sustained takes no" in result.stderr and named in result.stderr
