@@ -90,10 +90,12 @@ def main() -> int:
     parser.add_argument("--revision", help="schema revision to measure (default: head)")
     parser.add_argument("--idle", type=int, metavar="N", help="instead: N idle one-job claims")
     args = parser.parse_args()
+    if args.idle is not None and args.idle < 1:
+        parser.error("--idle needs at least 1 sample")
     with scratch_database(args.dsn, "hot") as dsn:
         _migrate.upgrade(dsn, args.revision or "heads")
         with psycopg.connect(dsn, autocommit=True) as conn:
-            if args.idle:
+            if args.idle is not None:
                 ms = idle_claims(conn, dsn, args.idle)
                 print(
                     f"schema {pgqueue.current_revision(dsn)}: one-job claim after 20 ms idle, "

@@ -3,6 +3,7 @@ OpenAPI document; and ``whoami`` for the dashboard."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 
@@ -22,6 +23,8 @@ routes = Routes("system")
 
 @functools.cache
 def _head_revision() -> str:
+    # The first call imports alembic (about half a second): readyz runs it in
+    # a thread, so the event loop keeps serving meanwhile.
     return pgqueue.head_revision()
 
 
@@ -47,7 +50,7 @@ async def readyz(request: web.Request) -> web.Response:
             database = True
             row = await (await conn.execute(query("schema_revision"))).fetchone()
             revision = None if row is None else str(row[0])
-    at_head = revision == _head_revision()
+    at_head = revision == await asyncio.to_thread(_head_revision)
     listener = request.app[_keys.BROADCASTER].connected
     ready = database and listener and at_head
     body = Readiness(

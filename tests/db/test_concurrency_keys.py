@@ -135,6 +135,25 @@ def test_keyed_and_plain_jobs_share_the_claim_order(conn: Conn) -> None:
     assert claimed_ids(conn, limit=1) == [plain_low]
 
 
+def test_with_every_key_full_plain_jobs_keep_the_claim_order_across_queues(conn: Conn) -> None:
+    """No key has a free slot, so the claim takes its plain-jobs-only statement
+    (revision 0008): it must take the same jobs in the same order as the full
+    one, across queues and priorities, and keyed jobs come back with a slot."""
+    k1, k2 = enqueue_keyed(conn, "k"), enqueue_keyed(conn, "k", priority=9)
+    (held,) = [r["id"] for r in claim(conn, queues=["default"], limit=1)]
+    assert held == k2  # the key is now full
+    p_low = enqueue_keyed(conn, None, queue="q1", priority=0)
+    p_high = enqueue_keyed(conn, None, queue="q2", priority=7)
+    p_mid = enqueue_keyed(conn, None, queue="q1", priority=3)
+    p_mid2 = enqueue_keyed(conn, None, queue="q2", priority=3)
+    queues = ["default", "q1", "q2"]
+    got = [r["id"] for r in claim(conn, queues=queues, limit=3)]
+    assert sorted(got) == sorted([p_high, p_mid, p_mid2])  # the best three; p_low waits
+    complete(conn, held, 1)
+    # a free slot again: the full statement, keyed and plain jobs together
+    assert sorted(r["id"] for r in claim(conn, queues=queues, limit=5)) == sorted([k1, p_low])
+
+
 def test_key_is_shared_across_queues_and_tasks(conn: Conn) -> None:
     first = enqueue_keyed(conn, "customer-1", queue="q1", task="a")
     enqueue_keyed(conn, "customer-1", queue="q2", task="b")
