@@ -403,17 +403,6 @@ def test_scheduling_revision_upgrades_jobs_of_every_state_and_downgrades_cleanly
     assert pgqueue.current_revision(dsn) == pgqueue.head_revision()
 
 
-def test_scheduling_downgrade_restores_the_0003_catalog(
-    empty_db_dsn: str, second_empty_db_dsn: str
-) -> None:
-    """Up to 0004 and back down gives exactly the catalog of a plain 0003."""
-    _migrate.upgrade(empty_db_dsn, "0004")
-    _migrate.downgrade(empty_db_dsn, "0003")
-    _migrate.upgrade(second_empty_db_dsn, "0003")
-    a, b = catalog.snapshot(second_empty_db_dsn), catalog.snapshot(empty_db_dsn)
-    assert a == b, "0004 downgrade differs from 0003:\n" + catalog.diff(a, b, "0003", "0004 down")
-
-
 def test_downgrade_to_base_removes_everything_then_upgrade_restores(empty_db_dsn: str) -> None:
     dsn = empty_db_dsn
     pgqueue.migrate(dsn)
@@ -635,17 +624,6 @@ def test_concurrency_revision_upgrades_jobs_of_every_state_and_downgrades_cleanl
     assert pgqueue.current_revision(dsn) == pgqueue.head_revision()
 
 
-def test_concurrency_downgrade_restores_the_0004_catalog(
-    empty_db_dsn: str, second_empty_db_dsn: str
-) -> None:
-    """Up to 0005 and back down gives exactly the catalog of a plain 0004."""
-    _migrate.upgrade(empty_db_dsn, "0005")
-    _migrate.downgrade(empty_db_dsn, "0004")
-    _migrate.upgrade(second_empty_db_dsn, "0004")
-    a, b = catalog.snapshot(second_empty_db_dsn), catalog.snapshot(empty_db_dsn)
-    assert a == b, "0005 downgrade differs from 0004:\n" + catalog.diff(a, b, "0004", "0005 down")
-
-
 def test_rate_limit_revision_upgrades_jobs_of_every_state_and_downgrades_cleanly(
     empty_db_dsn: str,
 ) -> None:
@@ -704,17 +682,6 @@ def test_rate_limit_revision_upgrades_jobs_of_every_state_and_downgrades_cleanly
     assert downgraded["attempts"] == upgraded["attempts"]
     pgqueue.migrate(dsn)
     assert pgqueue.current_revision(dsn) == pgqueue.head_revision()
-
-
-def test_rate_limit_downgrade_restores_the_0005_catalog(
-    empty_db_dsn: str, second_empty_db_dsn: str
-) -> None:
-    """Up to 0006 and back down gives exactly the catalog of a plain 0005."""
-    _migrate.upgrade(empty_db_dsn, "0006")
-    _migrate.downgrade(empty_db_dsn, "0005")
-    _migrate.upgrade(second_empty_db_dsn, "0005")
-    a, b = catalog.snapshot(second_empty_db_dsn), catalog.snapshot(empty_db_dsn)
-    assert a == b, "0006 downgrade differs from 0005:\n" + catalog.diff(a, b, "0005", "0006 down")
 
 
 def test_hot_path_revision_upgrades_jobs_of_every_state_and_downgrades_cleanly(
@@ -808,23 +775,19 @@ def test_truncating_jobs_empties_attempts_so_reused_ids_can_finish(db_dsn: str) 
         assert conn.execute("SELECT count(*) FROM pgqueue.attempts").fetchone() == (0,)
 
 
-def test_hot_path_downgrade_restores_the_0006_catalog(
-    empty_db_dsn: str, second_empty_db_dsn: str
+@pytest.mark.parametrize(
+    ("revision", "previous"),
+    [("0004", "0003"), ("0005", "0004"), ("0006", "0005"), ("0007", "0006"), ("0008", "0007")],
+)
+def test_downgrade_restores_the_previous_catalog(
+    empty_db_dsn: str, second_empty_db_dsn: str, revision: str, previous: str
 ) -> None:
-    """Up to 0007 and back down gives exactly the catalog of a plain 0006."""
-    _migrate.upgrade(empty_db_dsn, "0007")
-    _migrate.downgrade(empty_db_dsn, "0006")
-    _migrate.upgrade(second_empty_db_dsn, "0006")
+    """Up to a revision and back down gives exactly the catalog of a plain
+    previous one."""
+    _migrate.upgrade(empty_db_dsn, revision)
+    _migrate.downgrade(empty_db_dsn, previous)
+    _migrate.upgrade(second_empty_db_dsn, previous)
     a, b = catalog.snapshot(second_empty_db_dsn), catalog.snapshot(empty_db_dsn)
-    assert a == b, "0007 downgrade differs from 0006:\n" + catalog.diff(a, b, "0006", "0007 down")
-
-
-def test_lean_claim_downgrade_restores_the_0007_catalog(
-    empty_db_dsn: str, second_empty_db_dsn: str
-) -> None:
-    """Up to 0008 and back down gives exactly the catalog of a plain 0007."""
-    _migrate.upgrade(empty_db_dsn, "0008")
-    _migrate.downgrade(empty_db_dsn, "0007")
-    _migrate.upgrade(second_empty_db_dsn, "0007")
-    a, b = catalog.snapshot(second_empty_db_dsn), catalog.snapshot(empty_db_dsn)
-    assert a == b, "0008 downgrade differs from 0007:\n" + catalog.diff(a, b, "0007", "0008 down")
+    assert a == b, f"{revision} downgrade differs from {previous}:\n" + catalog.diff(
+        a, b, previous, f"{revision} down"
+    )
