@@ -121,12 +121,14 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 """Largest JSON text accepted for a job's arguments, metadata or result."""
 
 
-def encode_json(value: Any, what: str, limit: int) -> Jsonb:
-    """``value`` as a jsonb parameter, encoded once (the text is reused when the
-    query is sent). Raises ``ValueError`` naming ``what`` for NaN, Infinity,
-    NUL characters or a text over ``limit`` bytes; ``TypeError`` for values
-    JSON cannot represent."""
-    text = json.dumps(value, allow_nan=False)  # jsonb has no NaN or Infinity
+_ENCODER = json.JSONEncoder(allow_nan=False)  # what json.dumps(allow_nan=False) builds per call
+
+
+def json_text(value: Any, what: str, limit: int) -> str:
+    """``value`` as JSON text. Raises ``ValueError`` naming ``what`` for NaN,
+    Infinity (jsonb has neither), NUL characters or a text over ``limit``
+    bytes; ``TypeError`` for values JSON cannot represent."""
+    text = _ENCODER.encode(value)
     # The text is ASCII (ensure_ascii) and escapes NUL as \u0000: look there
     # first, and walk the value only to tell a NUL from a literal "\u0000".
     if "\\u0000" in text and _has_nul(value):
@@ -136,18 +138,25 @@ def encode_json(value: Any, what: str, limit: int) -> Jsonb:
     size = len(text)
     if size > limit:
         raise ValueError(f"{what} is {size:,} bytes of JSON, over the limit of {limit:,}")
+    return text
+
+
+def encode_json(value: Any, what: str, limit: int) -> Jsonb:
+    """``value`` as a jsonb parameter, encoded once (the text is reused when the
+    query is sent); errors as :func:`json_text`."""
+    text = json_text(value, what, limit)
     return Jsonb(value, dumps=lambda _value: text)
 
 
-def _json_object(
+def _json_object_text(
     value: Mapping[str, Any], what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES
-) -> Jsonb:
+) -> str:
     """Check that ``value`` is a JSON object within ``limit`` bytes, naming the
-    offending key if it is not JSON."""
+    offending key if it is not JSON; return its JSON text."""
     if not isinstance(value, Mapping):
         raise InvalidJobError(f"{what} must be a mapping of names to JSON values, not {value!r}")
     try:
-        return encode_json(value if type(value) is dict else dict(value), what, limit)
+        return json_text(value if type(value) is dict else dict(value), what, limit)
     except (TypeError, ValueError) as exc:
         if "NUL character" in str(exc) or "over the limit" in str(exc):
             raise InvalidJobError(str(exc)) from None
@@ -159,6 +168,14 @@ def _json_object(
                     f"{what}: {key!r} is not JSON-serialisable ({type(item).__name__}): {exc}"
                 ) from None
         raise InvalidJobError(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def _json_object(
+    value: Mapping[str, Any], what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> Jsonb:
+    """:func:`_json_object_text` as a jsonb parameter (of a plain dict copy)."""
+    text = _json_object_text(value, what, limit)
+    return Jsonb(value if type(value) is dict else dict(value), dumps=lambda _value: text)
 
 
 def _dedupe_scope(scope: object) -> tuple[str, timedelta | None]:
@@ -613,6 +630,12 @@ class Queue:
         task.check_args(args)
         return payload
 
+    def _args_text(self, task: Task[Any], args: Mapping[str, Any]) -> str:
+        """The JSON text of one job's arguments, checked against ``task``."""
+        text = _json_object_text(args, f"arguments of task {task.name!r}", self.max_payload_bytes)
+        task.check_args(args)
+        return text
+
     def _resolve(self, resolved: Task[Any], options: EnqueueOptions) -> _Row:
         """A job of ``resolved`` with ``options`` applied and checked, but no
         arguments yet (bulk enqueues resolve this once for all their items)."""
@@ -745,38 +768,36 @@ class Queue:
             template = self._resolve(resolved, options)
         except InvalidJobError as exc:  # keep the class: UnknownTaskError stays one
             raise type(exc)(f"{exc}; nothing was enqueued") from None
-        encoded: list[Jsonb] = []
+        encoded: list[str] = []
         keys: list[str | None] = []
         ckeys: list[str | None] = []
         for index, args in enumerate(args_list):
             try:
-                encoded.append(self._args(resolved, args))
+                encoded.append(self._args_text(resolved, {} if args is None else args))
                 if options.dedupe_key is not None:
                     keys.append(_dedupe_key(options.dedupe_key, args))
                 if options.concurrency_key is not None:
                     ckeys.append(_dedupe_key(options.concurrency_key, args, "concurrency_key"))
             except InvalidJobError as exc:
                 raise type(exc)(f"item {index}: {exc}; nothing was enqueued") from None
-        # Every item shares the options: only the arguments (and keys) differ.
-        n = len(encoded)
-        unique = any(key is not None for key in keys)
-        keyed = any(key is not None for key in ckeys)
+        # Every item shares the options: they are sent once, with the items'
+        # arguments as JSON texts (encoded once, above) and their keys, if any.
         return {
-            "concurrency_keys": ckeys if keyed else None,
-            "concurrency_limits": [template.concurrency_limit] * n if keyed else None,
-            # None for plain bulk enqueues: the function's fast path
-            "dedupe_keys": keys if unique else None,
-            "dedupe_scopes": [template.dedupe_scope] * n if unique else None,
-            "dedupe_windows": [template.dedupe_window] * n if unique else None,
-            "tasks": [template.task] * n,
+            "task": template.task,
             "args": encoded,
-            "queues": [template.queue] * n,
-            "priorities": [template.priority] * n,
-            "run_ats": [template.run_at] * n,
-            "max_attempts": [template.max_attempts] * n,
-            "timeouts": [template.timeout] * n,
-            "owners": [template.owner] * n,
-            "metadata": [template.metadata] * n,
+            "queue": template.queue,
+            "priority": template.priority,
+            "run_at": template.run_at,
+            "max_attempts": template.max_attempts,
+            "timeout": template.timeout,
+            "owner": template.owner,
+            "metadata": template.metadata,
+            # None when no item has a key: the function's plain path
+            "dedupe_keys": keys if any(key is not None for key in keys) else None,
+            "dedupe_scope": template.dedupe_scope,
+            "dedupe_window": template.dedupe_window,
+            "concurrency_keys": ckeys if any(key is not None for key in ckeys) else None,
+            "concurrency_limit": template.concurrency_limit,
         }
 
     async def enqueue_many(
@@ -797,7 +818,7 @@ class Queue:
         one job between them (see :meth:`enqueue`).
         """
         params = self._many_params(task, args_list, _options(options, option_values))
-        if not params["tasks"]:
+        if not params["args"]:
             return []
         rows = await self._fetch("enqueue_many", params, conn)
         return [int(r["id"]) for r in rows]
@@ -813,7 +834,7 @@ class Queue:
     ) -> list[int]:
         """Blocking form of :meth:`enqueue_many`."""
         params = self._many_params(task, args_list, _options(options, option_values))
-        if not params["tasks"]:
+        if not params["args"]:
             return []
         rows = self._fetch_sync("enqueue_many", params, conn)
         return [int(r["id"]) for r in rows]
@@ -1048,21 +1069,21 @@ class Queue:
             raise InvalidJobError("children of a batch cannot have a dedupe_key")
         if options.concurrency_key is not None:
             raise InvalidJobError("children of a batch cannot have a concurrency_key")
-        params: dict[str, Any] = self._many_params(
-            task, args_list, dataclasses.replace(options, metadata=None)
-        )
-        for name in (
-            "dedupe_keys",
-            "dedupe_scopes",
-            "dedupe_windows",
-            "concurrency_keys",
-            "concurrency_limits",
-        ):
-            del params[name]
-        if not params["tasks"]:
+        one = self._many_params(task, args_list, dataclasses.replace(options, metadata=None))
+        n = len(one["args"])
+        if not n:
             raise InvalidJobError("a batch needs at least one item; nothing was enqueued")
-        del params["owners"]
-        params["owner"] = options.owner
+        params: dict[str, Any] = {
+            "tasks": [one["task"]] * n,
+            "args": one["args"],
+            "queues": [one["queue"]] * n,
+            "priorities": [one["priority"]] * n,
+            "run_ats": [one["run_at"]] * n,
+            "max_attempts": [one["max_attempts"]] * n,
+            "timeouts": [one["timeout"]] * n,
+            "metadata": [one["metadata"]] * n,
+            "owner": options.owner,
+        }
         params["batch_metadata"] = _json_object(
             {} if metadata is None else metadata, "batch metadata", self.max_payload_bytes
         )

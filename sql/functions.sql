@@ -331,6 +331,83 @@ BEGIN
      ORDER BY items.ord;
 END $$;
 
+-- enqueue_bulk: insert many jobs of one task that share their options, all
+-- or nothing: enqueue_many with every option given once instead of once per
+-- item. p_args holds each job's arguments; ids come back in item order. A bad
+-- option raises 22023 naming it, a bad item 22023 naming its index (0-based).
+-- With p_dedupe_keys or p_concurrency_keys (one per item, NULL for none) the
+-- items go through enqueue_many, under its rules for unique and keyed jobs.
+CREATE OR REPLACE FUNCTION pgqueue.enqueue_bulk(
+    p_task          text,
+    p_args          jsonb[],
+    p_queue         text DEFAULT 'default',
+    p_priority      integer DEFAULT 0,
+    p_run_at        timestamptz DEFAULT NULL,
+    p_max_attempts  integer DEFAULT 1,
+    p_timeout       interval DEFAULT NULL,
+    p_owner         text DEFAULT NULL,
+    p_metadata      jsonb DEFAULT '{}',
+    p_dedupe_keys   text[] DEFAULT NULL,
+    p_dedupe_scope  text DEFAULT 'pending',
+    p_dedupe_window interval DEFAULT NULL,
+    p_concurrency_keys  text[] DEFAULT NULL,
+    p_concurrency_limit integer DEFAULT 1
+) RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_n       integer := cardinality(p_args);
+    v_problem text;
+    v_bad     bigint;
+BEGIN
+    IF v_n IS NULL THEN
+        RAISE EXCEPTION 'pgqueue: enqueue_bulk: args must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF p_dedupe_keys IS NOT NULL OR p_concurrency_keys IS NOT NULL THEN
+        IF cardinality(p_dedupe_keys) <> v_n OR cardinality(p_concurrency_keys) <> v_n THEN
+            RAISE EXCEPTION 'pgqueue: enqueue_bulk: the key arrays must have % items, one per item of args', v_n
+                USING ERRCODE = '22023';
+        END IF;
+        RETURN QUERY
+        SELECT e.id
+          FROM pgqueue.enqueue_many(
+                   array_fill(p_task, ARRAY[v_n]), p_args, array_fill(p_queue, ARRAY[v_n]),
+                   array_fill(p_priority, ARRAY[v_n]), array_fill(p_run_at, ARRAY[v_n]),
+                   array_fill(p_max_attempts, ARRAY[v_n]), array_fill(p_timeout, ARRAY[v_n]),
+                   array_fill(p_owner, ARRAY[v_n]), array_fill(p_metadata, ARRAY[v_n]), NULL,
+                   p_dedupe_keys, array_fill(p_dedupe_scope, ARRAY[v_n]),
+                   array_fill(p_dedupe_window, ARRAY[v_n]), p_concurrency_keys,
+                   array_fill(p_concurrency_limit, ARRAY[v_n])) AS e(id);
+        RETURN;
+    END IF;
+
+    v_problem := CASE
+        WHEN p_task IS NULL OR p_task = '' OR length(p_task) > 256 THEN 'task must be 1 to 256 characters'
+        WHEN p_queue IS NULL OR p_queue = '' OR length(p_queue) > 128 THEN 'queue must be 1 to 128 characters'
+        WHEN p_max_attempts IS NULL OR p_max_attempts < 1 THEN 'max_attempts must be at least 1'
+        WHEN p_timeout <= interval '0' THEN 'timeout must be positive'
+        WHEN p_owner = '' OR length(p_owner) > 256 THEN 'owner must be 1 to 256 characters'
+        WHEN p_metadata IS NULL OR jsonb_typeof(p_metadata) <> 'object' THEN 'metadata must be a JSON object'
+    END;
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION 'pgqueue: enqueue_bulk: %; nothing was enqueued', v_problem USING ERRCODE = '22023';
+    END IF;
+    SELECT u.ord - 1 INTO v_bad
+      FROM unnest(p_args) WITH ORDINALITY AS u(a, ord)
+     WHERE u.a IS NULL OR jsonb_typeof(u.a) <> 'object'
+     ORDER BY u.ord
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'pgqueue: enqueue_bulk: item %: args must be a JSON object; nothing was enqueued', v_bad
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    INSERT INTO pgqueue.jobs (task, args, queue, priority, run_at, max_attempts, timeout, owner, metadata)
+    SELECT p_task, u.a, p_queue, COALESCE(p_priority, 0), COALESCE(p_run_at, now()), p_max_attempts,
+           p_timeout, p_owner, p_metadata
+      FROM unnest(p_args) WITH ORDINALITY AS u(a, ord)
+     ORDER BY u.ord
+    RETURNING id;
+END $$;
+
 -- claim: lease up to p_limit due jobs from p_queues (paused queues and
 -- children of paused batches skipped),
 -- highest priority first, then oldest run_at, then id. Each claimed job

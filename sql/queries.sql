@@ -12,15 +12,13 @@ SELECT pgqueue.enqueue(%(task)s::text, %(args)s::jsonb, %(queue)s::text, %(prior
                        %(concurrency_key)s::text, %(concurrency_limit)s::int) AS id
 
 -- name: enqueue_many
-SELECT id FROM pgqueue.enqueue_many(%(tasks)b::text[], %(args)b::jsonb[], %(queues)b::text[],
-                                    %(priorities)b::int[], %(run_ats)b::timestamptz[],
-                                    %(max_attempts)b::int[], %(timeouts)b::interval[],
-                                    %(owners)b::text[], %(metadata)b::jsonb[],
-                                    p_dedupe_keys => %(dedupe_keys)b::text[],
-                                    p_dedupe_scopes => %(dedupe_scopes)b::text[],
-                                    p_dedupe_windows => %(dedupe_windows)b::interval[],
-                                    p_concurrency_keys => %(concurrency_keys)b::text[],
-                                    p_concurrency_limits => %(concurrency_limits)b::int[]) AS id
+SELECT id FROM pgqueue.enqueue_bulk(%(task)s::text, %(args)b::text[]::jsonb[], %(queue)s::text,
+                                    %(priority)s::int, %(run_at)s::timestamptz,
+                                    %(max_attempts)s::int, %(timeout)s::interval, %(owner)s::text,
+                                    %(metadata)s::jsonb, %(dedupe_keys)b::text[],
+                                    %(dedupe_scope)s::text, %(dedupe_window)s::interval,
+                                    %(concurrency_keys)b::text[],
+                                    %(concurrency_limit)s::int) AS id
 
 -- name: claim
 SELECT id, task, args, queue, attempts, max_attempts,
@@ -133,7 +131,7 @@ SELECT count(*) AS n
             AND NOT EXISTS (SELECT 1 FROM pgqueue.queues q WHERE q.name = j.queue AND q.paused)))
 
 -- name: enqueue_batch
-SELECT pgqueue.enqueue_batch(%(tasks)b::text[], %(args)b::jsonb[], %(queues)b::text[],
+SELECT pgqueue.enqueue_batch(%(tasks)b::text[], %(args)b::text[]::jsonb[], %(queues)b::text[],
                              %(priorities)b::int[], %(run_ats)b::timestamptz[],
                              %(max_attempts)b::int[], %(timeouts)b::interval[],
                              %(metadata)b::jsonb[], %(owner)s::text, %(batch_metadata)s::jsonb,
