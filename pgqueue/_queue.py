@@ -821,7 +821,7 @@ class Queue:
         if not params["args"]:
             return []
         rows = await self._fetch("enqueue_many", params, conn)
-        return [int(r["id"]) for r in rows]
+        return list(rows[0]["ids"])
 
     def enqueue_many_sync(
         self,
@@ -837,7 +837,7 @@ class Queue:
         if not params["args"]:
             return []
         rows = self._fetch_sync("enqueue_many", params, conn)
-        return [int(r["id"]) for r in rows]
+        return list(rows[0]["ids"])
 
     # -- inspect and act -------------------------------------------------------------
 
