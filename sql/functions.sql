@@ -1382,16 +1382,22 @@ END $$;
 -- again on pgqueue_enqueue), then applies batch children's moves batch by
 -- batch in id order (so concurrent statements lock batch rows in the same
 -- order and never deadlock on them). One statement-level trigger instead of a
--- row trigger per job: a claim or completion of 100 jobs runs it once.
+-- row trigger per job: a claim or completion of 100 jobs runs it once. The
+-- JSON payload is spelled out with concat and to_json (which escapes text as
+-- json_build_object does): json_build_object, resolving its arguments' types
+-- on every call, was half the cost of announcing a claim or a completion.
 CREATE OR REPLACE FUNCTION pgqueue.jobs_changed()
 RETURNS trigger LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     d record;
 BEGIN
-    PERFORM pg_notify('pgqueue_job', json_build_object(
-                'id', n.id, 'status', n.status, 'progress', n.progress, 'queue', n.queue,
-                'owner', n.owner, 'batch_id', n.batch_id,
-                'message', left(n.progress_message, 200))::text),
+    PERFORM pg_notify('pgqueue_job', concat(
+                '{"id":', n.id, ',"status":"', n.status, '","progress":', n.progress,
+                ',"queue":', to_json(n.queue),
+                ',"owner":', COALESCE(to_json(n.owner)::text, 'null'),
+                ',"batch_id":', COALESCE(n.batch_id::text, 'null'),
+                ',"message":', COALESCE(to_json(left(n.progress_message, 200))::text, 'null'),
+                '}')),
             CASE WHEN n.status = 'cancelled' AND o.status = 'running'
                  THEN pg_notify('pgqueue_cancel', n.id::text) END,
             CASE WHEN n.status = 'pending' AND o.status <> 'pending'

@@ -1065,3 +1065,30 @@ def test_state_and_progress_changes_are_announced(conn: Conn, db_dsn: str) -> No
         (job_id, "running", 50),
         (job_id, "completed", 100),
     ]
+
+
+def test_announcements_are_exact_json_whatever_the_text_holds(conn: Conn, db_dsn: str) -> None:
+    """The payload is assembled as text: quotes, backslashes, control and
+    non-ASCII characters in the queue, owner and message must come out as the
+    same strings, NULLs as null, and the message cut to 200 characters."""
+    queue = new_queue() + ' "q"\\ \t✓'
+    owner = 'o"w\\n\ner é'
+    message = 'say "hi"\\ \x01 ñ\n' + "x" * 300
+    with psycopg.connect(db_dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgqueue_job")
+        job_id = enqueue(conn, queue=queue, owner=owner)
+        (claimed,) = claim(conn, "w1", [queue])
+        attempt = int(claimed["attempts"])
+        progress(conn, job_id, attempt, 40, message)
+        complete(conn, job_id, attempt)
+        plain_id, plain_attempt = start(conn)
+        complete(conn, plain_id, plain_attempt)
+        notes = [json.loads(n.payload) for n in listener.notifies(timeout=5.0, stop_after=5)]
+    common = {"id": job_id, "queue": queue, "owner": owner, "batch_id": None}
+    assert notes[:3] == [
+        {**common, "status": "running", "progress": 0, "message": None},
+        {**common, "status": "running", "progress": 40, "message": message[:200]},
+        {**common, "status": "completed", "progress": 100, "message": message[:200]},
+    ]
+    assert notes[4]["id"] == plain_id
+    assert (notes[4]["owner"], notes[4]["message"], notes[4]["status"]) == (None, None, "completed")

@@ -1,9 +1,11 @@
--- pgqueue revision 0009: bulk enqueue with the options given once.
+-- pgqueue revision 0009: lighter bulk enqueues and job announcements.
 -- Frozen: never edited once released; later changes go in a new revision.
 --
 -- * enqueue_bulk: many jobs of one task sharing their options, all or
 --   nothing. The library's enqueue_many sends its items' arguments and one
 --   copy of the options, where enqueue_many takes every option per item.
+-- * jobs_changed builds the pgqueue_job payload with concat and to_json
+--   instead of json_build_object: the same JSON, at about half the cost.
 
 -- enqueue_bulk: insert many jobs of one task that share their options, all
 -- or nothing: enqueue_many with every option given once instead of once per
@@ -81,3 +83,46 @@ BEGIN
      ORDER BY u.ord
     RETURNING id;
 END $$;
+
+-- Runs once per UPDATE statement on jobs, with the statement's old and new
+-- rows. It announces each job whose state or progress changed on
+-- pgqueue_job (and a running job's cancel on pgqueue_cancel, a job pending
+-- again on pgqueue_enqueue), then applies batch children's moves batch by
+-- batch in id order (so concurrent statements lock batch rows in the same
+-- order and never deadlock on them). One statement-level trigger instead of a
+-- row trigger per job: a claim or completion of 100 jobs runs it once. The
+-- JSON payload is spelled out with concat and to_json (which escapes text as
+-- json_build_object does): json_build_object, resolving its arguments' types
+-- on every call, was half the cost of announcing a claim or a completion.
+CREATE OR REPLACE FUNCTION pgqueue.jobs_changed()
+RETURNS trigger LANGUAGE plpgsql SET jit = off AS $$
+DECLARE
+    d record;
+BEGIN
+    PERFORM pg_notify('pgqueue_job', concat(
+                '{"id":', n.id, ',"status":"', n.status, '","progress":', n.progress,
+                ',"queue":', to_json(n.queue),
+                ',"owner":', COALESCE(to_json(n.owner)::text, 'null'),
+                ',"batch_id":', COALESCE(n.batch_id::text, 'null'),
+                ',"message":', COALESCE(to_json(left(n.progress_message, 200))::text, 'null'),
+                '}')),
+            CASE WHEN n.status = 'cancelled' AND o.status = 'running'
+                 THEN pg_notify('pgqueue_cancel', n.id::text) END,
+            CASE WHEN n.status = 'pending' AND o.status <> 'pending'
+                 THEN pg_notify('pgqueue_enqueue', n.queue) END
+       FROM old_jobs o JOIN new_jobs n ON n.id = o.id
+      WHERE o.status <> n.status OR o.progress <> n.progress
+         OR o.progress_message IS DISTINCT FROM n.progress_message;
+    FOR d IN
+        SELECT o.batch_id, array_agg(o.status) AS was, array_agg(n.status) AS now,
+               array_agg(n.id) AS ids
+          FROM old_jobs o JOIN new_jobs n ON n.id = o.id
+         WHERE o.batch_id IS NOT NULL AND o.status <> n.status
+         GROUP BY o.batch_id
+         ORDER BY o.batch_id
+    LOOP
+        PERFORM pgqueue.batch_apply(d.batch_id, d.was, d.now, d.ids);
+    END LOOP;
+    RETURN NULL;
+END $$;
+
