@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgqueue._bench import _ratios, _targets
+import pytest
+
+from pgqueue._bench import _print_report, _ratios, _targets
 
 
 def _rows(peers_installed: bool) -> list[dict[str, Any]]:
@@ -44,3 +46,26 @@ def test_ratios_against_an_installed_peer() -> None:
     assert targets["drain 1 process >= 2x PgQueuer at batch 100"]["met"] is True
     assert targets["bulk enqueue >= 1.5x PgQueuer's bulk"]["value"] == 3.0
     assert targets["start latency p50 <= 0.7x PgQueuer's (its better configuration)"]["met"]
+
+
+@pytest.mark.parametrize("checkpointed", [True, False])
+def test_the_report_says_when_the_backlogs_were_not_checkpointed(
+    capsys: pytest.CaptureFixture[str], checkpointed: bool
+) -> None:
+    rows = _rows(peers_installed=True)
+    rows[0]["backlog"] = {"backlog_10000": 9_000.0, "backlog_1000000": 8_500.0}
+    rows[0]["backlog_checkpointed"] = checkpointed
+    _print_report(
+        {
+            "date": "2026-11-23",
+            "machine": {"postgresql": "15", "settings": {}, "cpus": 2, "python": "3.11"},
+            "versions": {},
+            "parameters": {"jobs": 20_000, "single_enqueue_calls": 2_000, "latency_samples": 200},
+            "results": rows,
+            "ratios": _ratios(rows),
+            "targets": _targets(rows),
+        }
+    )
+    out = capsys.readouterr().out
+    assert "backlog of 1,000,000 jobs:      8,500" in out
+    assert ("not checkpointed" in out) is not checkpointed
