@@ -821,7 +821,7 @@ class Queue:
         if not params["args"]:
             return []
         rows = await self._fetch("enqueue_many", params, conn)
-        return list(rows[0]["ids"])
+        return list(rows[0]["ids"] or ())  # array_agg of no rows is NULL
 
     def enqueue_many_sync(
         self,
@@ -837,7 +837,7 @@ class Queue:
         if not params["args"]:
             return []
         rows = self._fetch_sync("enqueue_many", params, conn)
-        return list(rows[0]["ids"])
+        return list(rows[0]["ids"] or ())  # array_agg of no rows is NULL
 
     # -- inspect and act -------------------------------------------------------------
 

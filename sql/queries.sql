@@ -3,7 +3,7 @@
 -- Array parameters of the bulk queries use %(name)b: sent in binary, they
 -- skip the text format's per-element quoting (about a fifth of a bulk enqueue).
 -- Bulk arguments travel as the JSON texts the library made when it checked
--- them (text[], cast to jsonb[] by the server): no item is encoded twice.
+-- them, as one text[] the server casts to jsonb[] (no jsonb dumper per item).
 -- Transitions are calls to the stored functions in functions.sql.
 
 -- name: enqueue

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from ._helpers import BAD_INPUT, Conn, db_now, job, rows, scalar
+from ._helpers import BAD_INPUT, Conn, claim, db_now, job, new_queue, rows, scalar
 
 SHARED_DATABASE = True
 
@@ -125,13 +125,67 @@ def test_an_item_that_is_not_an_object_is_named_and_nothing_is_written(
         ({"metadata": None}, "metadata must be a JSON object"),
     ],
 )
+@pytest.mark.parametrize(
+    "keys",
+    [{}, {"dedupe_keys": ["a", None]}, {"concurrency_keys": [None, "k"]}],
+    ids=["plain", "dedupe", "concurrency"],
+)
 def test_a_bad_option_is_named_and_nothing_is_written(
-    conn: Conn, option: dict[str, Any], problem: str
+    conn: Conn, option: dict[str, Any], problem: str, keys: dict[str, Any]
 ) -> None:
+    """Options are checked once, before any item, on the plain and keyed paths alike."""
     with pytest.raises(psycopg.Error) as exc:
-        bulk(conn, [{}, {}], **option)
+        bulk(conn, [{}, {}], **option, **keys)
     assert exc.value.sqlstate == BAD_INPUT
     assert f"enqueue_bulk: {problem}; nothing was enqueued" in str(exc.value)
+    assert count_jobs(conn) == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        (
+            {"dedupe_keys": ["a"], "dedupe_scope": "forever"},
+            "dedupe_scope must be pending, active or window",
+        ),
+        (
+            {"dedupe_keys": ["a"], "dedupe_scope": None},
+            "dedupe_scope must be pending, active or window",
+        ),
+        (
+            {"dedupe_keys": ["a"], "dedupe_scope": "window"},
+            "dedupe_scope window needs a positive window",
+        ),
+        (
+            {"dedupe_keys": ["a"], "dedupe_scope": "window", "dedupe_window": timedelta(0)},
+            "dedupe_scope window needs a positive window",
+        ),
+        (
+            {"concurrency_keys": ["k"], "concurrency_limit": 0},
+            "concurrency_limit must be at least 1",
+        ),
+        (
+            {"concurrency_keys": ["k"], "concurrency_limit": None},
+            "concurrency_limit must be at least 1",
+        ),
+    ],
+)
+def test_a_bad_key_option_is_named_and_nothing_is_written(
+    conn: Conn, options: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(psycopg.Error) as exc:
+        bulk(conn, [{}], **options)
+    assert exc.value.sqlstate == BAD_INPUT
+    assert f"enqueue_bulk: {problem}; nothing was enqueued" in str(exc.value)
+    assert count_jobs(conn) == 0
+
+
+def test_dedupe_options_do_not_apply_to_concurrency_keys_alone(conn: Conn) -> None:
+    """Without dedupe keys the dedupe scope is not passed on: a bad
+    concurrency key is named for what it is."""
+    with pytest.raises(psycopg.Error, match="item 0: concurrency_key must be 1 to 512") as exc:
+        bulk(conn, [{}], concurrency_keys=[""], dedupe_scope="window", dedupe_window=None)
+    assert exc.value.sqlstate == BAD_INPUT
     assert count_jobs(conn) == 0
 
 
@@ -147,15 +201,32 @@ def test_dedupe_keys_follow_enqueue_many_rules(conn: Conn) -> None:
     assert count_jobs(conn) == 3
 
 
-def test_a_window_dedupe_scope_applies_to_every_keyed_item(conn: Conn) -> None:
-    first = bulk(
-        conn, [{}], dedupe_keys=["w"], dedupe_scope="window", dedupe_window=timedelta(minutes=5)
+def test_a_window_dedupe_scope_uses_the_given_window(conn: Conn) -> None:
+    window = timedelta(minutes=5)
+    (first,) = bulk(conn, [{}], dedupe_keys=["w"], dedupe_scope="window", dedupe_window=window)
+    assert bulk(conn, [{}], dedupe_keys=["w"], dedupe_scope="window", dedupe_window=window) == [
+        first
+    ]
+    assert job(conn, first)["dedupe_scope"] == "window"
+    # Created longer ago than the window: no longer a duplicate.
+    conn.execute(
+        "UPDATE pgqueue.jobs SET created_at = created_at - interval '6 minutes',"
+        " run_at = run_at - interval '6 minutes' WHERE id = %s",
+        (first,),
     )
-    again = bulk(
-        conn, [{}], dedupe_keys=["w"], dedupe_scope="window", dedupe_window=timedelta(minutes=5)
-    )
-    assert first == again
-    assert job(conn, first[0])["dedupe_scope"] == "window"
+    (later,) = bulk(conn, [{}], dedupe_keys=["w"], dedupe_scope="window", dedupe_window=window)
+    assert later != first
+
+
+def test_an_active_dedupe_scope_holds_the_key_while_the_job_runs(conn: Conn) -> None:
+    queue = new_queue()
+    (first,) = bulk(conn, [{}], queue=queue, dedupe_keys=["x"], dedupe_scope="active")
+    assert [r["id"] for r in claim(conn, "w1", [queue])] == [first]
+    assert bulk(conn, [{}], queue=queue, dedupe_keys=["x"], dedupe_scope="active") == [first]
+    # The pending scope lets a key go once its job starts.
+    (pending,) = bulk(conn, [{}], queue=queue, dedupe_keys=["y"])
+    assert [r["id"] for r in claim(conn, "w1", [queue])] == [pending]
+    assert bulk(conn, [{}], queue=queue, dedupe_keys=["y"]) != [pending]
 
 
 def test_concurrency_keys_and_the_shared_limit_land_on_keyed_items_only(conn: Conn) -> None:
@@ -171,18 +242,32 @@ def test_a_bad_keyed_item_is_named_as_enqueue_many_names_it(conn: Conn) -> None:
     assert count_jobs(conn) == 0
 
 
-@pytest.mark.parametrize("arrays", ["dedupe_keys", "concurrency_keys"])
-def test_key_arrays_must_have_one_key_per_item(conn: Conn, arrays: str) -> None:
-    with pytest.raises(psycopg.Error, match="key arrays must have 3 items") as exc:
-        bulk(conn, [{}, {}, {}], **{arrays: ["a", "b"]})
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"dedupe_keys": ["a", "b"]},
+        {"concurrency_keys": ["a", "b"]},
+        {"dedupe_keys": ["a", "b", "c"], "concurrency_keys": ["a", "b"]},
+    ],
+)
+def test_key_arrays_must_have_one_key_per_item(conn: Conn, keys: dict[str, Any]) -> None:
+    with pytest.raises(psycopg.Error, match=r"need one key per item of args \(3\)") as exc:
+        bulk(conn, [{}, {}, {}], **keys)
     assert exc.value.sqlstate == BAD_INPUT
     assert count_jobs(conn) == 0
 
 
-def test_one_statement_wakes_workers_once_per_queue(db_dsn: str) -> None:
+def test_no_items_with_keys_write_nothing(conn: Conn) -> None:
+    assert bulk(conn, [], dedupe_keys=[], concurrency_keys=[]) == []
+    assert count_jobs(conn) == 0
+
+
+def test_due_jobs_wake_their_queue_and_future_jobs_do_not(db_dsn: str) -> None:
     with psycopg.connect(db_dsn, autocommit=True) as listener:
         listener.execute("LISTEN pgqueue_enqueue")
         with psycopg.connect(db_dsn, autocommit=True) as conn:
-            bulk(conn, [{}] * 20, queue="wake")
+            later = db_now(conn) + timedelta(hours=1)
+            bulk(conn, [{}] * 20, queue="later", run_at=later)
+            bulk(conn, [{}] * 20, queue="now")
         woken = [n.payload for n in listener.notifies(timeout=1.0, stop_after=5)]
-    assert woken == ["wake"]
+    assert woken == ["now"]

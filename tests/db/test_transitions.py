@@ -1059,7 +1059,8 @@ def test_state_and_progress_changes_are_announced(conn: Conn, db_dsn: str) -> No
         progress(conn, job_id, attempt, 50)
         progress(conn, job_id, attempt, 50)  # unchanged: not announced again
         complete(conn, job_id, attempt)
-        notes = [json.loads(n.payload) for n in listener.notifies(timeout=5.0, stop_after=3)]
+        payloads = [n.payload for n in listener.notifies(timeout=5.0, stop_after=3)]
+    notes = [json.loads(p) for p in payloads]  # parsed outside the generator: a bad one fails
     assert [(n["id"], n["status"], n["progress"]) for n in notes] == [
         (job_id, "running", 0),
         (job_id, "running", 50),
@@ -1083,7 +1084,8 @@ def test_announcements_are_exact_json_whatever_the_text_holds(conn: Conn, db_dsn
         complete(conn, job_id, attempt)
         plain_id, plain_attempt = start(conn)
         complete(conn, plain_id, plain_attempt)
-        notes = [json.loads(n.payload) for n in listener.notifies(timeout=5.0, stop_after=5)]
+        payloads = [n.payload for n in listener.notifies(timeout=5.0, stop_after=5)]
+    notes = [json.loads(p) for p in payloads]  # parsed outside the generator: a bad one fails
     common = {"id": job_id, "queue": queue, "owner": owner, "batch_id": None}
     assert notes[:3] == [
         {**common, "status": "running", "progress": 0, "message": None},
