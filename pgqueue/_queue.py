@@ -626,9 +626,8 @@ class Queue:
     def _args(self, task: Task[Any], args: Mapping[str, Any] | None) -> Jsonb:
         """The arguments of one job of ``task``, checked and encoded."""
         args = {} if args is None else args
-        payload = _json_object(args, f"arguments of task {task.name!r}", self.max_payload_bytes)
-        task.check_args(args)
-        return payload
+        text = self._args_text(task, args)
+        return Jsonb(args if type(args) is dict else dict(args), dumps=lambda _value: text)
 
     def _args_text(self, task: Task[Any], args: Mapping[str, Any]) -> str:
         """The JSON text of one job's arguments, checked against ``task``."""
