@@ -292,10 +292,11 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self.stop)
         log.info(
-            "worker %s started: queues=%s concurrency=%d",
+            "worker %s started: queues=%s concurrency=%d loop=%s",
             self.worker_id,
             ",".join(self.queues),
             self.settings.concurrency,
+            type(self._loop).__module__.partition(".")[0],
         )
         helpers = [
             asyncio.create_task(self._flush_completions_loop(), name="pgqueue-complete"),

@@ -752,6 +752,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--startup-timeout", type=float, default=60.0, help="wait for the database (60 s)"
     )
     p.add_argument("--no-listen", action="store_true", help="poll only, no LISTEN/NOTIFY")
+    p.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=os.environ.get("PGQUEUE_LOOP") or "auto",
+        help="event loop: uvloop when installed (auto, the default; $PGQUEUE_LOOP), or force one",
+    )
     p.add_argument("--until-idle", action="store_true", help="exit when the queues are empty")
     p.add_argument(
         "--progress-history", type=int, default=100, help="progress reports kept per job (100)"
@@ -965,6 +971,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LOOPS = ("auto", "uvloop", "asyncio")
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop a command runs on: uvloop when installed (``auto``) or
+    asked for, else asyncio's own (None). The worker is the command that picks
+    one: with uvloop its per-job scheduling costs less CPU (docs/performance.md)."""
+    if choice not in LOOPS:
+        raise ConfigurationError(
+            f"--loop (or PGQUEUE_LOOP) must be one of {', '.join(LOOPS)}, not {choice!r}"
+        )
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigurationError(
+                "--loop uvloop: uvloop is not installed (pip install uvloop)"
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -979,7 +1010,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dsn:
             args.dsn = _connect.normalize_dsn(args.dsn)
         handler: Handler = args.handler
-        return asyncio.run(handler(args))
+        # Only commands with a --loop option choose; the others (bench among
+        # them: its clients stand for an application's loop) run on asyncio's.
+        with asyncio.Runner(loop_factory=loop_factory(getattr(args, "loop", "asyncio"))) as runner:
+            return runner.run(handler(args))
     except KeyboardInterrupt:
         return 130
     except psycopg.Error as exc:

@@ -21,6 +21,7 @@ import pgqueue
 
 from .helpers import (
     attempt_outcomes,
+    cli_env,
     rows,
     run_cli,
     scalar,
@@ -395,3 +396,39 @@ def test_a_leaking_job_fails_its_attempts_and_ends_dead_letter(
     # nothing left for a fresh worker: it goes idle and exits cleanly
     idle = procs.worker(runs_dsn, "--queues", "crash", "--until-idle", name="idle")
     assert idle.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_worker_runs_jobs_on_the_event_loop_it_was_given(
+    runs_dsn: str, procs, client: pgqueue.Queue, loop: str
+) -> None:
+    """``--loop`` picks the worker's event loop (uvloop is what ``auto`` picks
+    where it is installed); async bodies, sync bodies in threads, their
+    progress and their results work the same on both."""
+    async_ids = client.enqueue_many_sync("record", [{"tag": f"a{i}"} for i in range(20)])
+    sync_ids = client.enqueue_many_sync("slow_sync", [{"seconds": 0.05}] * 4)
+    step_ids = client.enqueue_many_sync("steps", [{"count": 3, "pause": 0.05}] * 2)
+    worker = procs.worker(runs_dsn, "--loop", loop, "--until-idle", concurrency=8)
+    assert worker.wait(timeout=60) == 0
+    assert f"concurrency=8 loop={loop}" in worker.log()
+    jobs = _jobs(runs_dsn)
+    assert jobs == dict.fromkeys(async_ids + sync_ids + step_ids, ("completed", 1, 1))
+    # the last progress report of each job is written before its outcome
+    last_steps = rows(
+        runs_dsn,
+        "SELECT job_id, message FROM pgqueue.progress_history WHERE pct = 100 ORDER BY job_id",
+    )
+    assert last_steps == [(job_id, "step 3/3") for job_id in sorted(step_ids)]
+    assert _finished_bodies(runs_dsn) == dict.fromkeys(async_ids + sync_ids, 1)
+    results = dict(rows(runs_dsn, "SELECT id, result FROM pgqueue.jobs"))
+    assert {results[i]["tag"] for i in async_ids} == {f"a{i}" for i in range(20)}
+    assert {results[i] for i in sync_ids} == {"slept 0.05"}
+
+
+def test_worker_refuses_an_unknown_event_loop_in_the_environment(db_dsn: str) -> None:
+    env = cli_env(db_dsn, PGQUEUE_LOOP="trio")
+    result = run_cli("worker", "--app", "tests.acceptance.app:queue", dsn=db_dsn, env=env)
+    assert result.returncode == 1
+    assert result.stderr_lines == [
+        "pgqueue: error: --loop (or PGQUEUE_LOOP) must be one of auto, uvloop, asyncio, not 'trio'"
+    ]

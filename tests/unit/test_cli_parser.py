@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 import pytest
 
 from pgqueue import cli
+from pgqueue.errors import ConfigurationError
 
 CONTRACT_COMMANDS = ["migrate", "worker", "enqueue", "jobs", "queues", "demo", "serve", "token"]
 
@@ -141,3 +143,32 @@ def test_load_app_errors_are_configuration_errors() -> None:
         cli.load_app("pgqueue_no_such_module_xyz:queue")
     with pytest.raises(ConfigurationError, match=r"is not a pgqueue\.Queue"):
         cli.load_app("pgqueue:__version__")
+
+
+def test_worker_loop_option_defaults_to_auto_and_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = ["worker", "--app", "m:q"]
+    monkeypatch.delenv("PGQUEUE_LOOP", raising=False)
+    assert cli.build_parser().parse_args(worker).loop == "auto"
+    monkeypatch.setenv("PGQUEUE_LOOP", "asyncio")
+    assert cli.build_parser().parse_args(worker).loop == "asyncio"
+    assert cli.build_parser().parse_args([*worker, "--loop", "uvloop"]).loop == "uvloop"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([*worker, "--loop", "trio"])
+
+
+def test_loop_factory_picks_uvloop_when_installed_and_asyncio_when_asked() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    assert cli.loop_factory("auto") is uvloop.new_event_loop
+    assert cli.loop_factory("uvloop") is uvloop.new_event_loop
+    assert cli.loop_factory("asyncio") is None
+
+
+def test_loop_factory_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop -> ImportError
+    assert cli.loop_factory("auto") is None
+    with pytest.raises(ConfigurationError, match=r"^--loop uvloop: uvloop is not installed"):
+        cli.loop_factory("uvloop")
+    with pytest.raises(ConfigurationError, match=r"must be one of auto, uvloop, asyncio, not 'x'"):
+        cli.loop_factory("x")
