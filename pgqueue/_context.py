@@ -86,6 +86,11 @@ class JobContext:
         if self._on_progress is not None and not was_dirty:
             self._on_progress(self)  # the worker writes the latest value shortly
 
+    @property
+    def progress_unwritten(self) -> bool:
+        """Whether a report waits for the worker to write it."""
+        return self._dirty
+
     def take_progress(self) -> tuple[float, str | None] | None:
         """The unwritten progress report, if any (used by the worker)."""
         with self._lock:

@@ -59,6 +59,9 @@ log = logging.getLogger("pgqueue.worker")
 
 _MAX_ERROR_CHARS = 16_000
 
+# What a task that returns None stores (JSON null), made once, not per job.
+_NULL_RESULT = Jsonb(None, dumps=lambda _value: "null")
+
 CLAIM_GATHER = 0.002
 """Seconds a busy worker waits for more free slots before a small claim."""
 
@@ -510,7 +513,7 @@ class Worker:
         lease = _Lease(job_id, attempt, task_name, ctx, timeout)
         self._leases[lease.key] = lease
         self._running += 1
-        runner = asyncio.create_task(self._execute(lease), name=f"pgqueue-job-{job_id}")
+        runner = asyncio.create_task(self._execute(lease))  # unnamed: a name costs per job
         self._outcomes_pending.add(runner)
         runner.add_done_callback(self._outcomes_pending.discard)
 
@@ -520,7 +523,8 @@ class Worker:
         """Run one attempt and write its outcome: exactly one of complete
         (batched), fail, release, or nothing when the lease is already gone."""
         task = self.queue.tasks.get(lease.task_name)
-        timeout_cm = asyncio.timeout(lease.timeout)
+        # no timeout, no timer: asyncio.timeout(None) would still cost its setup
+        timeout_cm = None if lease.timeout is None else asyncio.timeout(lease.timeout)
         timed_out = False
         try:
             if task is None:  # claim filters by task name; kept as a safety net
@@ -529,8 +533,11 @@ class Worker:
                     f"worker {self.worker_id} does not register it"
                 )
             lease.body = self._body(task, lease)
-            async with timeout_cm:
+            if timeout_cm is None:
                 result = await lease.body
+            else:
+                async with timeout_cm:
+                    result = await lease.body
             payload = self._result_payload(task, result)
         except asyncio.CancelledError as exc:
             if lease.stop is not None:
@@ -544,7 +551,7 @@ class Worker:
             # library cancelled): an ordinary error of this attempt.
             error, retryable = _format_error(exc), True
         except TimeoutError as exc:
-            if timeout_cm.expired():
+            if timeout_cm is not None and timeout_cm.expired():
                 lease.ctx.request_stop("timeout")
                 if not await self._join_thread(lease):
                     return
@@ -568,8 +575,11 @@ class Worker:
 
     async def _last_progress(self, lease: _Lease) -> None:
         """Write a progress report the task made just before it ended and the
-        progress loop has not written yet, so the history keeps the last step."""
-        await self._write_progress_of(lease)  # nothing to do if none is unwritten
+        progress loop has not written yet, so the history keeps the last step;
+        wait for a write of this lease still under way. Most tasks report none
+        (the body has ended, so no new report can come): nothing to await."""
+        if lease.ctx.progress_unwritten or lease.progress_lock.locked():
+            await self._write_progress_of(lease)
 
     async def _join_thread(self, lease: _Lease) -> bool:
         """After a sync task's timeout: Python cannot interrupt its thread, so keep
@@ -636,6 +646,8 @@ class Worker:
         return asyncio.wrap_future(lease.thread)
 
     def _result_payload(self, task: Task[Any], result: Any) -> Jsonb:
+        if result is None:
+            return _NULL_RESULT
         try:
             return encode_json(
                 result, f"the result of task {task.name!r}", self.queue.max_payload_bytes

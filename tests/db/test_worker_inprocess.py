@@ -180,6 +180,27 @@ async def test_until_idle_returns_once_all_jobs_are_done(queue: pgqueue.Queue) -
         assert row.result == n * n
 
 
+async def test_a_task_returning_none_stores_json_null(queue: pgqueue.Queue) -> None:
+    @queue.task
+    async def quiet_async(ctx: pgqueue.JobContext) -> None:
+        return None
+
+    @queue.task
+    def quiet_sync(ctx: pgqueue.JobContext) -> None:
+        return None
+
+    async with running_worker(queue, queues=["default"], concurrency=2):
+        ids = [await quiet_async.enqueue(), await quiet_sync.enqueue(), await quiet_async.enqueue()]
+        for job_id in ids:
+            assert await queue.wait(job_id, timeout=WAIT) is None
+    with psycopg.connect(queue.dsn, autocommit=True) as conn:
+        stored = conn.execute(
+            "SELECT id, result IS NULL, jsonb_typeof(result) FROM pgqueue.jobs ORDER BY id"
+        ).fetchall()
+    # a JSON null, not a missing result: the job did return, and returned nothing
+    assert stored == [(job_id, False, "null") for job_id in ids]
+
+
 # -- failures, retries and timeouts ----------------------------------------------------------
 
 
@@ -246,6 +267,29 @@ async def test_non_retryable_error_fails_at_once(queue: pgqueue.Queue) -> None:
     row = await job(queue, job_id)
     assert (row.status, row.attempts, row.max_attempts) == (JobStatus.FAILED, 1, 5)
     assert await outcomes(queue, job_id) == ["error"]
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+async def test_timeout_error_raised_by_the_task_is_an_ordinary_error(
+    queue: pgqueue.Queue, timeout: float | None
+) -> None:
+    """A TimeoutError of the task's own (its HTTP call, say), with or without
+    a task timeout that has not expired, is a retryable error, not ``timeout``."""
+
+    @queue.task(timeout=timeout, max_attempts=2, retry_delay=0.05)
+    async def calls_out(ctx: pgqueue.JobContext) -> str:
+        if ctx.attempt == 1:
+            raise TimeoutError("upstream did not answer")
+        return "answered"
+
+    async with running_worker(queue, queues=["default"]):
+        job_id = await calls_out.enqueue()
+        assert await queue.wait(job_id, timeout=WAIT) == "answered"
+
+    history = await queue.attempts(job_id)
+    assert [(a.attempt, a.outcome) for a in history] == [(1, "error"), (2, "completed")]
+    assert "TimeoutError: upstream did not answer" in (history[0].error or "")
+    assert "exceeded its timeout" not in (history[0].error or "")
 
 
 async def test_async_timeout_on_last_attempt_ends_timeout(queue: pgqueue.Queue) -> None:
