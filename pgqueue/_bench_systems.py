@@ -5,6 +5,10 @@ is measured the same way: a client in the bench process enqueues (one job per
 call, then in chunks), and real worker *processes* drain a backlog of no-op
 jobs, timed inside the workers by :mod:`pgqueue._bench_probe`.
 
+pgqueue's workers are ``pgqueue worker`` processes on their default loop
+(uvloop when installed, as it is with pgqueue); the clients run on the bench
+process's asyncio loop, the same for every system.
+
 Peers (procrastinate, PgQueuer) are optional: install them with
 ``pip install 'pgqueue[bench]'``. Each runs with the settings its own
 documentation recommends for throughput, and again at its defaults:

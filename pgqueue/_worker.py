@@ -513,7 +513,7 @@ class Worker:
         lease = _Lease(job_id, attempt, task_name, ctx, timeout)
         self._leases[lease.key] = lease
         self._running += 1
-        runner = asyncio.create_task(self._execute(lease))  # unnamed: a name costs per job
+        runner = asyncio.create_task(self._execute(lease), name=f"pgqueue-job-{job_id}")
         self._outcomes_pending.add(runner)
         runner.add_done_callback(self._outcomes_pending.discard)
 

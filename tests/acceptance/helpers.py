@@ -49,6 +49,7 @@ def cli_env(dsn: str | None, **extra: str) -> dict[str, str]:
     pointing at a database (so no test can fall back to the embedded server)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PGQUEUE_DSN", "DATABASE_URL")}
     env.pop("PGQUEUE_APP", None)
+    env.pop("PGQUEUE_LOOP", None)
     if dsn is not None:
         env["PGQUEUE_DSN"] = dsn
     env["PYTHONUNBUFFERED"] = "1"

@@ -405,6 +405,8 @@ def test_worker_runs_jobs_on_the_event_loop_it_was_given(
     """``--loop`` picks the worker's event loop (uvloop is what ``auto`` picks
     where it is installed); async bodies, sync bodies in threads, their
     progress and their results work the same on both."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
     async_ids = client.enqueue_many_sync("record", [{"tag": f"a{i}"} for i in range(20)])
     sync_ids = client.enqueue_many_sync("slow_sync", [{"seconds": 0.05}] * 4)
     step_ids = client.enqueue_many_sync("steps", [{"count": 3, "pause": 0.05}] * 2)

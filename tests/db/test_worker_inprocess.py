@@ -686,6 +686,32 @@ async def test_progress_of_sync_task_is_recorded(queue: pgqueue.Queue) -> None:
         step2.set()
 
 
+async def test_last_report_waits_for_a_progress_write_under_way(queue: pgqueue.Queue) -> None:
+    """The task's one report is being written (slowly) when it returns: the
+    outcome waits for that write, so the report is not refused as late."""
+
+    @queue.task
+    async def reports_once(ctx: pgqueue.JobContext) -> str:
+        ctx.progress(40, "only step")
+        await asyncio.sleep(0.05)  # the progress loop has taken the report by now
+        return "done"
+
+    async with running_worker(queue, queues=["default"]) as worker:
+        original = worker._call
+
+        async def slow_progress(name: str, params: dict[str, Any], **kw: Any) -> list[Any]:
+            if name == "progress":
+                await asyncio.sleep(0.3)
+            return await original(name, params, **kw)
+
+        worker._call = slow_progress  # type: ignore[method-assign]
+        job_id = await reports_once.enqueue()
+        assert await queue.wait(job_id, timeout=WAIT) == "done"
+
+    history = await queue.progress_history(job_id)
+    assert [(p.pct, p.message) for p in history] == [(40, "only step")]
+
+
 async def test_invalid_progress_fails_the_task(queue: pgqueue.Queue) -> None:
     @queue.task
     async def bad_progress(ctx: pgqueue.JobContext) -> None:
