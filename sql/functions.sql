@@ -454,13 +454,20 @@ END $$;
 -- takes the same jobs in the same order as the full statement would (whose
 -- keyed part would find nothing), without initialising and sorting that empty
 -- keyed part on every call (docs/performance.md has the measurements).
+--
+-- Its statements run with generic plans (plan_cache_mode), planned once per
+-- session: custom plans were planned again on every call, which was about a
+-- third of the server's CPU for the claim of one job, as an idle worker makes
+-- when a NOTIFY wakes it (docs/performance.md). tests/db/test_claim_plan.py
+-- checks the generic plan on a deep backlog.
 CREATE OR REPLACE FUNCTION pgqueue.claim(
     p_worker_id     text,
     p_queues        text[],
     p_limit         integer,
     p_lease_timeout interval DEFAULT '20 seconds',
     p_tasks         text[] DEFAULT NULL
-) RETURNS SETOF pgqueue.jobs LANGUAGE plpgsql SET jit = off AS $$
+) RETURNS SETOF pgqueue.jobs LANGUAGE plpgsql
+SET jit = off SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_queues  text[];
     v_head    record;
@@ -860,9 +867,11 @@ END $$;
 -- started_at is filled with COALESCE and completed_at clamped with GREATEST
 -- in the same UPDATE, so completed_at >= started_at >= created_at always.
 -- (plpgsql, like heartbeat, so its plan is cached per session: it runs for
--- every batch of completions.)
+-- every batch of completions. The plan is generic, planned once, as claim's:
+-- a custom plan was planned again on every call.)
 CREATE OR REPLACE FUNCTION pgqueue.complete_many(p_ids bigint[], p_attempts integer[], p_results jsonb[])
-RETURNS TABLE (id bigint, attempt integer) LANGUAGE plpgsql SET jit = off AS $$
+RETURNS TABLE (id bigint, attempt integer) LANGUAGE plpgsql
+SET jit = off SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY

@@ -5,7 +5,10 @@ SELECT below (reproduced with its exact WHERE and ORDER BY). On a table of
 many pending jobs across queues and priorities its plan must walk
 ``jobs_claim_idx`` and stop after LIMIT rows: no sequential scan, no sort of
 the whole backlog. Checked twice: with the values inlined (a custom plan) and
-as a generic plan, which is what PL/pgSQL ends up caching for the function.
+as a generic plan, which is what PL/pgSQL caches for the function (it runs
+with ``plan_cache_mode = force_generic_plan``). The installed function itself
+is then called on the same backlog, and the statistics collector must show
+it reading the claim index and never the whole table.
 
 Loading 1,000,000 rows takes about 15 s on the 2-core test machine, so the
 default run uses 200,000 and the 1M variant is a soak test.
@@ -120,11 +123,50 @@ def test_claim_select_matches_the_function(conn: psycopg.Connection[Any]) -> Non
         assert clause in source, clause
 
 
+def _scans(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    """(sequential scans of pgqueue.jobs, scans of the claim index) so far."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "SELECT t.seq_scan, i.idx_scan FROM pg_stat_user_tables t"
+        "  JOIN pg_stat_user_indexes i ON i.relid = t.relid"
+        " WHERE t.relid = 'pgqueue.jobs'::regclass AND i.indexrelname = %s",
+        (CLAIM_INDEX,),
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _check_function(conn: psycopg.Connection[Any]) -> None:
+    """The installed pgqueue.claim, with its generic plans, on the loaded backlog."""
+    settings = conn.execute(
+        "SELECT proconfig FROM pg_proc WHERE oid = 'pgqueue.claim'::regproc"
+    ).fetchone()
+    assert settings is not None and "plan_cache_mode=force_generic_plan" in settings[0]
+    tasks = [f"t{i}" for i in range(TASKS)]
+    seq_before, idx_before = _scans(conn)
+    claimed: list[tuple[int, int]] = []
+    for _ in range(8):  # past the 5 custom plans plpgsql would otherwise make first
+        rows = conn.execute(
+            "SELECT id, priority FROM pgqueue.claim('w', ARRAY['q3'], 100, '1 hour', %s)",
+            (tasks,),
+        ).fetchall()
+        assert len(rows) == 100
+        claimed += [(int(r[0]), int(r[1])) for r in rows]
+    seq_after, idx_after = _scans(conn)
+    assert seq_after == seq_before, "pgqueue.claim scanned the whole jobs table"
+    assert idx_after > idx_before, "pgqueue.claim did not read the claim index"
+    # 25,000 jobs of q3 over 5 priorities: the first 800 are all of the highest
+    assert {priority for _, priority in claimed} == {2}
+    assert len({job for job, _ in claimed}) == 800
+
+
 def test_claim_uses_the_partial_index_on_200k_pending_jobs(
     conn: psycopg.Connection[Any],
 ) -> None:
     _load(conn, 200_000)
     _check_plans(conn)
+    _check_function(conn)
 
 
 @pytest.mark.soak
@@ -132,3 +174,4 @@ def test_claim_uses_the_partial_index_on_200k_pending_jobs(
 def test_claim_uses_the_partial_index_on_1m_pending_jobs(conn: psycopg.Connection[Any]) -> None:
     _load(conn, 1_000_000)
     _check_plans(conn)
+    _check_function(conn)
