@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import warnings
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from .errors import ConfigurationError, DatabaseUnavailable
 
@@ -37,6 +43,78 @@ def normalize_dsn(dsn: str) -> str:
     except psycopg.ProgrammingError as exc:
         raise ConfigurationError(f"malformed PostgreSQL DSN: {exc}") from None
     return dsn
+
+
+def closed_by_server(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether the server ended this idle connection since its last use (a
+    restart, a failover, ``pg_terminate_backend``, ``idle_session_timeout``).
+
+    Costs no round trip: the socket of such a connection is readable while no
+    query runs, and reading it finds the server's goodbye and then the end of
+    the stream. Anything else that can arrive unasked (a notice, a
+    notification, a parameter status) is kept for psycopg to handle as usual.
+    A connection lost without word from the server (a network cut) is not
+    seen here; its next query fails as it would have.
+    """
+    pgconn = conn.pgconn
+    for _ in range(3):  # the goodbye message, the end of the stream
+        if pgconn.status != pq.ConnStatus.OK:
+            return True
+        try:
+            if not _readable(pgconn.socket):
+                return False
+            pgconn.consume_input()
+        except (OSError, ValueError, psycopg.OperationalError):
+            return True
+    return pgconn.status != pq.ConnStatus.OK
+
+
+def _readable(fd: int) -> bool:
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)  # Windows: no poll
+    return bool(readable)
+
+
+@contextlib.asynccontextmanager
+async def live_connection(
+    pool: AsyncConnectionPool[Any], timeout: float | None = None
+) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """``pool.connection()``, passing over idle connections the server has
+    ended: after a database restart every idle connection of the pool is dead,
+    and each would otherwise fail one caller's query. The pool drops each one
+    handed back and opens a replacement."""
+    conn = await pool.getconn(timeout)
+    for _ in range(pool.max_size):
+        if not closed_by_server(conn):
+            break
+        await pool.putconn(conn)
+        conn = await pool.getconn(timeout)
+    try:
+        async with conn:  # as pool.connection(): commit, or roll back on error
+            yield conn
+    finally:
+        await pool.putconn(conn)
+
+
+@contextlib.contextmanager
+def live_connection_sync(
+    pool: ConnectionPool[Any], timeout: float | None = None
+) -> Iterator[psycopg.Connection[Any]]:
+    """Blocking form of :func:`live_connection`."""
+    conn = pool.getconn(timeout)
+    for _ in range(pool.max_size):
+        if not closed_by_server(conn):
+            break
+        pool.putconn(conn)
+        conn = pool.getconn(timeout)
+    try:
+        with conn:
+            yield conn
+    finally:
+        pool.putconn(conn)
 
 
 def data_dir() -> Path:

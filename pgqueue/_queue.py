@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from . import _migrate
-from ._connect import resolve_dsn
+from ._connect import live_connection, live_connection_sync, resolve_dsn
 from ._context import JobContext
 from ._job import Attempt, Batch, Job, ProgressEntry
 from ._periodic import Periodic, SchedulePass, make_periodic, schedule_due, schedule_status
@@ -581,7 +581,7 @@ class Queue:
                     await cur.execute(query(name), params)
                     return await cur.fetchall() if cur.description else []
             pool = await self.pool()
-            async with pool.connection() as c, c.cursor(row_factory=dict_row) as cur:
+            async with live_connection(pool) as c, c.cursor(row_factory=dict_row) as cur:
                 await cur.execute(query(name), params)
                 return await cur.fetchall() if cur.description else []
         except psycopg.Error as exc:
@@ -598,7 +598,10 @@ class Queue:
                 with conn.cursor(row_factory=dict_row) as cur:
                     cur.execute(query(name), params)
                     return cur.fetchall() if cur.description else []
-            with self.sync_pool().connection() as c, c.cursor(row_factory=dict_row) as cur:
+            with (
+                live_connection_sync(self.sync_pool()) as c,
+                c.cursor(row_factory=dict_row) as cur,
+            ):
                 cur.execute(query(name), params)
                 return cur.fetchall() if cur.description else []
         except psycopg.Error as exc:

@@ -42,6 +42,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from ._connect import live_connection
 from ._context import JobContext
 from ._periodic import schedule_due
 from ._queue import Queue, Task, encode_json
@@ -384,7 +385,7 @@ class Worker:
         started = time.monotonic()
         while True:
             try:
-                async with self._pool.connection(timeout=5) as conn:
+                async with live_connection(self._pool, timeout=5) as conn:
                     cur = await conn.execute(sql, params)
                     return await cur.fetchall() if cur.description else []
             except _RETRYABLE as exc:

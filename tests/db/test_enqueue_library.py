@@ -4,6 +4,7 @@ names the offending field and writes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -287,3 +288,50 @@ async def test_oversized_arguments_are_refused_naming_the_limit(db_dsn: str) -> 
         assert [j.args for j in await small.list_jobs()] == [{"blob": "x" * 500}]
     finally:
         await small.close()
+
+
+# -- connections the server ended ---------------------------------------------------------
+
+
+async def _end_other_sessions(conn: Conn) -> None:
+    """End every other session on the test database, as a restart or a
+    failover of the server would, and wait until they are gone."""
+    others = "datname = current_database() AND pid <> pg_backend_pid()"
+    ended = scalar(
+        conn, f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {others}"
+    )
+    assert ended >= 1
+    for _ in range(200):
+        if scalar(conn, f"SELECT count(*) FROM pg_stat_activity WHERE {others}") == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the other sessions did not end")
+
+
+async def test_enqueue_passes_over_pooled_connections_the_server_ended(
+    queue: pgqueue.Queue, conn: Conn
+) -> None:
+    """After a restart every idle connection of the pool is dead; none of them
+    may cost a caller an error (each used to fail one enqueue)."""
+    t = register(queue)
+    await asyncio.gather(*(queue.enqueue(t, {"x": i}) for i in range(8)))
+    pool = await queue.pool()
+    assert pool.get_stats()["pool_size"] >= 2  # several idle connections to pass over
+    await _end_other_sessions(conn)
+
+    first = await queue.enqueue(t, {"x": 100})
+    more = await asyncio.gather(*(queue.enqueue(t, {"x": 101 + i}) for i in range(8)))
+    assert job(conn, first)["args"] == {"x": 100}
+    assert count_jobs(conn) == 17
+    assert len({first, *more}) == 9
+
+
+async def test_enqueue_sync_passes_over_a_pooled_connection_the_server_ended(
+    queue: pgqueue.Queue, conn: Conn
+) -> None:
+    t = register(queue)
+    queue.enqueue_sync(t, {"x": 1})
+    await _end_other_sessions(conn)
+    job_id = queue.enqueue_sync(t, {"x": 2})
+    assert job(conn, job_id)["args"] == {"x": 2}
+    assert count_jobs(conn) == 2
