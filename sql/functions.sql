@@ -458,8 +458,11 @@ END $$;
 -- Its statements run with generic plans (plan_cache_mode), planned once per
 -- session: custom plans were planned again on every call, which was about a
 -- third of the server's CPU for the claim of one job, as an idle worker makes
--- when a NOTIFY wakes it (docs/performance.md). tests/db/test_claim_plan.py
--- checks the generic plan on a deep backlog.
+-- when a NOTIFY wakes it (docs/performance.md). Sequential and bitmap scans
+-- are off, so a plan made while the table was empty (which then looks
+-- cheapest read whole) still walks the claim index and the primary key once
+-- the backlog is deep. tests/db/test_claim_plan.py and
+-- tests/db/test_hot_path_plans.py check both.
 CREATE OR REPLACE FUNCTION pgqueue.claim(
     p_worker_id     text,
     p_queues        text[],
@@ -467,7 +470,8 @@ CREATE OR REPLACE FUNCTION pgqueue.claim(
     p_lease_timeout interval DEFAULT '20 seconds',
     p_tasks         text[] DEFAULT NULL
 ) RETURNS SETOF pgqueue.jobs LANGUAGE plpgsql
-SET jit = off SET plan_cache_mode = force_generic_plan AS $$
+SET jit = off SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off SET enable_bitmapscan = off AS $$
 DECLARE
     v_queues  text[];
     v_head    record;
@@ -783,8 +787,10 @@ END $$;
 -- waited on, so one busy row cannot stall the heartbeat of all the others).
 -- A lease missing from the result was lost (rescued, cancelled or timed out)
 -- and its task must stop.
+-- Planned for each call, as complete_many is (see there).
 CREATE OR REPLACE FUNCTION pgqueue.heartbeat(p_worker_id text, p_ids bigint[], p_attempts integer[])
-RETURNS TABLE (id bigint, attempt integer, refreshed boolean) LANGUAGE plpgsql SET jit = off AS $$
+RETURNS TABLE (id bigint, attempt integer, refreshed boolean) LANGUAGE plpgsql
+SET jit = off SET plan_cache_mode = force_custom_plan AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
@@ -866,12 +872,12 @@ END $$;
 -- leases that were applied; a missing one was stale and its result refused.
 -- started_at is filled with COALESCE and completed_at clamped with GREATEST
 -- in the same UPDATE, so completed_at >= started_at >= created_at always.
--- (plpgsql, like heartbeat, so its plan is cached per session: it runs for
--- every batch of completions. The plan is generic, planned once, as claim's:
--- a custom plan was planned again on every call.)
+-- Planned for each call's values and the table's current size
+-- (force_custom_plan): PL/pgSQL would otherwise keep, for the session, a
+-- generic plan made while the table was empty, which reads every job.
 CREATE OR REPLACE FUNCTION pgqueue.complete_many(p_ids bigint[], p_attempts integer[], p_results jsonb[])
 RETURNS TABLE (id bigint, attempt integer) LANGUAGE plpgsql
-SET jit = off SET plan_cache_mode = force_generic_plan AS $$
+SET jit = off SET plan_cache_mode = force_custom_plan AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY

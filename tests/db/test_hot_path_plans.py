@@ -8,6 +8,11 @@ completions at 5,000 running jobs, 190 ms at 20,000. The functions now test
 status in a form no index serves. This is checked from the statistics
 collector: over a call, neither index on status may start a scan, and the
 primary key must.
+
+The same must hold for plans a session made while the table was empty, or
+analyzed while empty: PL/pgSQL kept such a plan, which reads the table
+whole, for the session, and after a burst of jobs every claim, completion and
+heartbeat read every job until the next ANALYZE.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+import pytest
 
 STATUS_INDEXES = ("jobs_status_idx", "jobs_running_idx")
 
@@ -79,3 +85,52 @@ def test_heartbeat_finds_leases_by_primary_key_among_20000_running(
         ).fetchall()
         assert len(beats) == 100
         _assert_by_primary_key(before, _scans(conn))
+
+
+def _seq_scans(conn: psycopg.Connection[Any]) -> int:
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    n = conn.execute(
+        "SELECT seq_scan FROM pg_stat_user_tables WHERE relid = 'pgqueue.jobs'::regclass"
+    ).fetchone()
+    assert n is not None
+    return int(n[0])
+
+
+@pytest.mark.parametrize("analyzed", [False, True], ids=["never-analyzed", "analyzed-empty"])
+def test_plans_made_on_an_empty_table_do_not_read_a_later_backlog_whole(
+    conn: psycopg.Connection[Any], db_dsn: str, analyzed: bool
+) -> None:
+    """A worker's session plans its calls while the queue is empty; then a
+    burst of 20,000 jobs arrives, before any ANALYZE. Its claims, completions
+    and heartbeats must still go by index: no sequential scan of the jobs."""
+    conn.execute("ALTER TABLE pgqueue.jobs SET (autovacuum_enabled = false)")
+    if analyzed:
+        conn.execute("ANALYZE pgqueue.jobs")
+    with psycopg.connect(db_dsn, autocommit=True) as worker:
+        for _ in range(8):  # past the 5 calls after which plpgsql may go generic
+            claimed = worker.execute("SELECT id FROM pgqueue.claim('w', '{burst}', 100)")
+            assert claimed.fetchall() == []
+            worker.execute("SELECT * FROM pgqueue.complete_many('{}', '{}', '{}')")
+            worker.execute("SELECT * FROM pgqueue.heartbeat('w', '{}', '{}')")
+        conn.execute(
+            "INSERT INTO pgqueue.jobs (task, queue) SELECT 'noop', 'burst'"
+            " FROM generate_series(1, 20000)"
+        )
+        before = _seq_scans(conn)
+        for _ in range(3):
+            rows = worker.execute(
+                "SELECT id, attempts FROM pgqueue.claim('w', '{burst}', 100)"
+            ).fetchall()
+            assert len(rows) == 100
+            ids, attempts = [int(r[0]) for r in rows], [int(r[1]) for r in rows]
+            beats = worker.execute(
+                "SELECT id FROM pgqueue.heartbeat('w', %s::bigint[], %s::int[])", (ids, attempts)
+            ).fetchall()
+            assert len(beats) == 100
+            done = worker.execute(
+                "SELECT id FROM pgqueue.complete_many(%s::bigint[], %s::int[], %s::jsonb[])",
+                (ids, attempts, ["1"] * 100),
+            ).fetchall()
+            assert len(done) == 100
+        assert _seq_scans(conn) == before, "a plan made on the empty table read the jobs whole"

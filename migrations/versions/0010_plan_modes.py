@@ -1,4 +1,5 @@
-"""Generic plans for claim and complete_many: planned once per session, not on every call.
+"""Plan modes for the hot functions: claim planned once per session and never
+by sequential scan; complete_many and heartbeat planned for each call's values.
 
 Revision ID: 0010
 Revises: 0009
@@ -14,8 +15,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    run_sql_file("0010_generic_plans.sql")
+    run_sql_file("0010_plan_modes.sql")
 
 
 def downgrade() -> None:
-    run_sql_file("0010_generic_plans_downgrade.sql")
+    run_sql_file("0010_plan_modes_downgrade.sql")
