@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import select
+import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -85,13 +86,15 @@ async def live_connection(
     """``pool.connection()``, passing over idle connections the server has
     ended: after a database restart every idle connection of the pool is dead,
     and each would otherwise fail one caller's query. The pool drops each one
-    handed back and opens a replacement."""
+    handed back and opens a replacement. ``timeout`` (default the pool's)
+    bounds the whole wait, not each try."""
+    deadline = time.monotonic() + (pool.timeout if timeout is None else timeout)
     conn = await pool.getconn(timeout)
     for _ in range(pool.max_size):
         if not closed_by_server(conn):
             break
         await pool.putconn(conn)
-        conn = await pool.getconn(timeout)
+        conn = await pool.getconn(max(0.0, deadline - time.monotonic()))
     try:
         async with conn:  # as pool.connection(): commit, or roll back on error
             yield conn
@@ -104,12 +107,13 @@ def live_connection_sync(
     pool: ConnectionPool[Any], timeout: float | None = None
 ) -> Iterator[psycopg.Connection[Any]]:
     """Blocking form of :func:`live_connection`."""
+    deadline = time.monotonic() + (pool.timeout if timeout is None else timeout)
     conn = pool.getconn(timeout)
     for _ in range(pool.max_size):
         if not closed_by_server(conn):
             break
         pool.putconn(conn)
-        conn = pool.getconn(timeout)
+        conn = pool.getconn(max(0.0, deadline - time.monotonic()))
     try:
         with conn:
             yield conn

@@ -790,7 +790,8 @@ END $$;
 -- Planned for each call, as complete_many is (see there).
 CREATE OR REPLACE FUNCTION pgqueue.heartbeat(p_worker_id text, p_ids bigint[], p_attempts integer[])
 RETURNS TABLE (id bigint, attempt integer, refreshed boolean) LANGUAGE plpgsql
-SET jit = off SET plan_cache_mode = force_custom_plan AS $$
+SET jit = off SET plan_cache_mode = force_custom_plan
+SET enable_seqscan = off SET enable_bitmapscan = off AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
@@ -799,29 +800,35 @@ BEGIN
         SELECT * FROM unnest(p_ids, p_attempts) AS l(id, attempt)
     ),
     held AS (
-        -- by primary key, never by an index on status (see complete_many)
-        SELECT j.id
-          FROM pgqueue.jobs j
-          JOIN leases l ON j.id = l.id AND j.attempts = l.attempt
-         WHERE j.status::text = 'running' AND j.worker_id = p_worker_id
-         ORDER BY j.id
-           FOR NO KEY UPDATE OF j SKIP LOCKED
+        -- one primary-key probe per lease, in id order, never an index on
+        -- status (see complete_many)
+        SELECT h.id
+          FROM (SELECT l.id, l.attempt FROM leases l ORDER BY l.id) AS l
+          CROSS JOIN LATERAL (
+              SELECT j.id FROM pgqueue.jobs j
+               WHERE j.id = l.id AND j.attempts = l.attempt
+                 AND j.status::text = 'running' AND j.worker_id = p_worker_id
+                 FOR NO KEY UPDATE OF j SKIP LOCKED
+          ) AS h
     ),
     beat AS (
         UPDATE pgqueue.jobs j
            SET heartbeat_at = GREATEST(ts.now, j.heartbeat_at)
-          FROM held, ts
-         WHERE j.id = held.id AND j.status::text = 'running'
+          FROM ts
+         WHERE j.id = ANY (ARRAY(SELECT held.id FROM held)) AND j.status::text = 'running'
         RETURNING j.id, j.attempts
     )
     SELECT beat.id, beat.attempts, true FROM beat
     UNION ALL
     SELECT l.id, l.attempt, false
       FROM leases l
-     WHERE NOT EXISTS (SELECT 1 FROM beat WHERE beat.id = l.id)
-       AND EXISTS (SELECT 1 FROM pgqueue.jobs j
-                    WHERE j.id = l.id AND j.attempts = l.attempt
-                      AND j.status::text = 'running' AND j.worker_id = p_worker_id);
+     CROSS JOIN LATERAL (
+           -- a probe per lease (LIMIT keeps it one): still this worker's
+           SELECT 1 FROM pgqueue.jobs j
+            WHERE j.id = l.id AND j.attempts = l.attempt
+              AND j.status::text = 'running' AND j.worker_id = p_worker_id
+            LIMIT 1) AS still
+     WHERE NOT EXISTS (SELECT 1 FROM beat WHERE beat.id = l.id);
 END $$;
 
 -- progress: record a running job's progress (clamped to 0..100) and message
@@ -875,9 +882,13 @@ END $$;
 -- Planned for each call's values and the table's current size
 -- (force_custom_plan): PL/pgSQL would otherwise keep, for the session, a
 -- generic plan made while the table was empty, which reads every job.
+-- Sequential and bitmap scans are off and each lease is a lateral
+-- primary-key probe, so even a table believed empty (vacuumed or analyzed
+-- while empty) is never read whole.
 CREATE OR REPLACE FUNCTION pgqueue.complete_many(p_ids bigint[], p_attempts integer[], p_results jsonb[])
 RETURNS TABLE (id bigint, attempt integer) LANGUAGE plpgsql
-SET jit = off SET plan_cache_mode = force_custom_plan AS $$
+SET jit = off SET plan_cache_mode = force_custom_plan
+SET enable_seqscan = off SET enable_bitmapscan = off AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
@@ -886,16 +897,19 @@ BEGIN
         SELECT * FROM unnest(p_ids, p_attempts, p_results) AS i(id, attempt, result)
     ),
     held AS (
-        -- Rows are found by primary key. The status tests compare text, so no
-        -- index on status can serve them: the statistics often show few
-        -- running jobs, and the planner would then scan every running job of
-        -- every worker to find these (100 ms per call at 20,000 running).
-        SELECT j.id
-          FROM pgqueue.jobs j
-          JOIN input ON j.id = input.id AND j.attempts = input.attempt
-         WHERE j.status::text = 'running'
-         ORDER BY j.id
-           FOR UPDATE OF j
+        -- One primary-key probe per lease, in id order (so concurrent calls
+        -- lock rows in the same order): a lateral lookup leaves the planner no
+        -- other way, whatever the statistics say. The status tests compare
+        -- text, so no index on status can serve them: the statistics often
+        -- show few running jobs, and the planner would then scan every running
+        -- job of every worker to find these.
+        SELECT h.id
+          FROM (SELECT input.id, input.attempt FROM input ORDER BY input.id) AS l
+          CROSS JOIN LATERAL (
+              SELECT j.id FROM pgqueue.jobs j
+               WHERE j.id = l.id AND j.attempts = l.attempt AND j.status::text = 'running'
+                 FOR UPDATE OF j
+          ) AS h
     ),
     done AS (
         UPDATE pgqueue.jobs j
@@ -904,8 +918,8 @@ BEGIN
                progress = 100,
                started_at = COALESCE(j.started_at, GREATEST(ts.now, j.created_at)),
                completed_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at)
-          FROM input, held, ts
-         WHERE j.id = held.id AND input.id = j.id
+          FROM input, ts
+         WHERE j.id = ANY (ARRAY(SELECT held.id FROM held)) AND input.id = j.id
            AND j.attempts = input.attempt AND j.status::text = 'running'
         RETURNING j.id, j.attempts, j.worker_id, j.leased_at, j.completed_at
     ),
@@ -1313,12 +1327,15 @@ END $$;
 -- pending or retrying get the batch's paused flag as it is once the batch row
 -- is locked, so a child that failed while a pause or resume was in flight is
 -- neither claimed in a paused batch nor left behind in a resumed one.
+-- It plans as PL/pgSQL does by default (plan_cache_mode = auto) whichever
+-- function's trigger calls it: claim forces generic plans, complete_many
+-- custom ones, for their own statements only.
 CREATE OR REPLACE FUNCTION pgqueue.batch_apply(
     p_id  bigint,
     p_was pgqueue.job_status[],
     p_now pgqueue.job_status[],
     p_ids bigint[] DEFAULT NULL
-) RETURNS void LANGUAGE plpgsql AS $$
+) RETURNS void LANGUAGE plpgsql SET plan_cache_mode = auto AS $$
 DECLARE
     d        record;
     b        pgqueue.batches%ROWTYPE;

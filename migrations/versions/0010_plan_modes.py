@@ -1,5 +1,5 @@
-"""Plan modes for the hot functions: claim planned once per session and never
-by sequential scan; complete_many and heartbeat planned for each call's values.
+"""Plan modes for the hot functions: claim planned once per session, complete_many
+and heartbeat for each call by primary-key probes; none reads the jobs table whole.
 
 Revision ID: 0010
 Revises: 0009
