@@ -47,27 +47,24 @@ def normalize_dsn(dsn: str) -> str:
 
 
 def closed_by_server(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
-    """Whether the server ended this idle connection since its last use (a
+    """Whether the server ended, or is ending, this idle pooled connection (a
     restart, a failover, ``pg_terminate_backend``, ``idle_session_timeout``).
 
-    Costs no round trip: the socket of such a connection is readable while no
-    query runs, and reading it finds the server's goodbye and then the end of
-    the stream. Anything else that can arrive unasked (a notice, a
-    notification, a parameter status) is kept for psycopg to handle as usual.
-    A connection lost without word from the server (a network cut) is not
-    seen here; its next query fails as it would have.
+    Costs no round trip: the server says goodbye on the socket and then closes
+    it, so the socket of such a connection is readable while no query runs.
+    Nothing else arrives unasked on a pooled connection (no query runs on it
+    and it never LISTENs), so anything readable counts, even when the end of
+    the stream has not followed the goodbye yet. A connection lost without
+    word from the server (a network cut) is not seen here; its next query
+    fails as it would have.
     """
     pgconn = conn.pgconn
-    for _ in range(3):  # the goodbye message, the end of the stream
-        if pgconn.status != pq.ConnStatus.OK:
-            return True
-        try:
-            if not _readable(pgconn.socket):
-                return False
-            pgconn.consume_input()
-        except (OSError, ValueError, psycopg.OperationalError):
-            return True
-    return pgconn.status != pq.ConnStatus.OK
+    if pgconn.status != pq.ConnStatus.OK:
+        return True
+    try:
+        return _readable(pgconn.socket)
+    except (OSError, ValueError, psycopg.OperationalError):
+        return True
 
 
 def _readable(fd: int) -> bool:
@@ -93,6 +90,7 @@ async def live_connection(
     for _ in range(pool.max_size):
         if not closed_by_server(conn):
             break
+        await conn.close()  # so that the pool drops it, even before the end arrived
         await pool.putconn(conn)
         conn = await pool.getconn(max(0.0, deadline - time.monotonic()))
     try:
@@ -112,6 +110,7 @@ def live_connection_sync(
     for _ in range(pool.max_size):
         if not closed_by_server(conn):
             break
+        conn.close()
         pool.putconn(conn)
         conn = pool.getconn(max(0.0, deadline - time.monotonic()))
     try:
