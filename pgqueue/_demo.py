@@ -11,10 +11,11 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
-from . import _migrate
+from . import _extras, _migrate
 from ._queue import Queue
 from ._status import JobStatus
 from ._worker import Worker, WorkerSettings
+from .errors import ConfigurationError
 
 
 def _describe(dsn: str) -> str:
@@ -44,9 +45,13 @@ async def run_demo(
         queue._dsn_given = dsn
     logging.getLogger("pgqueue.worker").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    if port is None and not once:
-        port = 8000
     print("pgqueue demo")
+    if port is None and not once:
+        try:
+            _extras.api()
+            port = 8000
+        except ConfigurationError as exc:  # the API is optional when not asked for by --port
+            print(f"  dashboard: off ({exc})")
     resolved = await asyncio.to_thread(lambda: queue.dsn)
     print(f"  database:  {_describe(resolved)}")
     await asyncio.to_thread(_migrate.upgrade, resolved)
@@ -65,13 +70,12 @@ async def run_demo(
 async def _serve_api(queue: Queue, host: str, port: int) -> AsyncIterator[None]:
     """The status API for the demo, with the secret from PGQUEUE_API_SECRET or
     a random one for this run."""
-    from pgqueue_service import SECRET_ENV, Settings, mint_token, running
-
-    secret = os.environ.get(SECRET_ENV) or secrets.token_urlsafe(32)
-    settings = Settings(secret=secret)
-    async with running(queue, settings, host=host, port=port, close_queue=False) as url:
-        admin = mint_token(secret, "admin", admin=True)
-        user = mint_token(secret, DEMO_OWNER)
+    service = _extras.api()
+    secret = os.environ.get(service.SECRET_ENV) or secrets.token_urlsafe(32)
+    settings = service.Settings(secret=secret)
+    async with service.running(queue, settings, host=host, port=port, close_queue=False) as url:
+        admin = service.mint_token(secret, "admin", admin=True)
+        user = service.mint_token(secret, DEMO_OWNER)
         print(f"  dashboard: {url}/#token={admin}")
         print(f"  API:       {url}/api/v1  (docs/api.md; tokens valid 24 h)")
         print(f"  admin token:       {admin}")

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import psycopg
 
-from . import _connect, _migrate
+from . import _connect, _extras, _migrate
 from ._job import Batch, Job
 from ._queue import Queue, _notified_id
 from ._status import BatchStatus, JobStatus
@@ -631,21 +631,19 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
-    from pgqueue_service import Settings, secret_from_env, serve_forever
-
-    settings = Settings(secret=secret_from_env(), active_window=args.active_window)
+    service = _extras.api()
+    settings = service.Settings(secret=service.secret_from_env(), active_window=args.active_window)
     queue = _queue(args)
-    await serve_forever(queue, settings, host=args.host, port=args.port)
+    await service.serve_forever(queue, settings, host=args.host, port=args.port)
     return 0
 
 
 async def cmd_token(args: argparse.Namespace) -> int:
-    from pgqueue_service import decode_token, mint_token, secret_from_env
-
-    secret = secret_from_env()
-    token = mint_token(secret, args.owner, admin=args.admin, ttl=args.ttl)
+    service = _extras.api()
+    secret = service.secret_from_env()
+    token = service.mint_token(secret, args.owner, admin=args.admin, ttl=args.ttl)
     if args.json:
-        claims = decode_token(secret, token)
+        claims = service.decode_token(secret, token)
         _print_json({"token": token, "owner": claims.owner, "admin": claims.admin, "ttl": args.ttl})
     else:
         print(token)
