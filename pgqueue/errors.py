@@ -20,11 +20,31 @@ class ConfigurationError(PgQueueError, ValueError):
 
 
 class DatabaseUnavailable(PgQueueError):
-    """PostgreSQL could not be reached."""
+    """PostgreSQL could not be reached, or ended the session mid-call (a
+    restart, a failover, ``pg_terminate_backend``). Retryable: the call did
+    not take effect, or took effect as a whole, as its transaction decided."""
+
+    retryable = True
 
 
 class InvalidJobError(PgQueueError, ValueError):
-    """An enqueue was refused because of bad input; nothing was written."""
+    """An enqueue was refused because of bad input; nothing was written.
+    ``field`` names the input at fault when it is known."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvariantViolation(PgQueueError):
+    """The database refused a change that would break one of pgqueue's
+    invariants (a CHECK constraint on its state, timestamps or counters).
+    Not bad input: a defect, or a change made outside pgqueue's functions.
+    ``constraint`` names the constraint."""
+
+    def __init__(self, message: str, *, constraint: str | None = None) -> None:
+        super().__init__(message)
+        self.constraint = constraint
 
 
 class UnknownTaskError(InvalidJobError):
@@ -110,11 +130,47 @@ def _message(exc: psycopg.Error) -> str:
     return text.removeprefix("pgqueue: ")
 
 
+# CHECK constraints on values a caller passes in, with the input each guards.
+# Every other CHECK of pgqueue's tables guards an invariant of its own state.
+_INPUT_CHECKS: dict[str, str] = {
+    "jobs_queue_valid": "queue",
+    "jobs_task_valid": "task",
+    "jobs_args_object": "args",
+    "jobs_metadata_object": "metadata",
+    "jobs_max_attempts_positive": "max_attempts",
+    "jobs_timeout_positive": "timeout",
+    "jobs_lease_timeout_positive": "lease_timeout",
+    "jobs_owner_valid": "owner",
+    "jobs_progress_range": "progress",
+    "jobs_dedupe_valid": "dedupe_key",
+    "jobs_concurrency_valid": "concurrency_key",
+    "queues_rate_valid": "rate_limit",
+    "progress_history_pct_range": "progress",
+    "batches_owner_valid": "owner",
+    "batches_metadata_object": "metadata",
+    "batches_on_complete_object": "on_complete",
+    "periodic_ticks_name_valid": "name",
+}
+
+# The server ended the session (admin or crash shutdown), or is starting or
+# stopping; class 08 is a connection exception; 53300: no connection slot.
+_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def _unavailable(exc: psycopg.Error) -> bool:
+    state = exc.sqlstate
+    if state is None:
+        return isinstance(exc, psycopg.OperationalError)
+    return state in _UNAVAILABLE_STATES or state.startswith("08")
+
+
 def translate(exc: psycopg.Error) -> Exception:
     """Map a database error from a pgqueue function to the matching exception.
 
-    Errors pgqueue does not own are returned unchanged; a connection failure
-    becomes :class:`DatabaseUnavailable`.
+    Errors pgqueue does not own are returned unchanged; a lost connection or
+    a session the server ended becomes :class:`DatabaseUnavailable`; a CHECK
+    violation is :class:`InvalidJobError` when the constraint guards a value
+    the caller passed, :class:`InvariantViolation` otherwise.
     """
     missing = (
         psycopg.errors.UndefinedTable,
@@ -129,8 +185,17 @@ def translate(exc: psycopg.Error) -> Exception:
     cls = _BY_SQLSTATE.get(exc.sqlstate or "")
     if cls is not None:
         return cls(_message(exc))
-    if isinstance(exc, psycopg.errors.CheckViolation | psycopg.errors.InvalidTextRepresentation):
+    if isinstance(exc, psycopg.errors.CheckViolation):
+        constraint = exc.diag.constraint_name
+        field = _INPUT_CHECKS.get(constraint or "")
+        if field is not None:
+            return InvalidJobError(f"{field}: {_message(exc)}", field=field)
+        return InvariantViolation(
+            f"refused by pgqueue's invariant {constraint or '(unnamed)'}: {_message(exc)}",
+            constraint=constraint,
+        )
+    if isinstance(exc, psycopg.errors.InvalidTextRepresentation):
         return InvalidJobError(_message(exc))
-    if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+    if _unavailable(exc):
         return DatabaseUnavailable(str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
     return exc

@@ -157,13 +157,15 @@ def test_python_enum_mirrors_schema_enum_text() -> None:
 # -- errors.translate -----------------------------------------------------------------------
 
 
-def db_error(sqlstate: str, message: str) -> psycopg.Error:
+def db_error(sqlstate: str, message: str, constraint: str | None = None) -> psycopg.Error:
     """A psycopg error as the server would raise it (class chosen by SQLSTATE),
     with its diagnostics carried in the picklable dict form psycopg supports."""
     info: Any = {
         DiagnosticField.SQLSTATE: sqlstate.encode(),
         DiagnosticField.MESSAGE_PRIMARY: message.encode(),
     }
+    if constraint is not None:
+        info[DiagnosticField.CONSTRAINT_NAME] = constraint.encode()
     cls = psycopg.errors._class_for_state(sqlstate)
     return cls(f"ERROR: {message}", info=info)
 
@@ -185,11 +187,41 @@ def test_translate_maps_pgqueue_sqlstates(sqlstate: str, expected: type[Exceptio
     assert str(translated) == "cannot complete job 5 attempt 1: the lease is gone"
 
 
-@pytest.mark.parametrize("sqlstate", ["23514", "22P02"])  # check_violation, invalid text
-def test_translate_bad_input_is_invalid_job_error(sqlstate: str) -> None:
-    translated = errors.translate(db_error(sqlstate, "new row violates check constraint"))
+def test_translate_invalid_text_is_invalid_job_error() -> None:
+    translated = errors.translate(db_error("22P02", "invalid input syntax for type bigint"))
     assert type(translated) is pgqueue.InvalidJobError
-    assert "violates check constraint" in str(translated)
+    assert "invalid input syntax" in str(translated)
+
+
+@pytest.mark.parametrize(
+    ("constraint", "field"),
+    [
+        ("jobs_queue_valid", "queue"),
+        ("jobs_owner_valid", "owner"),
+        ("queues_rate_valid", "rate_limit"),
+    ],
+)
+def test_translate_check_on_an_input_is_invalid_job_error_naming_it(
+    constraint: str, field: str
+) -> None:
+    message = f'new row for relation "jobs" violates check constraint "{constraint}"'
+    translated = errors.translate(db_error("23514", message, constraint))
+    assert type(translated) is pgqueue.InvalidJobError
+    assert translated.field == field
+    assert str(translated).startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    ["jobs_completed_after_started", "jobs_terminal_iff_completed_at", "batches_counts_sum", None],
+)
+def test_translate_check_on_pgqueue_state_is_not_bad_input(constraint: str | None) -> None:
+    message = "new row violates check constraint"
+    translated = errors.translate(db_error("23514", message, constraint))
+    assert type(translated) is pgqueue.InvariantViolation
+    assert not isinstance(translated, ValueError)
+    assert translated.constraint == constraint
+    assert str(constraint or "(unnamed)") in str(translated)
 
 
 def test_translate_missing_schema_is_configuration_error() -> None:
@@ -218,10 +250,27 @@ def test_translate_connection_failure_is_database_unavailable() -> None:
     )
 
 
-def test_translate_server_side_operational_error_is_unchanged() -> None:
-    """An OperationalError with a SQLSTATE (e.g. admin shutdown) is not a
-    connection failure to report as unavailable; it is passed through."""
-    exc = db_error("57P01", "terminating connection due to administrator command")
+@pytest.mark.parametrize(
+    ("sqlstate", "message"),
+    [
+        ("57P01", "terminating connection due to administrator command"),
+        ("57P02", "terminating connection because of crash of another server process"),
+        ("57P03", "the database system is starting up"),
+        ("53300", "sorry, too many clients already"),
+        ("08006", "connection failure"),
+    ],
+)
+def test_translate_session_ended_by_the_server_is_database_unavailable(
+    sqlstate: str, message: str
+) -> None:
+    translated = errors.translate(db_error(sqlstate, message))
+    assert isinstance(translated, pgqueue.DatabaseUnavailable)
+    assert translated.retryable
+    assert message in str(translated)
+
+
+def test_translate_other_operational_error_with_a_sqlstate_is_unchanged() -> None:
+    exc = db_error("55P03", "could not obtain lock on row")  # lock_not_available
     assert isinstance(exc, psycopg.OperationalError)
     assert errors.translate(exc) is exc
 
@@ -241,6 +290,7 @@ def test_exception_hierarchy() -> None:
         pgqueue.JobNotFound,
         pgqueue.InvalidTransition,
         pgqueue.StaleLease,
+        pgqueue.InvariantViolation,
         pgqueue.JobFailed,
         pgqueue.NonRetryableError,
     ):
