@@ -278,6 +278,11 @@ class Readiness(BaseModel):
     schema_at_head: bool = Field(
         description="the database's pgqueue schema is at this package's latest revision"
     )
+    schema_serves_release: bool = Field(
+        description="the schema is at this package's revision, or newer and still serving it "
+        "(pgqueue.served_revisions): what readiness requires, so a rolling deploy that "
+        "migrates first keeps the previous release ready"
+    )
     schema_revision: str | None = Field(description="the database's pgqueue schema revision")
 
 

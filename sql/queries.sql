@@ -366,3 +366,8 @@ SELECT pgqueue.enqueue_tick(%(name)s::text, %(tick)s::timestamptz, %(task)s::tex
 -- name: schema_revision
 -- The alembic revision of the pgqueue schema (pgqueue._migrate.VERSION_TABLE).
 SELECT version_num FROM pgqueue.pgqueue_alembic_version
+
+-- name: serves_revision
+-- Whether the installed schema serves a release whose head is %(revision)s
+-- (the table exists from revision 0011 on).
+SELECT EXISTS (SELECT 1 FROM pgqueue.served_revisions WHERE revision = %(revision)s) AS served

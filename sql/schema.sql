@@ -257,3 +257,11 @@ CREATE TABLE pgqueue.periodic_ticks (
     PRIMARY KEY (name, tick),
     CONSTRAINT periodic_ticks_name_valid CHECK (name <> '' AND length(name) <= 256)
 );
+
+-- The library releases (their head revisions) this schema serves, so a
+-- release still running during a rolling deploy can tell a newer schema it
+-- works against from one it does not (docs/operations.md, "Upgrades").
+CREATE TABLE pgqueue.served_revisions (
+    revision text PRIMARY KEY
+);
+INSERT INTO pgqueue.served_revisions (revision) VALUES ('0010'), ('0011');

@@ -37,27 +37,36 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get(
     "/readyz",
-    summary="The database answers, its schema is at head, and notifications are received",
+    summary="The database answers, its schema serves this release, and notifications are received",
     replies={200: Reply("ready", Readiness), 503: Reply("not ready", Readiness)},
     auth="none",
 )
 async def readyz(request: web.Request) -> web.Response:
     database = False
     revision: str | None = None
+    served = False
+    head = await asyncio.to_thread(_head_revision)
     with contextlib.suppress(pgqueue.PgQueueError, psycopg.Error, OSError, TimeoutError):
         pool = await request.app[_keys.QUEUE].pool()
         async with pool.connection(timeout=2) as conn:
             database = True
             row = await (await conn.execute(query("schema_revision"))).fetchone()
             revision = None if row is None else str(row[0])
-    at_head = revision == await asyncio.to_thread(_head_revision)
+            # A newer schema (migrated first in a rolling deploy) still serves
+            # this release if it says so; an older one never does.
+            served = revision == head
+            if not served and revision is not None:
+                cur = await conn.execute(query("serves_revision"), {"revision": head})
+                answer = await cur.fetchone()
+                served = bool(answer and answer[0])
     listener = request.app[_keys.BROADCASTER].connected
-    ready = database and listener and at_head
+    ready = database and listener and served
     body = Readiness(
         status="ready" if ready else "unavailable",
         database=database,
         listener=listener,
-        schema_at_head=at_head,
+        schema_at_head=revision == head,
+        schema_serves_release=served,
         schema_revision=revision,
     )
     return json_reply(body, status=200 if ready else 503)

@@ -85,6 +85,7 @@ def test_serve_answers_and_stops_on_sigterm(db_dsn: str, tmp_path: Path) -> None
                 "database": True,
                 "listener": True,
                 "schema_at_head": True,
+                "schema_serves_release": True,
                 "schema_revision": pgqueue.head_revision(),
             }
         token = run_cli("token", "alice", dsn=None, env=env).stdout.strip()

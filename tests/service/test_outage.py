@@ -31,7 +31,11 @@ from .sse import Event, EventReader
 # Every request of these tests gives up after this long: a hang fails the test.
 REQUEST_TIMEOUT = 5.0
 
-AT_HEAD = {"schema_at_head": True, "schema_revision": pgqueue.head_revision()}
+AT_HEAD = {
+    "schema_at_head": True,
+    "schema_serves_release": True,
+    "schema_revision": pgqueue.head_revision(),
+}
 
 
 def _timeout() -> aiohttp.ClientTimeout:
@@ -270,6 +274,7 @@ async def test_the_api_answers_503_during_an_outage_and_resumes_after_it(
                     "database": False,
                     "listener": False,
                     "schema_at_head": False,
+                    "schema_serves_release": False,
                     "schema_revision": None,
                 }
             elif path != "/metrics":

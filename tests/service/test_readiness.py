@@ -1,9 +1,12 @@
-"""``/readyz``: ready only when the database answers, its pgqueue schema is at
-this package's head revision, and job notifications are being received."""
+"""``/readyz``: ready only when the database answers, its pgqueue schema serves
+this package (at its head revision, or newer and listing it in
+``pgqueue.served_revisions``), and job notifications are being received."""
 
 from __future__ import annotations
 
 import asyncio
+
+import psycopg
 
 import pgqueue
 from pgqueue import _migrate
@@ -29,6 +32,7 @@ async def test_ready_when_the_schema_is_at_head(api: Api) -> None:
             "database": True,
             "listener": True,
             "schema_at_head": True,
+            "schema_serves_release": True,
             "schema_revision": pgqueue.head_revision(),
         },
     )
@@ -45,3 +49,40 @@ async def test_not_ready_while_the_schema_is_behind(api: Api, db_dsn: str) -> No
     await asyncio.to_thread(_migrate.upgrade, db_dsn)
     status, body = await _ready(api)
     assert body["schema_at_head"] is True
+
+
+async def _migrated_ahead(db_dsn: str, serves_us: bool) -> None:
+    """The database as a later release's migration leaves it: a revision this
+    package does not know, serving this package's head or not."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE pgqueue.pgqueue_alembic_version SET version_num = '9001'")
+        conn.execute("INSERT INTO pgqueue.served_revisions VALUES ('9001')")
+        if not serves_us:
+            conn.execute(
+                "DELETE FROM pgqueue.served_revisions WHERE revision = %s",
+                [pgqueue.head_revision()],
+            )
+
+
+async def test_ready_while_a_newer_schema_still_serves_this_release(api: Api, db_dsn: str) -> None:
+    """A rolling deploy migrates first: the previous release stays ready."""
+    await _migrated_ahead(db_dsn, serves_us=True)
+    for _ in range(50):
+        status, body = await _ready(api)
+        if status == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert status == 200, body
+    assert body["schema_at_head"] is False
+    assert body["schema_serves_release"] is True
+    assert body["schema_revision"] == "9001"
+
+
+async def test_not_ready_once_a_newer_schema_no_longer_serves_this_release(
+    api: Api, db_dsn: str
+) -> None:
+    await _migrated_ahead(db_dsn, serves_us=False)
+    status, body = await _ready(api)
+    assert status == 503
+    assert body["schema_serves_release"] is False
+    assert body["database"] is True
