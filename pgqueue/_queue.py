@@ -128,7 +128,10 @@ def json_text(value: Any, what: str, limit: int) -> str:
     """``value`` as JSON text. Raises ``ValueError`` naming ``what`` for NaN,
     Infinity (jsonb has neither), NUL characters or a text over ``limit``
     bytes; ``TypeError`` for values JSON cannot represent."""
-    text = _ENCODER.encode(value)
+    try:
+        text = _ENCODER.encode(value)
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply to encode as JSON") from None
     # The text is ASCII (ensure_ascii) and escapes NUL as \u0000: look there
     # first, and walk the value only to tell a NUL from a literal "\u0000".
     if "\\u0000" in text and _has_nul(value):
@@ -158,7 +161,7 @@ def _json_object_text(
     try:
         return json_text(value if type(value) is dict else dict(value), what, limit)
     except (TypeError, ValueError) as exc:
-        if "NUL character" in str(exc) or "over the limit" in str(exc):
+        if "NUL character" in str(exc) or "over the limit" in str(exc) or "nested" in str(exc):
             raise InvalidJobError(str(exc)) from None
         for key, item in value.items():
             try:

@@ -114,6 +114,8 @@ def _parse_json_object(text: str, what: str) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CommandError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise CommandError(f"{what} is nested too deeply") from None
     if not isinstance(value, dict):
         raise CommandError(f"{what} must be a JSON object, not {type(value).__name__}")
     return value
@@ -432,12 +434,17 @@ def _parse_items(text: str) -> list[dict[str, Any]]:
         except OSError as exc:
             raise CommandError(f"--items: cannot read {text[1:]!r}: {exc.strerror}") from None
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
         try:
-            value = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise CommandError(f"--items is neither a JSON array nor JSON lines: {exc}") from None
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            try:
+                value = [json.loads(line) for line in text.splitlines() if line.strip()]
+            except json.JSONDecodeError as exc:
+                raise CommandError(
+                    f"--items is neither a JSON array nor JSON lines: {exc}"
+                ) from None
+    except RecursionError:
+        raise CommandError("--items is nested too deeply") from None
     if not isinstance(value, list):
         raise CommandError("--items must be a JSON array of argument objects")
     for index, item in enumerate(value):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from typing import Any
 
 import pytest
 
@@ -172,3 +173,16 @@ def test_loop_factory_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
         cli.loop_factory("uvloop")
     with pytest.raises(ConfigurationError, match=r"must be one of auto, uvloop, asyncio, not 'x'"):
         cli.loop_factory("x")
+
+
+@pytest.mark.parametrize(
+    ("parse", "text"),
+    [
+        (lambda text: cli._parse_json_object(text, "--args"), "[" * 100_000),
+        (cli._parse_items, "[" * 100_000),
+        (cli._parse_items, '{"a": 1}\n' + "[" * 100_000),
+    ],
+)
+def test_json_nested_too_deeply_is_one_clear_error(parse: Any, text: str) -> None:
+    with pytest.raises(cli.CommandError, match="nested too deeply"):
+        parse(text)

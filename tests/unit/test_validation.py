@@ -55,6 +55,20 @@ def test_json_object_names_the_offending_key(value: Any, key: str, type_name: st
     assert f"({type_name})" in message
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    inner = value
+    for _ in range(depth):
+        inner["a"] = {}
+        inner = inner["a"]
+    return value
+
+
+def test_json_object_refuses_nesting_too_deep_to_encode() -> None:
+    with pytest.raises(InvalidJobError, match="args is nested too deeply"):
+        _json_object(_nested(5000), "args")
+
+
 def test_json_object_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         _json_object({"x": {1}}, "args")
