@@ -94,7 +94,14 @@ def run_cli(
 class WorkerProcess:
     """One ``pgqueue`` subprocess in its own session (process group)."""
 
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_dir: Path):
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str],
+        log_dir: Path,
+        cwd: Path = ROOT,
+    ):
         self.name = name
         self.argv = list(argv)
         self.stdout_path = log_dir / f"{name}.stdout.log"
@@ -103,7 +110,7 @@ class WorkerProcess:
         self._stderr = self.stderr_path.open("wb")
         self.proc = subprocess.Popen(
             self.argv,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._stdout,
