@@ -135,11 +135,11 @@ def test_previous_release_works_beside_this_one_on_a_schema_at_head(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for release, python in pythons.items()
     }
     for release, proc in enqueuers.items():
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, f"{release} release's enqueue failed:\n{err}"
 
     total = 2 * JOBS_PER_RELEASE
