@@ -42,6 +42,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from . import _connect
 from ._connect import live_connection
 from ._context import JobContext
 from ._periodic import schedule_due
@@ -276,18 +277,9 @@ class Worker:
         tests)."""
         self._loop = asyncio.get_running_loop()
         dsn = await asyncio.to_thread(lambda: self.queue.dsn)
+        await asyncio.to_thread(lambda: self.queue.listen_dsn)  # a malformed one fails here
         await self._wait_for_database(dsn)
-        self._pool = AsyncConnectionPool(
-            dsn,
-            min_size=2,
-            max_size=self.settings.pool_size,
-            kwargs={"autocommit": True},
-            open=False,
-            name=f"pgqueue-worker-{self.worker_id}",
-            # Keep reconnecting through a database restart or outage (a day is
-            # "forever" here; psycopg_pool treats 0 as "give up at once").
-            reconnect_timeout=86_400,
-        )
+        self._pool = self._new_pool(dsn)
         await self._pool.open(wait=True, timeout=30)
         self._threads = ThreadPoolExecutor(
             max_workers=self.settings.concurrency, thread_name_prefix="pgqueue-task"
@@ -350,6 +342,18 @@ class Worker:
         self._abandoned = [f for f in self._abandoned if not f.done()]
         return len(self._abandoned)
 
+    def _new_pool(self, dsn: str) -> AsyncConnectionPool:
+        """The worker's pool (not yet open), made by :mod:`pgqueue._connect`."""
+        return _connect.async_pool(
+            dsn,
+            min_size=2,
+            max_size=self.settings.pool_size,
+            name=f"pgqueue-worker-{self.worker_id}",
+            # Keep reconnecting through a database restart or outage (a day is
+            # "forever" here; psycopg_pool treats 0 as "give up at once").
+            reconnect_timeout=86_400,
+        )
+
     async def _wait_for_database(self, dsn: str) -> None:
         """Wait (with backoff, logging each failure) for PostgreSQL to accept a
         connection, up to ``startup_timeout``; then raise DatabaseUnavailable."""
@@ -357,7 +361,7 @@ class Worker:
         delay = 0.5
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(dsn, connect_timeout=5)
+                conn = await _connect.connect(dsn, connect_timeout=5)
             except psycopg.Error as exc:
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                 if time.monotonic() + delay > deadline:
@@ -902,9 +906,9 @@ class Worker:
             if self._stopping:
                 return
             try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self.queue.dsn, autocommit=True, connect_timeout=5
-                )
+                # A session of its own (advisory lock, SET, VACUUM outside a
+                # transaction): on the direct DSN when the main one is pooled.
+                conn = await self.queue.listen_connection(connect_timeout=5)
                 async with conn:
                     outcome = await self._vacuum_pass(conn, params)
             except Exception as exc:
@@ -1036,7 +1040,7 @@ class Worker:
         delay = 0.1
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self.queue.dsn, autocommit=True)
+                conn = await self.queue.listen_connection()
             except psycopg.Error as exc:
                 log.warning("LISTEN connection failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)

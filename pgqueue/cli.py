@@ -283,7 +283,7 @@ async def _follow_job(queue: Queue, job: Job, *, quiet: bool) -> Job:
     changes, re-checked every few seconds); return its final row."""
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
-    conn = await psycopg.AsyncConnection.connect(queue.dsn, autocommit=True)
+    conn = await queue.listen_connection()
     columns = (
         TextColumn(f"job {job.id} {job.task}"),
         BarColumn(),
@@ -522,7 +522,7 @@ async def _follow_batch(queue: Queue, batch: Batch, *, quiet: bool) -> Batch:
     """A live progress bar of the batch's finished children until it is final."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    conn = await psycopg.AsyncConnection.connect(queue.dsn, autocommit=True)
+    conn = await queue.listen_connection()
     async with conn:
         await conn.execute("LISTEN pgqueue_batch")
         columns = (
