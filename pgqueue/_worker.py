@@ -84,6 +84,11 @@ VACUUM_MAX_BACKOFF = 300.0
 PRUNE_CHUNK = 1000
 """Finished jobs deleted per retention statement (each a short transaction)."""
 
+# SQLSTATE classes of errors a result's content causes: data exceptions (22),
+# integrity violations (23), program limits exceeded (54). Only these may fail
+# a job whose task succeeded; any other error says nothing about the result.
+_CONTENT_ERROR_CLASSES = frozenset({"22", "23", "54"})
+
 # Failures worth retrying: the connection or server went away (restart,
 # pg_terminate_backend, pool timeout) or a deadlock/serialization conflict.
 _RETRYABLE = (
@@ -196,6 +201,28 @@ class WorkerSettings:
                 )
         if self.stale_after <= self.heartbeat_interval * 2:
             raise ConfigurationError("stale_after must exceed two heartbeat intervals")
+
+
+def _sqlstate(exc: BaseException | None) -> str | None:
+    """The SQLSTATE of a database error, or of the one it was translated from."""
+    while exc is not None:
+        if isinstance(exc, psycopg.Error) and exc.sqlstate:
+            return exc.sqlstate
+        exc = exc.__cause__
+    return None
+
+
+def _caused_by_content(exc: BaseException) -> bool:
+    """Whether the database refused the statement for the values it was given
+    (as opposed to the connection, the session or the protocol failing)."""
+    state = _sqlstate(exc)
+    return state is not None and state[:2] in _CONTENT_ERROR_CLASSES
+
+
+def _reason(exc: BaseException) -> str:
+    """One line naming an error, for a log message."""
+    text = str(exc).strip().partition("\n")[0]
+    return f"{type(exc).__name__}: {text[:200]}" if text else repr(exc)
 
 
 def _jitter(seconds: float, spread: float = 0.2) -> float:
@@ -733,21 +760,11 @@ class Worker:
                     self._flushing = False
 
     async def _flush(self, batch: list[tuple[_Lease, Jsonb]]) -> None:
-        try:
-            rows = await self._complete(batch)
-        except Exception:
-            # _call retries connection failures itself, so this batch was
-            # refused for its content (e.g. a result jsonb rejects). Write the
-            # items one by one so one bad result cannot hold back the others.
-            log.exception("batch of %d completions refused; writing them one by one", len(batch))
-            rows = []
-            for item in batch:
-                try:
-                    rows += await self._complete([item])
-                except Exception as exc:
-                    await self._report(
-                        item[0], "fail", self._fail_params(_format_error(exc), retryable=False)
-                    )
+        rows = await self._complete_retrying(batch)
+        if rows is None:
+            for lease, _ in batch:
+                self._drop(lease)  # no more heartbeats: rescue takes the job
+            return
         applied = {(row[0], row[1]) for row in rows}
         for lease, _ in batch:
             if lease.key not in applied and lease.key in self._leases:
@@ -757,6 +774,65 @@ class Worker:
                     lease.attempt,
                 )
             self._drop(lease)
+
+    async def _complete_retrying(self, batch: list[tuple[_Lease, Jsonb]]) -> list[Any] | None:
+        """Write a batch of results: the rows applied, or None when they could
+        not be written and are left for rescue.
+
+        Only an error the results' content causes can fail a job here: the
+        batch is then written item by item so that one bad result cannot hold
+        back the others. Any other error (the session, a pooler or the protocol
+        failing) says nothing about the results: the batch is tried again with
+        backoff while its leases are kept alive by the heartbeat, for up to a
+        lease timeout; after that, or once the worker must stop, its jobs are
+        left to rescue rather than failed."""
+        delay = 0.05
+        deadline = time.monotonic() + self.settings.stale_after
+        while True:
+            try:
+                return await self._complete(batch)
+            except Exception as exc:
+                if _caused_by_content(exc):
+                    log.warning(
+                        "batch of %d completions refused (%s); writing them one by one",
+                        len(batch),
+                        _reason(exc),
+                    )
+                    return await self._complete_one_by_one(batch)
+                if self._hard_stop or time.monotonic() + delay > deadline:
+                    log.error(
+                        "could not record the results of %d jobs (%s); they will be rescued",
+                        len(batch),
+                        _reason(exc),
+                    )
+                    return None
+                log.warning(
+                    "could not record the results of %d jobs (%s); retrying in %.1fs",
+                    len(batch),
+                    _reason(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _complete_one_by_one(self, batch: list[tuple[_Lease, Jsonb]]) -> list[Any]:
+        rows: list[Any] = []
+        for item in batch:
+            try:
+                rows += await self._complete([item])
+            except Exception as exc:
+                if _caused_by_content(exc):
+                    await self._report(
+                        item[0], "fail", self._fail_params(_format_error(exc), retryable=False)
+                    )
+                else:
+                    log.error(
+                        "could not record the result of job %s (%s); it will be rescued",
+                        item[0].job_id,
+                        _reason(exc),
+                    )
+                    self._drop(item[0])
+        return rows
 
     async def _complete(self, batch: list[tuple[_Lease, Jsonb]]) -> list[Any]:
         params = {
