@@ -21,6 +21,7 @@ Design notes (the why; the what is in docs/operations.md):
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -42,7 +43,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from . import _connect
+from . import _connect, _metrics
 from ._connect import live_connection
 from ._context import JobContext
 from ._periodic import schedule_due
@@ -167,6 +168,12 @@ class WorkerSettings:
     startup_timeout: float = 60.0
     """Seconds to wait for the database at start before giving up (once running,
     a worker rides out outages of any length)."""
+    metrics_port: int | None = None
+    """Serve this worker's metrics in Prometheus text format at ``/metrics`` on
+    this TCP port (0: any free port, see :attr:`Worker.metrics_address`);
+    None: no metrics endpoint."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint binds (``0.0.0.0`` to scrape it from elsewhere)."""
 
     def __post_init__(self) -> None:
         positive = (
@@ -199,6 +206,8 @@ class WorkerSettings:
                 raise ConfigurationError(
                     f"{name} must not be negative, not {getattr(self, name)!r}"
                 )
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigurationError(f"metrics_port must be 0..65535, not {self.metrics_port!r}")
         if self.stale_after <= self.heartbeat_interval * 2:
             raise ConfigurationError("stale_after must exceed two heartbeat intervals")
 
@@ -283,8 +292,19 @@ class Worker:
         self._threads: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._memory_error: str | None = None
+        self._metrics_server: asyncio.Server | None = None
         self.jobs_done = 0
         """Attempts this worker finished (any outcome); for tests and the demo."""
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        """Attempts by how they ended as far as this worker wrote it:
+        ``completed``, the job's status after a failure (``retrying``,
+        ``failed``, ``dead_letter``, ``timeout``...), ``released`` (handed
+        back), ``stopped`` (lease lost or cancelled), ``refused`` (a late
+        outcome the database turned down) or ``unrecorded`` (left for rescue)."""
+        self.maintenance_passes: collections.Counter[str] = collections.Counter()
+        """Maintenance passes run, by duty (rescue, prune, vacuum, periodic)."""
+        self.maintenance_failures: collections.Counter[str] = collections.Counter()
+        """Maintenance passes that failed, by duty (each also logged at WARNING)."""
 
     # -- public control ----------------------------------------------------------------
 
@@ -311,6 +331,12 @@ class Worker:
         self._threads = ThreadPoolExecutor(
             max_workers=self.settings.concurrency, thread_name_prefix="pgqueue-task"
         )
+        if self.settings.metrics_port is not None:
+            self._metrics_server = await _metrics.serve(
+                self.render_metrics, self.settings.metrics_host, self.settings.metrics_port
+            )
+            host, port = self.metrics_address or ("?", 0)
+            log.info("metrics at http://%s:%d/metrics", host, port)
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self.stop)
@@ -356,10 +382,70 @@ class Worker:
                     "were handed back and their results will be refused",
                     self.abandoned_threads,
                 )
+            if self._metrics_server is not None:
+                self._metrics_server.close()
+                await self._metrics_server.wait_closed()
+                self._metrics_server = None
             await self._pool.close()
             log.info("worker %s stopped after %d jobs", self.worker_id, self.jobs_done)
         if self._memory_error is not None:
             raise MemoryLimitExceeded(self._memory_error.split(" while ")[0])
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) the metrics endpoint listens on while the worker runs."""
+        if self._metrics_server is None or not self._metrics_server.sockets:
+            return None
+        name = self._metrics_server.sockets[0].getsockname()
+        return str(name[0]), int(name[1])
+
+    def render_metrics(self) -> str:
+        """This worker's metrics in Prometheus text format (what ``/metrics`` serves)."""
+        out = _metrics.Exposition()
+        out.metric(
+            "pgqueue_worker_jobs_finished_total",
+            "counter",
+            "Attempts this worker ended, by the outcome it wrote.",
+            [({"outcome": k}, v) for k, v in sorted(self.outcomes.items())],
+        )
+        duties = sorted({"rescue", "prune", "vacuum", "periodic"} | set(self.maintenance_passes))
+        out.metric(
+            "pgqueue_worker_maintenance_passes_total",
+            "counter",
+            "Maintenance passes run, by duty.",
+            [({"duty": d}, self.maintenance_passes[d]) for d in duties],
+        )
+        out.metric(
+            "pgqueue_worker_maintenance_failures_total",
+            "counter",
+            "Maintenance passes that failed, by duty.",
+            [({"duty": d}, self.maintenance_failures[d]) for d in duties],
+        )
+        out.metric(
+            "pgqueue_worker_claim_retries_total",
+            "counter",
+            "Claims retried after a connection failure.",
+            [({}, self._claim_retries)],
+        )
+        out.metric(
+            "pgqueue_worker_leases",
+            "gauge",
+            "Leases held (running jobs and results not yet written).",
+            [({}, len(self._leases))],
+        )
+        out.metric(
+            "pgqueue_worker_running_jobs",
+            "gauge",
+            "Task bodies running.",
+            [({}, self._running)],
+        )
+        out.metric(
+            "pgqueue_worker_concurrency",
+            "gauge",
+            "Jobs this worker runs at once at most.",
+            [({}, self.settings.concurrency)],
+        )
+        return out.text()
 
     @property
     def abandoned_threads(self) -> int:
@@ -660,6 +746,7 @@ class Worker:
                 await self._report(lease, "release", {"run_in": timedelta(0)})
             return
         log.info("job %s attempt %s stopped: %s", lease.job_id, lease.attempt, lease.stop)
+        self.outcomes["stopped"] += 1
         self._drop(lease)
 
     def _abandon(self, thread: concurrent.futures.Future[Any]) -> None:
@@ -738,9 +825,14 @@ class Worker:
             rows = await self._call(name, {"id": lease.job_id, "attempt": lease.attempt, **params})
             if name == "fail" and rows:
                 log.info("job %s attempt %s failed -> %s", lease.job_id, lease.attempt, rows[0][0])
+                self.outcomes[str(rows[0][0])] += 1
+            elif name == "release":
+                self.outcomes["released"] += 1
         except StaleLease as exc:
+            self.outcomes["refused"] += 1
             log.warning("late outcome of job %s discarded: %s", lease.job_id, exc)
         except Exception:
+            self.outcomes["unrecorded"] += 1
             log.exception("could not record outcome of job %s; it will be rescued", lease.job_id)
         finally:
             self._drop(lease)
@@ -763,11 +855,15 @@ class Worker:
         rows = await self._complete_retrying(batch)
         if rows is None:
             for lease, _ in batch:
+                self.outcomes["unrecorded"] += 1
                 self._drop(lease)  # no more heartbeats: rescue takes the job
             return
         applied = {(row[0], row[1]) for row in rows}
         for lease, _ in batch:
-            if lease.key not in applied and lease.key in self._leases:
+            if lease.key in applied:
+                self.outcomes["completed"] += 1
+            elif lease.key in self._leases:
+                self.outcomes["refused"] += 1
                 log.warning(
                     "late result of job %s attempt %s discarded: the lease is no longer held",
                     lease.job_id,
@@ -831,6 +927,7 @@ class Worker:
                         item[0].job_id,
                         _reason(exc),
                     )
+                    self.outcomes["unrecorded"] += 1
                     self._drop(item[0])
         return rows
 
@@ -912,13 +1009,20 @@ class Worker:
         stale = timedelta(seconds=self.settings.stale_after)
         while True:
             await asyncio.sleep(_jitter(self.settings.rescue_interval))
+            self.maintenance_passes["rescue"] += 1
             try:
                 rows = await self._call("rescue", {"stale_after": stale}, give_up=0)
             except Exception as exc:
-                log.debug("rescue pass skipped: %s", exc)
+                self._maintenance_failed("rescue", exc)
                 continue
             for job_id, status in rows:
                 log.warning("rescued job %s (lost lease) -> %s", job_id, status)
+
+    def _maintenance_failed(self, duty: str, exc: BaseException) -> None:
+        """A maintenance pass failed: count it and say why (the next pass
+        tries again; a duty that keeps failing must not go unnoticed)."""
+        self.maintenance_failures[duty] += 1
+        log.warning("%s pass failed: %s", duty, _reason(exc))
 
     async def _memory_loop(self) -> None:
         """The memory limit: once over it, fail the running attempts (they are
@@ -959,13 +1063,14 @@ class Worker:
             await asyncio.sleep(_jitter(settings.prune_interval))
             deleted = PRUNE_CHUNK
             total = 0
+            self.maintenance_passes["prune"] += 1
             try:
                 while deleted == PRUNE_CHUNK and not self._stopping:
                     rows = await self._call("prune", params, give_up=0)
                     deleted = int(rows[0][0])
                     total += deleted
             except Exception as exc:
-                log.debug("retention pass skipped: %s", exc)
+                self._maintenance_failed("prune", exc)
             if total:
                 log.info("pruned %d finished jobs", total)
 
@@ -981,6 +1086,7 @@ class Worker:
             await asyncio.sleep(_jitter(delay))
             if self._stopping:
                 return
+            self.maintenance_passes["vacuum"] += 1
             try:
                 # A session of its own (advisory lock, SET, VACUUM outside a
                 # transaction): on the direct DSN when the main one is pooled.
@@ -988,7 +1094,7 @@ class Worker:
                 async with conn:
                     outcome = await self._vacuum_pass(conn, params)
             except Exception as exc:
-                log.warning("vacuum pass skipped: %s", str(exc).strip()[:200])
+                self._maintenance_failed("vacuum", exc)
                 continue
             if outcome == "not owner":
                 log.info("this role does not own pgqueue's tables: vacuuming is left to autovacuum")
@@ -1051,10 +1157,11 @@ class Worker:
 
         while not self._stopping:
             delay = _jitter(interval)
+            self.maintenance_passes["periodic"] += 1
             try:
                 done = await schedule_due(periodics, fetch)
             except Exception as exc:
-                log.warning("periodic pass failed: %s", exc)
+                self._maintenance_failed("periodic", exc)
             else:
                 if done is not None:
                     if done.enqueued:

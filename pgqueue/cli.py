@@ -158,6 +158,8 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         vacuum_interval=args.vacuum_interval,
         periodic_interval=args.periodic_interval,
         max_memory_mb=args.max_memory,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     worker = Worker(queue, queues=queues, worker_id=args.worker_id, settings=settings)
     try:
@@ -789,6 +791,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="MIB",
         help="resident memory limit: over it, running attempts fail and the worker exits 1",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics endpoint binds (default 127.0.0.1)",
     )
 
     p = command("enqueue", cmd_enqueue, "enqueue one job of a registered task")

@@ -84,6 +84,8 @@ async def test_a_completion_error_not_caused_by_the_results_never_fails_the_jobs
     assert [(j.status, j.result) for j in jobs if j is not None] == [
         (JobStatus.COMPLETED, 2 * n) for n in range(20)
     ]
+    assert worker.outcomes["completed"] == 20
+    assert sum(worker.outcomes.values()) == 20
 
 
 async def test_a_result_the_database_refuses_fails_only_its_own_job(
@@ -104,3 +106,5 @@ async def test_a_result_the_database_refuses_fails_only_its_own_job(
         (JobStatus.COMPLETED, "b"),
         (JobStatus.COMPLETED, "c"),
     ]
+    assert worker.outcomes["completed"] == 3
+    assert worker.outcomes["failed"] == 1
