@@ -46,6 +46,85 @@ def normalize_dsn(dsn: str) -> str:
     return dsn
 
 
+PREPARE_THRESHOLD_ENV = "PGQUEUE_PREPARE_THRESHOLD"
+LISTEN_DSN_ENV = "PGQUEUE_LISTEN_DSN"
+
+
+def prepare_threshold() -> int | None:
+    """psycopg's ``prepare_threshold`` for pgqueue's connections: None (never
+    prepare) unless ``PGQUEUE_PREPARE_THRESHOLD`` names a number of executions.
+
+    A prepared statement lives in one server session. Behind a pooler in
+    transaction mode the next transaction may run on another server
+    connection, where the statement is missing, exists under the same name
+    for another query, or expects other parameters; so nothing is prepared
+    unless asked for (a direct connection, or PgBouncer 1.21+ with
+    ``max_prepared_statements``)."""
+    raw = os.environ.get(PREPARE_THRESHOLD_ENV, "").strip()
+    if not raw or raw.lower() in ("none", "off"):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigurationError(
+            f"{PREPARE_THRESHOLD_ENV} must be a number of executions >= 0 or 'off', not {raw!r}"
+        )
+    return value
+
+
+def connection_kwargs(**extra: Any) -> dict[str, Any]:
+    """The arguments of every connection pgqueue opens (autocommit; prepared
+    statements as :func:`prepare_threshold` says), plus ``extra``."""
+    return {"autocommit": True, "prepare_threshold": prepare_threshold(), **extra}
+
+
+def listen_dsn(dsn: str) -> str:
+    """The DSN of connections that need a session of their own (LISTEN, the
+    vacuum pass): ``PGQUEUE_LISTEN_DSN`` if set, else ``dsn``. Behind a pooler
+    in transaction mode it names the database directly."""
+    chosen = os.environ.get(LISTEN_DSN_ENV)
+    return normalize_dsn(chosen) if chosen else dsn
+
+
+async def connect(dsn: str, **extra: Any) -> psycopg.AsyncConnection[Any]:
+    """A single async connection (see :func:`connection_kwargs`)."""
+    return await psycopg.AsyncConnection.connect(dsn, **connection_kwargs(**extra))
+
+
+def connect_sync(dsn: str, **extra: Any) -> psycopg.Connection[Any]:
+    """A single blocking connection (see :func:`connection_kwargs`)."""
+    return psycopg.connect(dsn, **connection_kwargs(**extra))
+
+
+def async_pool(
+    dsn: str, *, min_size: int, max_size: int, name: str, **options: Any
+) -> AsyncConnectionPool[Any]:
+    """An async pool (not yet open) of connections made as :func:`connect` makes them."""
+    return AsyncConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs=connection_kwargs(),
+        open=False,
+        name=name,
+        **options,
+    )
+
+
+def sync_pool(dsn: str, *, min_size: int, max_size: int, name: str) -> ConnectionPool[Any]:
+    """A blocking pool (not yet open) of connections made as :func:`connect_sync` makes them."""
+    return ConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs=connection_kwargs(),
+        open=False,
+        name=name,
+    )
+
+
 def closed_by_server(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     """Whether the server ended, or is ending, this idle pooled connection (a
     restart, a failover, ``pg_terminate_backend``, ``idle_session_timeout``).

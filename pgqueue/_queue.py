@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from . import _migrate
+from . import _connect, _migrate
 from ._connect import live_connection, live_connection_sync, resolve_dsn
 from ._context import JobContext
 from ._job import Attempt, Batch, Job, ProgressEntry
@@ -336,6 +336,7 @@ class Queue:
         *,
         pool_size: int = 5,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        listen_dsn: str | None = None,
     ) -> None:
         if (
             isinstance(max_payload_bytes, bool)
@@ -346,6 +347,7 @@ class Queue:
                 f"max_payload_bytes must be a positive integer, not {max_payload_bytes!r}"
             )
         self._dsn_given = dsn
+        self._listen_dsn_given = listen_dsn
         self.max_payload_bytes = max_payload_bytes
         """Largest JSON text accepted for a job's arguments, metadata or result."""
         self._dsn: str | None = None
@@ -365,6 +367,16 @@ class Queue:
         if self._dsn is None:
             self._dsn = resolve_dsn(self._dsn_given)
         return self._dsn
+
+    @property
+    def listen_dsn(self) -> str:
+        """The DSN of connections that need a session of their own (LISTEN,
+        the worker's vacuum pass): ``listen_dsn`` if given, else
+        ``PGQUEUE_LISTEN_DSN``, else :attr:`dsn`. Behind a pooler in
+        transaction mode, point it at the database directly."""
+        if self._listen_dsn_given:
+            return _connect.normalize_dsn(self._listen_dsn_given)
+        return _connect.listen_dsn(self.dsn)
 
     @overload
     def task(self, fn: Callable[..., R]) -> Task[R]: ...
@@ -525,13 +537,8 @@ class Queue:
                 if self._pool is None:
                     dsn = await asyncio.to_thread(lambda: self.dsn)
                     await _probe(dsn)
-                    pool = AsyncConnectionPool(
-                        dsn,
-                        min_size=1,
-                        max_size=self._pool_size,
-                        kwargs={"autocommit": True},
-                        open=False,
-                        name="pgqueue-client",
+                    pool = _connect.async_pool(
+                        dsn, min_size=1, max_size=self._pool_size, name="pgqueue-client"
                     )
                     await pool.open()
                     self._pool = pool
@@ -541,20 +548,24 @@ class Queue:
         """The blocking pool used by the ``*_sync`` methods, opened on first use."""
         if self._sync_pool is None:
             try:
-                psycopg.connect(self.dsn, connect_timeout=10).close()
+                _connect.connect_sync(self.dsn, connect_timeout=10).close()
             except psycopg.Error as exc:
                 raise translate(exc) from exc
-            pool = ConnectionPool(
-                self.dsn,
-                min_size=1,
-                max_size=self._pool_size,
-                kwargs={"autocommit": True},
-                open=False,
-                name="pgqueue-client-sync",
+            pool = _connect.sync_pool(
+                self.dsn, min_size=1, max_size=self._pool_size, name="pgqueue-client-sync"
             )
             pool.open()
             self._sync_pool = pool
         return self._sync_pool
+
+    async def listen_connection(
+        self, *, connect_timeout: int | None = None
+    ) -> psycopg.AsyncConnection[Any]:
+        """A new autocommit connection to :attr:`listen_dsn`, for LISTEN (or
+        anything else that needs a session of its own); the caller closes it."""
+        dsn = await asyncio.to_thread(lambda: self.listen_dsn)
+        extra = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
+        return await _connect.connect(dsn, **extra)
 
     async def close(self) -> None:
         """Close the pools this queue opened."""
@@ -1037,12 +1048,13 @@ class Queue:
         timeout: float | None,
     ) -> Any:
         """LISTEN on ``channel``, then run ``check`` until it says done: at
-        once, on every relevant notification, and every 5 s as a backstop."""
+        once, on every relevant notification, and every 5 s as a backstop
+        (LISTEN goes to :attr:`listen_dsn`; through a pooler in transaction
+        mode without one, notifications may never come and the backstop
+        alone ends the wait)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            conn = await psycopg.AsyncConnection.connect(
-                await asyncio.to_thread(lambda: self.dsn), autocommit=True
-            )
+            conn = await self.listen_connection()
         except psycopg.Error as exc:
             raise translate(exc) from exc
         async with conn:
@@ -1301,7 +1313,7 @@ async def _probe(dsn: str) -> None:
     """Connect once, so an unreachable database fails fast with a clear error
     instead of a pool timeout."""
     try:
-        conn = await psycopg.AsyncConnection.connect(dsn, connect_timeout=10)
+        conn = await _connect.connect(dsn, connect_timeout=10)
     except psycopg.Error as exc:
         raise translate(exc) from exc
     await conn.close()

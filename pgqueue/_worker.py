@@ -21,6 +21,7 @@ Design notes (the why; the what is in docs/operations.md):
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -42,6 +43,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from . import _connect, _metrics
 from ._connect import live_connection
 from ._context import JobContext
 from ._periodic import schedule_due
@@ -82,6 +84,11 @@ VACUUM_MAX_BACKOFF = 300.0
 
 PRUNE_CHUNK = 1000
 """Finished jobs deleted per retention statement (each a short transaction)."""
+
+# SQLSTATE classes of errors a result's content causes: data exceptions (22),
+# integrity violations (23), program limits exceeded (54). Only these may fail
+# a job whose task succeeded; any other error says nothing about the result.
+_CONTENT_ERROR_CLASSES = frozenset({"22", "23", "54"})
 
 # Failures worth retrying: the connection or server went away (restart,
 # pg_terminate_backend, pool timeout) or a deadlock/serialization conflict.
@@ -161,6 +168,12 @@ class WorkerSettings:
     startup_timeout: float = 60.0
     """Seconds to wait for the database at start before giving up (once running,
     a worker rides out outages of any length)."""
+    metrics_port: int | None = None
+    """Serve this worker's metrics in Prometheus text format at ``/metrics`` on
+    this TCP port (0: any free port, see :attr:`Worker.metrics_address`);
+    None: no metrics endpoint."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint binds (``0.0.0.0`` to scrape it from elsewhere)."""
 
     def __post_init__(self) -> None:
         positive = (
@@ -193,8 +206,32 @@ class WorkerSettings:
                 raise ConfigurationError(
                     f"{name} must not be negative, not {getattr(self, name)!r}"
                 )
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigurationError(f"metrics_port must be 0..65535, not {self.metrics_port!r}")
         if self.stale_after <= self.heartbeat_interval * 2:
             raise ConfigurationError("stale_after must exceed two heartbeat intervals")
+
+
+def _sqlstate(exc: BaseException | None) -> str | None:
+    """The SQLSTATE of a database error, or of the one it was translated from."""
+    while exc is not None:
+        if isinstance(exc, psycopg.Error) and exc.sqlstate:
+            return exc.sqlstate
+        exc = exc.__cause__
+    return None
+
+
+def _caused_by_content(exc: BaseException) -> bool:
+    """Whether the database refused the statement for the values it was given
+    (as opposed to the connection, the session or the protocol failing)."""
+    state = _sqlstate(exc)
+    return state is not None and state[:2] in _CONTENT_ERROR_CLASSES
+
+
+def _reason(exc: BaseException) -> str:
+    """One line naming an error, for a log message."""
+    text = str(exc).strip().partition("\n")[0]
+    return f"{type(exc).__name__}: {text[:200]}" if text else repr(exc)
 
 
 def _jitter(seconds: float, spread: float = 0.2) -> float:
@@ -255,8 +292,19 @@ class Worker:
         self._threads: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._memory_error: str | None = None
+        self._metrics_server: asyncio.Server | None = None
         self.jobs_done = 0
         """Attempts this worker finished (any outcome); for tests and the demo."""
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        """Attempts by how they ended as far as this worker wrote it:
+        ``completed``, the job's status after a failure (``retrying``,
+        ``failed``, ``dead_letter``, ``timeout``...), ``released`` (handed
+        back), ``stopped`` (lease lost or cancelled), ``refused`` (a late
+        outcome the database turned down) or ``unrecorded`` (left for rescue)."""
+        self.maintenance_passes: collections.Counter[str] = collections.Counter()
+        """Maintenance passes run, by duty (rescue, prune, vacuum, periodic)."""
+        self.maintenance_failures: collections.Counter[str] = collections.Counter()
+        """Maintenance passes that failed, by duty (each also logged at WARNING)."""
 
     # -- public control ----------------------------------------------------------------
 
@@ -276,22 +324,19 @@ class Worker:
         tests)."""
         self._loop = asyncio.get_running_loop()
         dsn = await asyncio.to_thread(lambda: self.queue.dsn)
+        await asyncio.to_thread(lambda: self.queue.listen_dsn)  # a malformed one fails here
         await self._wait_for_database(dsn)
-        self._pool = AsyncConnectionPool(
-            dsn,
-            min_size=2,
-            max_size=self.settings.pool_size,
-            kwargs={"autocommit": True},
-            open=False,
-            name=f"pgqueue-worker-{self.worker_id}",
-            # Keep reconnecting through a database restart or outage (a day is
-            # "forever" here; psycopg_pool treats 0 as "give up at once").
-            reconnect_timeout=86_400,
-        )
+        self._pool = self._new_pool(dsn)
         await self._pool.open(wait=True, timeout=30)
         self._threads = ThreadPoolExecutor(
             max_workers=self.settings.concurrency, thread_name_prefix="pgqueue-task"
         )
+        if self.settings.metrics_port is not None:
+            self._metrics_server = await _metrics.serve(
+                self.render_metrics, self.settings.metrics_host, self.settings.metrics_port
+            )
+            host, port = self.metrics_address or ("?", 0)
+            log.info("metrics at http://%s:%d/metrics", host, port)
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self.stop)
@@ -337,10 +382,70 @@ class Worker:
                     "were handed back and their results will be refused",
                     self.abandoned_threads,
                 )
+            if self._metrics_server is not None:
+                self._metrics_server.close()
+                await self._metrics_server.wait_closed()
+                self._metrics_server = None
             await self._pool.close()
             log.info("worker %s stopped after %d jobs", self.worker_id, self.jobs_done)
         if self._memory_error is not None:
             raise MemoryLimitExceeded(self._memory_error.split(" while ")[0])
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) the metrics endpoint listens on while the worker runs."""
+        if self._metrics_server is None or not self._metrics_server.sockets:
+            return None
+        name = self._metrics_server.sockets[0].getsockname()
+        return str(name[0]), int(name[1])
+
+    def render_metrics(self) -> str:
+        """This worker's metrics in Prometheus text format (what ``/metrics`` serves)."""
+        out = _metrics.Exposition()
+        out.metric(
+            "pgqueue_worker_jobs_finished_total",
+            "counter",
+            "Attempts this worker ended, by the outcome it wrote.",
+            [({"outcome": k}, v) for k, v in sorted(self.outcomes.items())],
+        )
+        duties = sorted({"rescue", "prune", "vacuum", "periodic"} | set(self.maintenance_passes))
+        out.metric(
+            "pgqueue_worker_maintenance_passes_total",
+            "counter",
+            "Maintenance passes run, by duty.",
+            [({"duty": d}, self.maintenance_passes[d]) for d in duties],
+        )
+        out.metric(
+            "pgqueue_worker_maintenance_failures_total",
+            "counter",
+            "Maintenance passes that failed, by duty.",
+            [({"duty": d}, self.maintenance_failures[d]) for d in duties],
+        )
+        out.metric(
+            "pgqueue_worker_claim_retries_total",
+            "counter",
+            "Claims retried after a connection failure.",
+            [({}, self._claim_retries)],
+        )
+        out.metric(
+            "pgqueue_worker_leases",
+            "gauge",
+            "Leases held (running jobs and results not yet written).",
+            [({}, len(self._leases))],
+        )
+        out.metric(
+            "pgqueue_worker_running_jobs",
+            "gauge",
+            "Task bodies running.",
+            [({}, self._running)],
+        )
+        out.metric(
+            "pgqueue_worker_concurrency",
+            "gauge",
+            "Jobs this worker runs at once at most.",
+            [({}, self.settings.concurrency)],
+        )
+        return out.text()
 
     @property
     def abandoned_threads(self) -> int:
@@ -350,6 +455,18 @@ class Worker:
         self._abandoned = [f for f in self._abandoned if not f.done()]
         return len(self._abandoned)
 
+    def _new_pool(self, dsn: str) -> AsyncConnectionPool:
+        """The worker's pool (not yet open), made by :mod:`pgqueue._connect`."""
+        return _connect.async_pool(
+            dsn,
+            min_size=2,
+            max_size=self.settings.pool_size,
+            name=f"pgqueue-worker-{self.worker_id}",
+            # Keep reconnecting through a database restart or outage (a day is
+            # "forever" here; psycopg_pool treats 0 as "give up at once").
+            reconnect_timeout=86_400,
+        )
+
     async def _wait_for_database(self, dsn: str) -> None:
         """Wait (with backoff, logging each failure) for PostgreSQL to accept a
         connection, up to ``startup_timeout``; then raise DatabaseUnavailable."""
@@ -357,7 +474,7 @@ class Worker:
         delay = 0.5
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(dsn, connect_timeout=5)
+                conn = await _connect.connect(dsn, connect_timeout=5)
             except psycopg.Error as exc:
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                 if time.monotonic() + delay > deadline:
@@ -629,6 +746,7 @@ class Worker:
                 await self._report(lease, "release", {"run_in": timedelta(0)})
             return
         log.info("job %s attempt %s stopped: %s", lease.job_id, lease.attempt, lease.stop)
+        self.outcomes["stopped"] += 1
         self._drop(lease)
 
     def _abandon(self, thread: concurrent.futures.Future[Any]) -> None:
@@ -707,9 +825,14 @@ class Worker:
             rows = await self._call(name, {"id": lease.job_id, "attempt": lease.attempt, **params})
             if name == "fail" and rows:
                 log.info("job %s attempt %s failed -> %s", lease.job_id, lease.attempt, rows[0][0])
+                self.outcomes[str(rows[0][0])] += 1
+            elif name == "release":
+                self.outcomes["released"] += 1
         except StaleLease as exc:
+            self.outcomes["refused"] += 1
             log.warning("late outcome of job %s discarded: %s", lease.job_id, exc)
         except Exception:
+            self.outcomes["unrecorded"] += 1
             log.exception("could not record outcome of job %s; it will be rescued", lease.job_id)
         finally:
             self._drop(lease)
@@ -729,30 +852,84 @@ class Worker:
                     self._flushing = False
 
     async def _flush(self, batch: list[tuple[_Lease, Jsonb]]) -> None:
-        try:
-            rows = await self._complete(batch)
-        except Exception:
-            # _call retries connection failures itself, so this batch was
-            # refused for its content (e.g. a result jsonb rejects). Write the
-            # items one by one so one bad result cannot hold back the others.
-            log.exception("batch of %d completions refused; writing them one by one", len(batch))
-            rows = []
-            for item in batch:
-                try:
-                    rows += await self._complete([item])
-                except Exception as exc:
-                    await self._report(
-                        item[0], "fail", self._fail_params(_format_error(exc), retryable=False)
-                    )
+        rows = await self._complete_retrying(batch)
+        if rows is None:
+            for lease, _ in batch:
+                self.outcomes["unrecorded"] += 1
+                self._drop(lease)  # no more heartbeats: rescue takes the job
+            return
         applied = {(row[0], row[1]) for row in rows}
         for lease, _ in batch:
-            if lease.key not in applied and lease.key in self._leases:
+            if lease.key in applied:
+                self.outcomes["completed"] += 1
+            elif lease.key in self._leases:
+                self.outcomes["refused"] += 1
                 log.warning(
                     "late result of job %s attempt %s discarded: the lease is no longer held",
                     lease.job_id,
                     lease.attempt,
                 )
             self._drop(lease)
+
+    async def _complete_retrying(self, batch: list[tuple[_Lease, Jsonb]]) -> list[Any] | None:
+        """Write a batch of results: the rows applied, or None when they could
+        not be written and are left for rescue.
+
+        Only an error the results' content causes can fail a job here: the
+        batch is then written item by item so that one bad result cannot hold
+        back the others. Any other error (the session, a pooler or the protocol
+        failing) says nothing about the results: the batch is tried again with
+        backoff while its leases are kept alive by the heartbeat, for up to a
+        lease timeout; after that, or once the worker must stop, its jobs are
+        left to rescue rather than failed."""
+        delay = 0.05
+        deadline = time.monotonic() + self.settings.stale_after
+        while True:
+            try:
+                return await self._complete(batch)
+            except Exception as exc:
+                if _caused_by_content(exc):
+                    log.warning(
+                        "batch of %d completions refused (%s); writing them one by one",
+                        len(batch),
+                        _reason(exc),
+                    )
+                    return await self._complete_one_by_one(batch)
+                if self._hard_stop or time.monotonic() + delay > deadline:
+                    log.error(
+                        "could not record the results of %d jobs (%s); they will be rescued",
+                        len(batch),
+                        _reason(exc),
+                    )
+                    return None
+                log.warning(
+                    "could not record the results of %d jobs (%s); retrying in %.1fs",
+                    len(batch),
+                    _reason(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _complete_one_by_one(self, batch: list[tuple[_Lease, Jsonb]]) -> list[Any]:
+        rows: list[Any] = []
+        for item in batch:
+            try:
+                rows += await self._complete([item])
+            except Exception as exc:
+                if _caused_by_content(exc):
+                    await self._report(
+                        item[0], "fail", self._fail_params(_format_error(exc), retryable=False)
+                    )
+                else:
+                    log.error(
+                        "could not record the result of job %s (%s); it will be rescued",
+                        item[0].job_id,
+                        _reason(exc),
+                    )
+                    self.outcomes["unrecorded"] += 1
+                    self._drop(item[0])
+        return rows
 
     async def _complete(self, batch: list[tuple[_Lease, Jsonb]]) -> list[Any]:
         params = {
@@ -832,13 +1009,20 @@ class Worker:
         stale = timedelta(seconds=self.settings.stale_after)
         while True:
             await asyncio.sleep(_jitter(self.settings.rescue_interval))
+            self.maintenance_passes["rescue"] += 1
             try:
                 rows = await self._call("rescue", {"stale_after": stale}, give_up=0)
             except Exception as exc:
-                log.debug("rescue pass skipped: %s", exc)
+                self._maintenance_failed("rescue", exc)
                 continue
             for job_id, status in rows:
                 log.warning("rescued job %s (lost lease) -> %s", job_id, status)
+
+    def _maintenance_failed(self, duty: str, exc: BaseException) -> None:
+        """A maintenance pass failed: count it and say why (the next pass
+        tries again; a duty that keeps failing must not go unnoticed)."""
+        self.maintenance_failures[duty] += 1
+        log.warning("%s pass failed: %s", duty, _reason(exc))
 
     async def _memory_loop(self) -> None:
         """The memory limit: once over it, fail the running attempts (they are
@@ -879,13 +1063,14 @@ class Worker:
             await asyncio.sleep(_jitter(settings.prune_interval))
             deleted = PRUNE_CHUNK
             total = 0
+            self.maintenance_passes["prune"] += 1
             try:
                 while deleted == PRUNE_CHUNK and not self._stopping:
                     rows = await self._call("prune", params, give_up=0)
                     deleted = int(rows[0][0])
                     total += deleted
             except Exception as exc:
-                log.debug("retention pass skipped: %s", exc)
+                self._maintenance_failed("prune", exc)
             if total:
                 log.info("pruned %d finished jobs", total)
 
@@ -901,14 +1086,15 @@ class Worker:
             await asyncio.sleep(_jitter(delay))
             if self._stopping:
                 return
+            self.maintenance_passes["vacuum"] += 1
             try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self.queue.dsn, autocommit=True, connect_timeout=5
-                )
+                # A session of its own (advisory lock, SET, VACUUM outside a
+                # transaction): on the direct DSN when the main one is pooled.
+                conn = await self.queue.listen_connection(connect_timeout=5)
                 async with conn:
                     outcome = await self._vacuum_pass(conn, params)
             except Exception as exc:
-                log.warning("vacuum pass skipped: %s", str(exc).strip()[:200])
+                self._maintenance_failed("vacuum", exc)
                 continue
             if outcome == "not owner":
                 log.info("this role does not own pgqueue's tables: vacuuming is left to autovacuum")
@@ -971,10 +1157,11 @@ class Worker:
 
         while not self._stopping:
             delay = _jitter(interval)
+            self.maintenance_passes["periodic"] += 1
             try:
                 done = await schedule_due(periodics, fetch)
             except Exception as exc:
-                log.warning("periodic pass failed: %s", exc)
+                self._maintenance_failed("periodic", exc)
             else:
                 if done is not None:
                     if done.enqueued:
@@ -1036,7 +1223,7 @@ class Worker:
         delay = 0.1
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self.queue.dsn, autocommit=True)
+                conn = await self.queue.listen_connection()
             except psycopg.Error as exc:
                 log.warning("LISTEN connection failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)

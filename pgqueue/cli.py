@@ -160,6 +160,8 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         vacuum_interval=args.vacuum_interval,
         periodic_interval=args.periodic_interval,
         max_memory_mb=args.max_memory,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     worker = Worker(queue, queues=queues, worker_id=args.worker_id, settings=settings)
     try:
@@ -285,7 +287,7 @@ async def _follow_job(queue: Queue, job: Job, *, quiet: bool) -> Job:
     changes, re-checked every few seconds); return its final row."""
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
-    conn = await psycopg.AsyncConnection.connect(queue.dsn, autocommit=True)
+    conn = await queue.listen_connection()
     columns = (
         TextColumn(f"job {job.id} {job.task}"),
         BarColumn(),
@@ -529,7 +531,7 @@ async def _follow_batch(queue: Queue, batch: Batch, *, quiet: bool) -> Batch:
     """A live progress bar of the batch's finished children until it is final."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    conn = await psycopg.AsyncConnection.connect(queue.dsn, autocommit=True)
+    conn = await queue.listen_connection()
     async with conn:
         await conn.execute("LISTEN pgqueue_batch")
         columns = (
@@ -794,6 +796,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="MIB",
         help="resident memory limit: over it, running attempts fail and the worker exits 1",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics endpoint binds (default 127.0.0.1)",
     )
 
     p = command("enqueue", cmd_enqueue, "enqueue one job of a registered task")

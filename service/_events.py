@@ -210,10 +210,9 @@ class Broadcaster:
         lost = False
         while True:
             try:
-                dsn = await asyncio.to_thread(lambda: self._queue.dsn)
-                conn = await psycopg.AsyncConnection.connect(
-                    dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT
-                )
+                # PGQUEUE_LISTEN_DSN when set: LISTEN needs a session of its
+                # own, which a pooler in transaction mode does not give.
+                conn = await self._queue.listen_connection(connect_timeout=_CONNECT_TIMEOUT)
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     # A client that subscribed while we were not listening got

@@ -175,3 +175,17 @@ async def queue(db_dsn: str) -> AsyncIterator[pgqueue.Queue]:
         yield q
     finally:
         await q.close()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_server: str) -> Iterator[object]:
+    """A PgBouncer in transaction mode in front of the session's server
+    (``tests/pgbouncer.py``); its ``dsn(db_dsn)`` routes a DSN through it.
+    Skipped when the ``pgbouncer`` binary is not installed (Debian/Ubuntu:
+    ``apt-get install pgbouncer``)."""
+    from . import pgbouncer as bouncer
+
+    if bouncer.binary() is None:
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+    with bouncer.start(pg_server) as running:
+        yield running

@@ -70,7 +70,8 @@ class _Recorder:
                         self._queue.dsn,
                         min_size=1,
                         max_size=3,
-                        kwargs={"autocommit": True},
+                        # no prepared statements: the DSN may be a pooler's
+                        kwargs={"autocommit": True, "prepare_threshold": None},
                         open=False,
                         name="acceptance-recorder",
                     )
@@ -84,7 +85,7 @@ class _Recorder:
             await conn.execute(sql, params)
 
     def run_sync(self, sql: str, params: tuple[Any, ...]) -> None:
-        with psycopg.connect(self._queue.dsn, autocommit=True) as conn:
+        with psycopg.connect(self._queue.dsn, autocommit=True, prepare_threshold=None) as conn:
             conn.execute(sql, params)
 
 

@@ -48,8 +48,8 @@ def cli_env(dsn: str | None, **extra: str) -> dict[str, str]:
     """The environment of a CLI subprocess: PGQUEUE_DSN = ``dsn``, nothing else
     pointing at a database (so no test can fall back to the embedded server)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PGQUEUE_DSN", "DATABASE_URL")}
-    env.pop("PGQUEUE_APP", None)
-    env.pop("PGQUEUE_LOOP", None)
+    for name in ("PGQUEUE_APP", "PGQUEUE_LOOP", "PGQUEUE_LISTEN_DSN", "PGQUEUE_PREPARE_THRESHOLD"):
+        env.pop(name, None)
     if dsn is not None:
         env["PGQUEUE_DSN"] = dsn
     env["PYTHONUNBUFFERED"] = "1"
@@ -176,10 +176,16 @@ class Processes:
         self.log_dir = log_dir
         self.started: list[WorkerProcess] = []
 
-    def start(self, *args: str, dsn: str | None, name: str | None = None) -> WorkerProcess:
-        """Start ``pgqueue ARGS`` with PGQUEUE_DSN=dsn."""
+    def start(
+        self,
+        *args: str,
+        dsn: str | None,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
+        """Start ``pgqueue ARGS`` with PGQUEUE_DSN=dsn (and the variables of ``env``)."""
         name = name or f"proc{len(self.started) + 1}"
-        proc = WorkerProcess(name, cli_command(*args), cli_env(dsn), self.log_dir)
+        proc = WorkerProcess(name, cli_command(*args), cli_env(dsn, **(env or {})), self.log_dir)
         self.started.append(proc)
         return proc
 
@@ -191,6 +197,7 @@ class Processes:
         name: str | None = None,
         quick_rescue: bool = False,
         wait_started: bool = True,
+        env: dict[str, str] | None = None,
     ) -> WorkerProcess:
         """Start ``pgqueue worker --app tests.acceptance.app:queue`` and (by
         default) wait until it logged that it started. Later flags in ``extra``
@@ -199,7 +206,7 @@ class Processes:
         args = ["worker", "--app", APP, "--concurrency", str(concurrency), *WORKER_FLAGS]
         if quick_rescue:
             args += QUICK_RESCUE_FLAGS
-        proc = self.start(*args, *extra, dsn=dsn, name=name)
+        proc = self.start(*args, *extra, dsn=dsn, name=name, env=env)
         if wait_started:
             proc.wait_for_log(" started: queues=")
         return proc
