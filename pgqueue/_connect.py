@@ -74,10 +74,45 @@ def prepare_threshold() -> int | None:
     return value
 
 
-def connection_kwargs(**extra: Any) -> dict[str, Any]:
-    """The arguments of every connection pgqueue opens (autocommit; prepared
-    statements as :func:`prepare_threshold` says), plus ``extra``."""
-    return {"autocommit": True, "prepare_threshold": prepare_threshold(), **extra}
+# How a connection whose network path went silent (no RST, no FIN: a cut
+# cable, a dead host, a dropped NAT entry) is noticed. Without these, a query
+# waits for the kernel's retransmission limit (about 15 minutes on Linux) and
+# an idle pooled connection is never found dead until used.
+# - An idle connection is probed after keepalives_idle seconds, then every
+#   keepalives_interval seconds; keepalives_count probes unanswered end it
+#   (10 + 3 x 5 = 25 s).
+# - Data sent and not acknowledged for tcp_user_timeout milliseconds ends it,
+#   so a query in flight fails within 20 s. A long query does not trip it:
+#   while the server computes, nothing of ours is unacknowledged.
+# - A connection attempt gives up after connect_timeout seconds (per host of
+#   a multi-host DSN) instead of the kernel's SYN retries (about 2 minutes).
+# Each applies only where the DSN does not set it; Unix sockets ignore them.
+NETWORK_DEFAULTS: dict[str, str] = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "20000",
+}
+
+
+def network_defaults(dsn: str | None) -> dict[str, str]:
+    """:data:`NETWORK_DEFAULTS` less what ``dsn`` sets itself."""
+    given = conninfo_to_dict(dsn) if dsn else {}
+    return {key: value for key, value in NETWORK_DEFAULTS.items() if key not in given}
+
+
+def connection_kwargs(dsn: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The arguments of every connection pgqueue opens to ``dsn`` (autocommit;
+    prepared statements as :func:`prepare_threshold` says; dead peers noticed
+    as :data:`NETWORK_DEFAULTS` says), plus ``extra``."""
+    return {
+        "autocommit": True,
+        "prepare_threshold": prepare_threshold(),
+        **network_defaults(dsn),
+        **extra,
+    }
 
 
 def listen_dsn(dsn: str) -> str:
@@ -90,12 +125,12 @@ def listen_dsn(dsn: str) -> str:
 
 async def connect(dsn: str, **extra: Any) -> psycopg.AsyncConnection[Any]:
     """A single async connection (see :func:`connection_kwargs`)."""
-    return await psycopg.AsyncConnection.connect(dsn, **connection_kwargs(**extra))
+    return await psycopg.AsyncConnection.connect(dsn, **connection_kwargs(dsn, **extra))
 
 
 def connect_sync(dsn: str, **extra: Any) -> psycopg.Connection[Any]:
     """A single blocking connection (see :func:`connection_kwargs`)."""
-    return psycopg.connect(dsn, **connection_kwargs(**extra))
+    return psycopg.connect(dsn, **connection_kwargs(dsn, **extra))
 
 
 def async_pool(
@@ -106,7 +141,7 @@ def async_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
-        kwargs=connection_kwargs(),
+        kwargs=connection_kwargs(dsn),
         open=False,
         name=name,
         **options,
@@ -119,7 +154,7 @@ def sync_pool(dsn: str, *, min_size: int, max_size: int, name: str) -> Connectio
         dsn,
         min_size=min_size,
         max_size=max_size,
-        kwargs=connection_kwargs(),
+        kwargs=connection_kwargs(dsn),
         open=False,
         name=name,
     )

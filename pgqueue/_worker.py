@@ -108,6 +108,9 @@ class _Lease:
     task_name: str
     ctx: JobContext
     timeout: float | None
+    # When the server last renewed this lease, by this worker's clock: the
+    # sending of the claim that took it or of the last heartbeat it answered.
+    renewed: float
     body: asyncio.Future[Any] | None = None
     thread: concurrent.futures.Future[Any] | None = None  # a sync task's thread
     stop: str | None = None  # why the worker stopped it: lost, cancelled, shutdown
@@ -561,7 +564,7 @@ class Worker:
             try:
                 rows = await self._call("claim", {**params, "limit": free})
                 for row in rows:
-                    self._start(row)
+                    self._start(row, claim_started)
                 if self._claim_retries != retries:
                     # The connection broke mid-claim: an earlier try may have
                     # committed rows this worker never saw. Hand them back.
@@ -617,7 +620,7 @@ class Worker:
         rows = await self._call("unfinished", {"queues": self.queues})
         return bool(rows[0][0])
 
-    def _start(self, row: Sequence[Any]) -> None:
+    def _start(self, row: Sequence[Any], claimed: float) -> None:
         job_id, task_name, args, queue_name, attempt, max_attempts, timeout = row
         ctx = JobContext(
             job_id=job_id,
@@ -628,7 +631,7 @@ class Worker:
             args=args,
             on_progress=self._progress_reported,
         )
-        lease = _Lease(job_id, attempt, task_name, ctx, timeout)
+        lease = _Lease(job_id, attempt, task_name, ctx, timeout, renewed=claimed)
         self._leases[lease.key] = lease
         self._running += 1
         runner = asyncio.create_task(self._execute(lease), name=f"pgqueue-job-{job_id}")
@@ -965,32 +968,41 @@ class Worker:
                     )
             except Exception as exc:
                 log.warning(
-                    "heartbeat failed (%s); none for %.0fs", exc, time.monotonic() - self._last_beat
+                    "heartbeat failed (%s); none for %.0fs",
+                    str(exc) or type(exc).__name__,  # a timeout's text is empty
+                    time.monotonic() - self._last_beat,
                 )
                 continue
             self._last_beat = sent
             held = {(row[0], row[1]) for row in rows}
             for lease in leases:
-                if lease.key not in held and not lease.finished:
+                if lease.key in held:
+                    lease.renewed = max(lease.renewed, sent)
+                elif not lease.finished:
                     self._lost(lease, "lost")
 
     async def _fence_loop(self) -> None:
-        """Self-fencing: once the last heartbeat that got through is nearly a
-        lease timeout old, other workers may soon rescue and re-run our jobs, so
-        stop their tasks now rather than run them twice at once."""
+        """Self-fencing: once a lease's last renewal that got through is nearly
+        a lease timeout old, other workers may soon rescue and re-run its job,
+        so stop its task now rather than run it twice at once. Each lease counts
+        from its own renewal: one claimed after an outage is as fresh as its claim."""
         settings = self.settings
         limit = settings.stale_after - settings.heartbeat_interval
         while True:
             await asyncio.sleep(settings.heartbeat_interval / 4)
-            silent = time.monotonic() - self._last_beat
-            running = [lease for lease in self._leases.values() if not lease.finished]
-            if running and silent > limit:
+            now = time.monotonic()
+            stale = [
+                lease
+                for lease in self._leases.values()
+                if not lease.finished and now - lease.renewed > limit
+            ]
+            if stale:
                 log.error(
                     "no heartbeat for %.0fs: stopping %d tasks before their leases are rescued",
-                    silent,
-                    len(running),
+                    now - min(lease.renewed for lease in stale),
+                    len(stale),
                 )
-                for lease in running:
+                for lease in stale:
                     self._lost(lease, "lost")
 
     def _lost(self, lease: _Lease, reason: str) -> None:

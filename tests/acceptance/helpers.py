@@ -16,18 +16,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
+import pytest
 from psycopg.conninfo import make_conninfo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -354,3 +356,30 @@ class TcpProxy:
             for sock in (src, dst):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+@contextlib.contextmanager
+def silent_port(port: int) -> Iterator[None]:
+    """A silent network partition of every TCP connection to or from ``port``
+    on loopback: packets are dropped (iptables), so no RST or FIN ever comes;
+    the peers see silence, as after a cut cable. Skips the test where
+    iptables cannot be used (not root, no netfilter)."""
+    if os.geteuid() != 0 or shutil.which("iptables") is None:
+        pytest.skip("a silent partition needs root and iptables")
+    rules = [["--dport", str(port)], ["--sport", str(port)]]
+    added: list[list[str]] = []
+
+    def rule(action: str, match: list[str]) -> list[str]:
+        return ["iptables", action, "INPUT", "-i", "lo", "-p", "tcp", *match,
+                "-m", "comment", "--comment", "pgqueue-test-partition", "-j", "DROP"]  # fmt: skip
+
+    try:
+        for match in rules:
+            done = subprocess.run(rule("-I", match), capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                pytest.skip(f"iptables cannot drop packets here: {done.stderr.strip()}")
+            added.append(match)
+        yield
+    finally:
+        for match in added:
+            subprocess.run(rule("-D", match), capture_output=True, check=False)

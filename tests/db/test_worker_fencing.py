@@ -16,7 +16,7 @@ import pytest
 
 import pgqueue
 from pgqueue import JobStatus
-from tests.db.test_worker_inprocess import WAIT, job, running_worker
+from tests.db.test_worker_inprocess import WAIT, job, running_worker, wait_status
 
 
 async def test_timed_out_sync_task_keeps_its_slot_until_its_thread_returns(
@@ -180,8 +180,7 @@ async def test_worker_stops_its_tasks_when_it_cannot_heartbeat(
 
     job_id = await long.enqueue()
     async with running_worker(queue, queues=["default"]) as worker:
-        await asyncio.sleep(0.3)
-        assert (await job(queue, job_id)).status is JobStatus.RUNNING
+        await wait_status(queue, job_id, JobStatus.RUNNING)
         original = worker._call
 
         async def unreachable(name: str, params: dict[str, Any], **kw: Any) -> list[Any]:
