@@ -239,6 +239,7 @@ class Worker:
         self._until_idle = False
         self._completions: list[tuple[_Lease, Jsonb]] = []
         self._stopping = False
+        self._stop_requested: float | None = None  # monotonic time of the first stop()
         self._hard_stop = False
         self._wakeup = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -265,6 +266,8 @@ class Worker:
         if self._stopping:
             self._hard_stop = True  # a second request skips the grace period
             log.warning("second stop request: handing back running jobs now")
+        else:
+            self._stop_requested = time.monotonic()
         self._stopping = True
         self._wakeup.set()
         self._slot_freed.set()
@@ -319,14 +322,19 @@ class Worker:
             helpers.append(asyncio.create_task(self._memory_loop(), name="pgqueue-memory"))
         if self.settings.listen:
             helpers.append(asyncio.create_task(self._listen_loop(), name="pgqueue-listen"))
+        phases = _Phases()
         try:
             try:
                 self._until_idle = until_idle
                 await self._claim_loop()
             finally:
-                await self._drain()
+                phases.start(self._stop_requested)
+                phases.mark("claim loop")
+                await self._drain(phases)
         finally:
+            phases.start(self._stop_requested)  # no-op unless the drain never began
             await _stop_tasks(helpers)
+            phases.mark("background tasks")
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     self._loop.remove_signal_handler(sig)
@@ -338,7 +346,13 @@ class Worker:
                     self.abandoned_threads,
                 )
             await self._pool.close()
-            log.info("worker %s stopped after %d jobs", self.worker_id, self.jobs_done)
+            phases.mark("pool")
+            log.info(
+                "worker %s stopped after %d jobs (shutdown: %s)",
+                self.worker_id,
+                self.jobs_done,
+                phases,
+            )
         if self._memory_error is not None:
             raise MemoryLimitExceeded(self._memory_error.split(" while ")[0])
 
@@ -1065,7 +1079,7 @@ class Worker:
 
     # -- shutdown ----------------------------------------------------------------------
 
-    async def _drain(self) -> None:
+    async def _drain(self, phases: _Phases) -> None:
         """Stop: let running jobs finish within the grace period, hand back the
         rest, and write every outcome before returning."""
         running = sum(1 for lease in self._leases.values() if not lease.finished)
@@ -1083,6 +1097,7 @@ class Worker:
         ):
             self._slot_freed.clear()
             await _wait(self._slot_freed, 0.1)
+        phases.mark("grace")
         for lease in list(self._leases.values()):
             if not lease.finished and lease.body is not None:
                 # Async bodies are cancelled; a thread cannot be interrupted, so
@@ -1098,6 +1113,7 @@ class Worker:
         while (self._completions or self._flushing) and time.monotonic() < deadline:
             self._completion_ready.set()
             await asyncio.sleep(0.01)
+        phases.mark("outcomes")
         # Whatever is still retrying a database call now gives up: the jobs
         # concerned will be rescued.
         self._hard_stop = True
@@ -1105,6 +1121,28 @@ class Worker:
             await self._report(
                 lease, "release", {"run_in": timedelta(seconds=THREAD_RELEASE_DELAY)}
             )
+        phases.mark("releases")
+
+
+class _Phases:
+    """How long each step of a shutdown took, for the worker's last log line:
+    a slow exit names its step."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+        self._took: list[tuple[str, float]] = []
+
+    def start(self, at: float | None) -> None:
+        if self._since is None:
+            self._since = time.monotonic() if at is None else at
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self._took.append((name, now - (self._since or now)))
+        self._since = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {took:.2f}s" for name, took in self._took)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> bool:

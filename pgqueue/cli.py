@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import importlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
@@ -160,6 +162,9 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         max_memory_mb=args.max_memory,
     )
     worker = Worker(queue, queues=queues, worker_id=args.worker_id, settings=settings)
+    if hasattr(signal, "SIGUSR1"):
+        # `kill -USR1` shows where a worker that does not stop is stuck.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         await worker.run(until_idle=args.until_idle)
     except MemoryLimitExceeded as exc:
