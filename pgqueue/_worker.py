@@ -1158,11 +1158,13 @@ async def _wait(event: asyncio.Event, timeout: float) -> bool:
     return True
 
 
-async def _stop_tasks(tasks: Sequence[asyncio.Task[Any]], within: float = 5.0) -> None:
+async def _stop_tasks(
+    tasks: Sequence[asyncio.Task[Any]], within: float = 5.0
+) -> set[asyncio.Task[Any]]:
     """Cancel ``tasks`` and wait until they have ended, cancelling again any
     that swallowed a cancel (Python 3.11's ``asyncio.wait_for`` can), so a
     stopping worker never waits forever on a background loop. Tasks still
-    running after ``within`` seconds are logged and left behind."""
+    running after ``within`` seconds are logged, left behind and returned."""
     pending = {task for task in tasks if not task.done()}
     deadline = time.monotonic() + within
     while pending and time.monotonic() < deadline:
@@ -1178,6 +1180,7 @@ async def _stop_tasks(tasks: Sequence[asyncio.Task[Any]], within: float = 5.0) -
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+    return pending
 
 
 def _resident_mib() -> float | None:
