@@ -1117,7 +1117,15 @@ class Worker:
         # Whatever is still retrying a database call now gives up: the jobs
         # concerned will be rescued.
         self._hard_stop = True
-        for lease in self._release_at_exit:
+        for n, lease in enumerate(self._release_at_exit):
+            if time.monotonic() >= deadline:
+                # each call may wait for a connection: one after another they
+                # would add up, and these jobs are rescued anyway
+                log.warning(
+                    "%d jobs not handed back before the outcome deadline; they will be rescued",
+                    len(self._release_at_exit) - n,
+                )
+                break
             await self._report(
                 lease, "release", {"run_in": timedelta(seconds=THREAD_RELEASE_DELAY)}
             )
