@@ -1089,7 +1089,10 @@ class Worker:
                 self.settings.shutdown_grace,
                 running,
             )
-        deadline = time.monotonic() + self.settings.shutdown_grace
+        # Both deadlines count from the stop request: time the claim loop spent
+        # ending (waiting for a connection in an outage) is not added to them.
+        begin = self._stop_requested or time.monotonic()
+        deadline = begin + self.settings.shutdown_grace
         while (
             any(not lease.finished for lease in self._leases.values())
             and time.monotonic() < deadline
@@ -1107,9 +1110,12 @@ class Worker:
                 lease.body.cancel()
         # Outcomes take milliseconds to write; the deadline only matters when
         # the database is unreachable, and then waiting longer does not help.
-        deadline = time.monotonic() + OUTCOME_DEADLINE
+        deadline = begin + self.settings.shutdown_grace + OUTCOME_DEADLINE
+        deadline = max(deadline, time.monotonic() + 1.0)
         if self._outcomes_pending:
-            await asyncio.wait(set(self._outcomes_pending), timeout=OUTCOME_DEADLINE)
+            await asyncio.wait(
+                set(self._outcomes_pending), timeout=max(0.0, deadline - time.monotonic())
+            )
         while (self._completions or self._flushing) and time.monotonic() < deadline:
             self._completion_ready.set()
             await asyncio.sleep(0.01)

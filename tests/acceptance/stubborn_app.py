@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import time
 from typing import Any
 
 import pgqueue
@@ -27,6 +28,12 @@ async def deaf(ctx: pgqueue.JobContext, seconds: float = 3600) -> None:
     while loop.time() < end:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(0.2)
+
+
+@queue.task(queue="stubborn")
+def deaf_sync(ctx: pgqueue.JobContext, seconds: float = 60) -> None:
+    """A thread that ignores ``ctx.should_stop`` (Python cannot interrupt it)."""
+    time.sleep(seconds)
 
 
 @queue.task(queue="stubborn")

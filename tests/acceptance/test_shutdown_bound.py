@@ -14,15 +14,23 @@ import pytest
 import pgqueue
 from pgqueue.cli import EXIT_MARGIN
 
-from .helpers import Processes, WorkerProcess, cli_command, cli_env, scalar, wait_until
+from .helpers import (
+    Processes,
+    TcpProxy,
+    WorkerProcess,
+    cli_command,
+    cli_env,
+    scalar,
+    wait_until,
+)
 
 APP = "tests.acceptance.stubborn_app:queue"
 
 
-def _start(procs: Processes, dsn: str, **env: str) -> WorkerProcess:
+def _start(procs: Processes, dsn: str, *extra: str, **env: str) -> WorkerProcess:
     argv = cli_command(
         "worker", "--app", APP, "--queues", "stubborn", "--shutdown-grace", "0",
-        "--poll-interval", "0.2",
+        "--poll-interval", "0.2", *extra,
     )  # fmt: skip
     proc = WorkerProcess(
         f"worker{len(procs.started) + 1}", argv, cli_env(dsn, **env), procs.log_dir
@@ -92,3 +100,24 @@ def test_a_thread_that_never_returns_ends_in_a_stack_dump_at_the_bound(
     assert scalar(db_dsn, "SELECT status::text FROM pgqueue.jobs WHERE id = %s", [job_id]) == (
         "pending"
     )
+
+
+def test_hand_backs_during_a_database_outage_fit_in_the_bound(
+    db_dsn: str, procs: Processes, db_proxy: TcpProxy
+) -> None:
+    """Threads that ignore ``should_stop`` have their jobs handed back one by
+    one at exit; with the database gone each try waits for a connection, and
+    together they must not push the exit past the bound (the watchdog's exit
+    status would then be 1)."""
+    ids = [_enqueue(db_dsn, "deaf_sync") for _ in range(4)]
+    worker = _start(procs, db_proxy.dsn(db_dsn), "--concurrency", "4", "--shutdown-grace", "1")
+    wait_until(
+        lambda: all(_running(db_dsn, job_id) for job_id in ids), timeout=30, what="4 jobs to start"
+    )
+    db_proxy.down()
+    time.sleep(1.0)  # the worker notices: its calls start failing
+    code, took = _sigterm_and_time(worker)
+    log = worker.log()
+    assert code == 0, log
+    assert took < 1 + EXIT_MARGIN, log
+    assert "not handed back before the outcome deadline" in log, log
