@@ -279,6 +279,7 @@ class Worker:
         self._until_idle = False
         self._completions: list[tuple[_Lease, Jsonb]] = []
         self._stopping = False
+        self._stop_requested: float | None = None  # monotonic time of the first stop()
         self._hard_stop = False
         self._wakeup = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -316,6 +317,8 @@ class Worker:
         if self._stopping:
             self._hard_stop = True  # a second request skips the grace period
             log.warning("second stop request: handing back running jobs now")
+        else:
+            self._stop_requested = time.monotonic()
         self._stopping = True
         self._wakeup.set()
         self._slot_freed.set()
@@ -367,14 +370,19 @@ class Worker:
             helpers.append(asyncio.create_task(self._memory_loop(), name="pgqueue-memory"))
         if self.settings.listen:
             helpers.append(asyncio.create_task(self._listen_loop(), name="pgqueue-listen"))
+        phases = _Phases()
         try:
             try:
                 self._until_idle = until_idle
                 await self._claim_loop()
             finally:
-                await self._drain()
+                phases.start(self._stop_requested)
+                phases.mark("claim loop")
+                await self._drain(phases)
         finally:
+            phases.start(self._stop_requested)  # no-op unless the drain never began
             await _stop_tasks(helpers)
+            phases.mark("background tasks")
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     self._loop.remove_signal_handler(sig)
@@ -390,7 +398,13 @@ class Worker:
                 await self._metrics_server.wait_closed()
                 self._metrics_server = None
             await self._pool.close()
-            log.info("worker %s stopped after %d jobs", self.worker_id, self.jobs_done)
+            phases.mark("pool")
+            log.info(
+                "worker %s stopped after %d jobs (shutdown: %s)",
+                self.worker_id,
+                self.jobs_done,
+                phases,
+            )
         if self._memory_error is not None:
             raise MemoryLimitExceeded(self._memory_error.split(" while ")[0])
 
@@ -1264,7 +1278,7 @@ class Worker:
 
     # -- shutdown ----------------------------------------------------------------------
 
-    async def _drain(self) -> None:
+    async def _drain(self, phases: _Phases) -> None:
         """Stop: let running jobs finish within the grace period, hand back the
         rest, and write every outcome before returning."""
         running = sum(1 for lease in self._leases.values() if not lease.finished)
@@ -1274,7 +1288,10 @@ class Worker:
                 self.settings.shutdown_grace,
                 running,
             )
-        deadline = time.monotonic() + self.settings.shutdown_grace
+        # Both deadlines count from the stop request: time the claim loop spent
+        # ending (waiting for a connection in an outage) is not added to them.
+        begin = self._stop_requested or time.monotonic()
+        deadline = begin + self.settings.shutdown_grace
         while (
             any(not lease.finished for lease in self._leases.values())
             and time.monotonic() < deadline
@@ -1282,6 +1299,7 @@ class Worker:
         ):
             self._slot_freed.clear()
             await _wait(self._slot_freed, 0.1)
+        phases.mark("grace")
         for lease in list(self._leases.values()):
             if not lease.finished and lease.body is not None:
                 # Async bodies are cancelled; a thread cannot be interrupted, so
@@ -1291,19 +1309,53 @@ class Worker:
                 lease.body.cancel()
         # Outcomes take milliseconds to write; the deadline only matters when
         # the database is unreachable, and then waiting longer does not help.
-        deadline = time.monotonic() + OUTCOME_DEADLINE
+        deadline = begin + self.settings.shutdown_grace + OUTCOME_DEADLINE
+        deadline = max(deadline, time.monotonic() + 1.0)
         if self._outcomes_pending:
-            await asyncio.wait(set(self._outcomes_pending), timeout=OUTCOME_DEADLINE)
+            await asyncio.wait(
+                set(self._outcomes_pending), timeout=max(0.0, deadline - time.monotonic())
+            )
         while (self._completions or self._flushing) and time.monotonic() < deadline:
             self._completion_ready.set()
             await asyncio.sleep(0.01)
+        phases.mark("outcomes")
         # Whatever is still retrying a database call now gives up: the jobs
         # concerned will be rescued.
         self._hard_stop = True
-        for lease in self._release_at_exit:
+        for n, lease in enumerate(self._release_at_exit):
+            if time.monotonic() >= deadline:
+                # each call may wait for a connection: one after another they
+                # would add up, and these jobs are rescued anyway
+                log.warning(
+                    "%d jobs not handed back before the outcome deadline; they will be rescued",
+                    len(self._release_at_exit) - n,
+                )
+                break
             await self._report(
                 lease, "release", {"run_in": timedelta(seconds=THREAD_RELEASE_DELAY)}
             )
+        phases.mark("releases")
+
+
+class _Phases:
+    """How long each step of a shutdown took, for the worker's last log line:
+    a slow exit names its step."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+        self._took: list[tuple[str, float]] = []
+
+    def start(self, at: float | None) -> None:
+        if self._since is None:
+            self._since = time.monotonic() if at is None else at
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self._took.append((name, now - (self._since or now)))
+        self._since = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {took:.2f}s" for name, took in self._took)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> bool:
@@ -1319,11 +1371,13 @@ async def _wait(event: asyncio.Event, timeout: float) -> bool:
     return True
 
 
-async def _stop_tasks(tasks: Sequence[asyncio.Task[Any]], within: float = 5.0) -> None:
+async def _stop_tasks(
+    tasks: Sequence[asyncio.Task[Any]], within: float = 5.0
+) -> set[asyncio.Task[Any]]:
     """Cancel ``tasks`` and wait until they have ended, cancelling again any
     that swallowed a cancel (Python 3.11's ``asyncio.wait_for`` can), so a
     stopping worker never waits forever on a background loop. Tasks still
-    running after ``within`` seconds are logged and left behind."""
+    running after ``within`` seconds are logged, left behind and returned."""
     pending = {task for task in tasks if not task.done()}
     deadline = time.monotonic() + within
     while pending and time.monotonic() < deadline:
@@ -1339,6 +1393,7 @@ async def _stop_tasks(tasks: Sequence[asyncio.Task[Any]], within: float = 5.0) -
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+    return pending
 
 
 def _resident_mib() -> float | None:

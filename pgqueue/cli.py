@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import importlib
+import io
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
@@ -23,7 +26,7 @@ from . import _connect, _extras, _migrate
 from ._job import Batch, Job
 from ._queue import Queue, _notified_id
 from ._status import BatchStatus, JobStatus
-from ._worker import Worker, WorkerSettings
+from ._worker import OUTCOME_DEADLINE, Worker, WorkerSettings, _stop_tasks
 from .errors import ConfigurationError, MemoryLimitExceeded, PgQueueError, translate
 
 log = logging.getLogger("pgqueue.cli")
@@ -163,26 +166,71 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
     )
-    worker = Worker(queue, queues=queues, worker_id=args.worker_id, settings=settings)
+    worker = _CommandWorker(queue, queues=queues, worker_id=args.worker_id, settings=settings)
+    if hasattr(signal, "SIGUSR1"):
+        # `kill -USR1` shows where a worker that does not stop is stuck.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         await worker.run(until_idle=args.until_idle)
     except MemoryLimitExceeded as exc:
         # A leaking sync task may still hold a thread: exit without waiting.
         print(f"pgqueue: error: {exc}", file=sys.stderr)
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)
+        _exit_now(1)
     finally:
         await queue.close()
-    if worker.abandoned_threads:
-        # Python cannot stop those threads and would wait for them at exit;
-        # their jobs are already handed back, so leave now.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    # Whatever still runs now ignored its cancel (a task body that swallows
+    # CancelledError, a stuck background loop). asyncio.Runner would cancel it
+    # once more and wait for it without limit, and Python waits for task
+    # threads at exit; the outcomes are written and the jobs handed back, so
+    # after a short last chance leave instead.
+    leftovers = await _stop_tasks(_other_tasks(), within=LEFTOVER_WAIT)
+    if leftovers:
+        for task in leftovers:
+            stack = io.StringIO()
+            task.print_stack(limit=8, file=stack)
+            log.error("exiting without waiting for task %s: %s", task.get_name(), stack.getvalue())
+    if leftovers or worker.abandoned_threads:
+        _exit_now(0)
     return 0
+
+
+LEFTOVER_WAIT = 2.0
+"""Seconds ``pgqueue worker`` gives tasks still running after the worker
+stopped to end once cancelled, before it exits without them."""
+
+EXIT_MARGIN = OUTCOME_DEADLINE + 5.0
+"""Seconds beyond ``--shutdown-grace`` within which ``pgqueue worker`` has
+exited after a stop request: the outcome deadline plus a few seconds for the
+rest. Past it the process dumps every thread's stack and exits with status 1."""
+
+
+class _CommandWorker(Worker):
+    """The worker of ``pgqueue worker``: once asked to stop, the process ends
+    within ``shutdown_grace + EXIT_MARGIN`` seconds whatever hangs (a
+    database that stops answering mid-query, a thread that never returns, an
+    exit handler that blocks), and the stack dump then shows what did."""
+
+    def stop(self) -> None:
+        if not self._watchdog_armed:
+            self._watchdog_armed = True
+            # A thread in C, so a blocked event loop or interpreter exit cannot hold it up.
+            faulthandler.dump_traceback_later(self.settings.shutdown_grace + EXIT_MARGIN, exit=True)
+        super().stop()
+
+    _watchdog_armed = False
+
+
+def _other_tasks() -> list[asyncio.Task[Any]]:
+    current = asyncio.current_task()
+    return [task for task in asyncio.all_tasks() if task is not current]
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit at once, without waiting for threads or tasks, logs flushed."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def cmd_enqueue(args: argparse.Namespace) -> int:

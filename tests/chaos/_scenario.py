@@ -20,8 +20,14 @@ FAST = ("--heartbeat-interval", "0.3", "--stale-after", "1.5", "--rescue-interva
 """Worker flags for scenarios that need rescues within seconds."""
 
 
+STOP_TIMEOUT = 20.0
+"""Seconds a worker may take to exit after SIGTERM (its grace is at most 3 s)."""
+
+_logs: dict[int, Path] = {}  # each started worker's log, by pid
+
+
 def start_worker(dsn: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+    worker = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -45,6 +51,8 @@ def start_worker(dsn: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    _logs[worker.pid] = log
+    return worker
 
 
 def wait_started(worker: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
@@ -78,15 +86,26 @@ def wait_all_completed(dsn: str, total: int, timeout: float, log: Path) -> dict[
     )
 
 
-def stop(worker: subprocess.Popen[bytes]) -> int:
+def stop(worker: subprocess.Popen[bytes], timeout: float | None = None) -> int:
+    """SIGTERM the worker and wait for it to exit; one that does not exit in
+    time has every thread's stack dumped into its log (SIGUSR1), is killed,
+    and the error shows where it was stuck."""
     if worker.poll() is None:
+        sent = time.monotonic()
         worker.send_signal(signal.SIGTERM)
         try:
-            return worker.wait(timeout=20)
+            return worker.wait(timeout=STOP_TIMEOUT if timeout is None else timeout)
         except subprocess.TimeoutExpired:
+            worker.send_signal(signal.SIGUSR1)
+            time.sleep(1)
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
-            raise
+            log = _logs.get(worker.pid)
+            tail = log.read_text(errors="replace")[-12_000:] if log else "(no log)"
+            raise AssertionError(
+                f"worker {worker.pid} did not exit within {time.monotonic() - sent:.0f}s"
+                f" of SIGTERM; its log ends:\n{tail}"
+            ) from None
     return worker.returncode
 
 

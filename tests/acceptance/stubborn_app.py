@@ -1,0 +1,52 @@
+"""Tasks that do not stop when told to, for the tests of the worker's exit bound.
+
+``PGQUEUE_TEST_DEAF_LOOP=1`` also makes the worker's retention loop swallow
+every cancel, as a background loop stuck in a library might.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from typing import Any
+
+import pgqueue
+import pgqueue._worker
+
+queue = pgqueue.Queue()
+_never = threading.Event()
+
+
+@queue.task(queue="stubborn")
+async def deaf(ctx: pgqueue.JobContext, seconds: float = 3600) -> None:
+    """Swallows every cancel and ignores ``ctx.should_stop``."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.2)
+
+
+@queue.task(queue="stubborn")
+def deaf_sync(ctx: pgqueue.JobContext, seconds: float = 60) -> None:
+    """A thread that ignores ``ctx.should_stop`` (Python cannot interrupt it)."""
+    time.sleep(seconds)
+
+
+@queue.task(queue="stubborn")
+async def offload(ctx: pgqueue.JobContext) -> None:
+    """Waits on a thread of the event loop's default executor that never returns."""
+    await asyncio.to_thread(_never.wait)
+
+
+async def _deaf_loop(self: Any) -> None:
+    while True:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+
+
+if os.environ.get("PGQUEUE_TEST_DEAF_LOOP") == "1":
+    pgqueue._worker.Worker._prune_loop = _deaf_loop  # type: ignore[method-assign]
