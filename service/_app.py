@@ -95,6 +95,19 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
     return response
 
 
+# The dashboard's files, fixed at import: a name not among them is a JSON 404
+# before the file system is asked (aiohttp's static route answered a missing
+# file with an empty 404, and a name over 255 bytes with a 500).
+STATIC_FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file())
+
+
+async def static_file(request: web.Request) -> web.FileResponse:
+    name = request.match_info["filename"]
+    if name not in STATIC_FILES:
+        raise web.HTTPNotFound()
+    return web.FileResponse(STATIC / name)
+
+
 async def dashboard(request: web.Request) -> web.FileResponse:
     response = web.FileResponse(STATIC / "index.html")
     response.headers["Cache-Control"] = "no-cache"
@@ -127,7 +140,7 @@ def create_app(
         for endpoint in routes.endpoints:
             app.router.add_route(endpoint.method, endpoint.path, endpoint.view())
     app.router.add_get("/", dashboard)
-    app.router.add_static("/static", STATIC)
+    app.router.add_get("/static/{filename}", static_file)
 
     async def database_pool(app: web.Application) -> AsyncIterator[None]:
         pool = await queue.pool()

@@ -295,3 +295,22 @@ async def test_an_event_stream_that_fails_after_it_started_just_ends(
     assert response.status == 200
     text = (await response.read()).decode()
     assert text == "retry: 2000\n\n"  # no second status line inside the stream
+
+
+# -- the dashboard's files ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["missing.js", "a" * 300, "app.js%2Fx", "%FF", ".."])
+async def test_a_static_name_outside_the_dashboard_files_is_a_json_404(api: Api, name: str) -> None:
+    # aiohttp's static route answered an empty 404 for a missing file and a
+    # 500 for a name longer than the file system allows.
+    response = await api.client.get(f"/static/{name}")
+    assert (await error_body(response, 404))["error"] == "not_found"
+
+
+async def test_the_dashboard_files_are_served(api: Api) -> None:
+    for name, kind in [("app.js", "javascript"), ("app.css", "text/css")]:
+        response = await api.client.get(f"/static/{name}")
+        assert response.status == 200
+        assert kind in response.content_type
+        assert "Content-Security-Policy" in response.headers
