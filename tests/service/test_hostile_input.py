@@ -300,7 +300,7 @@ async def test_an_event_stream_that_fails_after_it_started_just_ends(
 # -- the dashboard's files ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["missing.js", "a" * 300, "app.js%2Fx", "%FF", ".."])
+@pytest.mark.parametrize("name", ["missing.js", "a" * 300, "app.js%2Fx", "%FF", "app.js%00"])
 async def test_a_static_name_outside_the_dashboard_files_is_a_json_404(api: Api, name: str) -> None:
     # aiohttp's static route answered an empty 404 for a missing file and a
     # 500 for a name longer than the file system allows.
