@@ -15,9 +15,10 @@ import pgqueue
 
 from . import _keys
 from ._config import Settings
-from ._errors import ApiError
+from ._errors import ApiError, invalid
 from ._events import Broadcaster
 from ._metrics import GaugeCache
+from ._routes import too_large
 from .handlers import ALL
 
 log = logging.getLogger("pgqueue.service")
@@ -36,7 +37,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error answer is JSON: ours (ApiError), aiohttp's (404, 405, 413...),
-    the library's refusals, and unexpected failures (500, logged)."""
+    the library's refusals, values the database refuses, and unexpected
+    failures (500, logged)."""
     try:
         return await handler(request)
     except ApiError as exc:
@@ -45,6 +47,22 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return ApiError(404, "not_found", str(exc)).response()
     except pgqueue.InvalidTransition as exc:
         return ApiError(409, "conflict", str(exc)).response()
+    except pgqueue.InvalidJobError as exc:
+        # Handlers name the field of the refusals they expect; this is the rest.
+        return invalid("body" if request.body_exists else "request", str(exc)).response()
+    except psycopg.DataError as exc:
+        # SQLSTATE class 22 (out of range, bad text representation, NUL,
+        # untranslatable character...) or psycopg refusing to adapt a value.
+        # Validation names the field first; this is the last line, so that a
+        # value that slipped through is still the client's 422, not a 500.
+        log.warning(
+            "the database refused a value on %s %s: %s",
+            request.method,
+            request.path,
+            str(exc).strip().partition("\n")[0],
+        )
+        message = "a value is out of range or not representable in the database"
+        return ApiError(422, "invalid_request", message).response()
     except (pgqueue.DatabaseUnavailable, psycopg.OperationalError) as exc:
         # Unreachable, restarting, or our connection was terminated
         # (AdminShutdown, 57P01), or no pooled connection within the pool's
@@ -56,9 +74,9 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
-            exc.status, "http_error"
-        )
+        if exc.status == 413:
+            return too_large(request).response()
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         error = ApiError(exc.status, code, exc.reason)
         error.headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return error.response()
@@ -77,6 +95,19 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
     return response
 
 
+# The dashboard's files, fixed at import: a name not among them is a JSON 404
+# before the file system is asked (aiohttp's static route answered a missing
+# file with an empty 404, and a name over 255 bytes with a 500).
+STATIC_FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file())
+
+
+async def static_file(request: web.Request) -> web.FileResponse:
+    name = request.match_info["filename"]
+    if name not in STATIC_FILES:
+        raise web.HTTPNotFound()
+    return web.FileResponse(STATIC / name)
+
+
 async def dashboard(request: web.Request) -> web.FileResponse:
     response = web.FileResponse(STATIC / "index.html")
     response.headers["Cache-Control"] = "no-cache"
@@ -92,7 +123,10 @@ def create_app(
     """The status API and dashboard for ``queue`` (its registered tasks are the
     ones ``POST /api/v1/jobs`` accepts). The app opens the queue's pool on
     startup and, with ``close_queue``, closes it on cleanup."""
-    app = web.Application(middlewares=[security_headers, errors_as_json])
+    app = web.Application(
+        middlewares=[security_headers, errors_as_json],
+        client_max_size=settings.max_body_bytes,
+    )
     app[_keys.QUEUE] = queue
     app[_keys.SETTINGS] = settings
     app[_keys.GAUGES] = GaugeCache(queue, settings.metrics_cache)
@@ -106,7 +140,7 @@ def create_app(
         for endpoint in routes.endpoints:
             app.router.add_route(endpoint.method, endpoint.path, endpoint.view())
     app.router.add_get("/", dashboard)
-    app.router.add_static("/static", STATIC)
+    app.router.add_get("/static/{filename}", static_file)
 
     async def database_pool(app: web.Application) -> AsyncIterator[None]:
         pool = await queue.pool()

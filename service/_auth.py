@@ -17,6 +17,9 @@ from ._errors import ApiError
 
 ALGORITHM = "HS256"
 MAX_OWNER = 256
+MAX_TOKEN = 4096
+"""Longest token accepted, in characters. A token this API mints is a few
+hundred; the bound keeps PyJWT from decoding arbitrary amounts of base64."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,6 +60,12 @@ def mint_token(secret: str, owner: str, *, admin: bool = False, ttl: float = 86_
 
 def decode_token(secret: str, token: str) -> Principal:
     """The caller a token names; :class:`Unauthorized` saying why it is refused."""
+    # A JWT is ASCII (base64url and dots). aiohttp hands over header bytes
+    # >= 0x80 as surrogate escapes, which PyJWT cannot even encode.
+    if not token.isascii():
+        raise Unauthorized("the token is malformed (a JWT is ASCII)")
+    if len(token) > MAX_TOKEN:
+        raise Unauthorized(f"the token is malformed (over {MAX_TOKEN} characters)")
     try:
         claims = jwt.decode(
             token,
@@ -73,7 +82,8 @@ def decode_token(secret: str, token: str) -> Principal:
         raise Unauthorized("the token's signature does not verify") from None
     except jwt.InvalidAlgorithmError:
         raise Unauthorized(f"the token is not signed with {ALGORITHM}") from None
-    except jwt.InvalidTokenError:
+    except (jwt.InvalidTokenError, ValueError):
+        # ValueError: PyJWT lets some decoding failures of odd input through.
         raise Unauthorized("the token is malformed") from None
     owner = claims.get("sub")
     if not isinstance(owner, str) or not 1 <= len(owner) <= MAX_OWNER or "\x00" in owner:

@@ -35,12 +35,20 @@ class Settings:
     """Job id -> owner entries kept to route NOTIFY payloads without an owner."""
     db_timeout: float = 3.0
     """Seconds a request waits for a database connection before answering 503."""
+    max_body_bytes: int = 2 * 1_048_576 + 65_536
+    """Largest request body read; a larger one is a 413. A job's ``args`` and
+    ``metadata`` may each be 1 MiB of JSON (the library's limit), so the body
+    that carries both plus the other fields gets 2 MiB and 64 KiB."""
 
     def __post_init__(self) -> None:
         check_secret(self.secret)
         if not (math.isfinite(self.active_window) and self.active_window >= 0):
             raise ConfigurationError(
                 f"the active window must be seconds >= 0, not {self.active_window!r}"
+            )
+        if self.max_body_bytes < 1024:
+            raise ConfigurationError(
+                f"the body limit must be at least 1024 bytes, not {self.max_body_bytes!r}"
             )
         if not (math.isfinite(self.db_timeout) and self.db_timeout > 0):
             raise ConfigurationError(

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
-from typing import Any
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
 
 import pgqueue
 
 MAX_BIGINT = 2**63 - 1
+MAX_QUEUE_NAME = 128
 STATUS_NAMES = "|".join(s.value for s in pgqueue.JobStatus)
 STATUS_LIST = rf"^({STATUS_NAMES})(,({STATUS_NAMES}))*$"
 
@@ -26,15 +35,25 @@ def encode_cursor(kind: str, key: str | int) -> str:
 
 
 def decode_cursor(kind: str, cursor: str) -> str:
-    """The key inside ``cursor``; ``ValueError`` if it is not a ``kind`` cursor."""
+    """The key inside ``cursor``; ``ValueError`` if it is not a ``kind`` cursor.
+
+    The key goes to the database as a query parameter, so anything a cursor of
+    this API cannot hold (NUL, lone surrogates, a key of another shape) is
+    refused here rather than by PostgreSQL."""
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ValueError("not a cursor returned by this API") from None
     prefix, sep, key = text.partition(":")
-    if prefix != kind or not sep:
+    if prefix != kind or not sep or not key or "\x00" in key:
         raise ValueError("not a cursor returned by this endpoint")
     return key
+
+
+def is_decimal(text: str) -> bool:
+    """True for ASCII digits only: ``str.isdigit`` and ``int`` also take other
+    scripts' digits, signs, spaces and underscores."""
+    return 0 < len(text) <= 19 and text.isascii() and text.isdigit()
 
 
 def id_cursor(kind: str, cursor: str | None) -> int | None:
@@ -42,9 +61,19 @@ def id_cursor(kind: str, cursor: str | None) -> int | None:
     if cursor is None:
         return None
     key = decode_cursor(kind, cursor)
-    if not key.isdigit() or not 1 <= int(key) <= MAX_BIGINT:
+    if not is_decimal(key) or not 1 <= int(key) <= MAX_BIGINT:
         raise ValueError("not a cursor returned by this endpoint")
     return int(key)
+
+
+def queue_cursor_name(cursor: str | None) -> str | None:
+    """The queue name inside a queue cursor (None for no cursor); ``ValueError`` otherwise."""
+    if cursor is None:
+        return None
+    name = decode_cursor("queue", cursor)
+    if len(name) > MAX_QUEUE_NAME:
+        raise ValueError("not a cursor returned by this endpoint")
+    return name
 
 
 def job_cursor_id(cursor: str | None) -> int | None:
@@ -52,6 +81,20 @@ def job_cursor_id(cursor: str | None) -> int | None:
 
 
 # -- parameters --------------------------------------------------------------------------
+
+_INTEGER_TEXT = re.compile(r"-?[0-9]+")
+
+
+def _integer_text(value: Any) -> Any:
+    # pydantic's lax int also reads "+1", " 1", "1_0" and other scripts'
+    # digits; a path or query integer is plain decimal digits.
+    if isinstance(value, str) and not _INTEGER_TEXT.fullmatch(value):
+        raise ValueError("must be an integer in decimal digits")
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_integer_text)]
+"""An integer path or query parameter."""
 
 
 def _no_nul(value: Any) -> Any:
@@ -71,11 +114,11 @@ class _Params(BaseModel):
 
 
 class JobPath(_Params):
-    id: int = Field(ge=1, le=MAX_BIGINT, description="job id")
+    id: Integer = Field(ge=1, le=MAX_BIGINT, description="job id")
 
 
 class QueuePath(_Params):
-    name: str = Field(min_length=1, max_length=128, description="queue name")
+    name: str = Field(min_length=1, max_length=MAX_QUEUE_NAME, description="queue name")
 
 
 class Page(_Params):
@@ -87,7 +130,7 @@ class Page(_Params):
 
 
 class ActiveQuery(Page):
-    limit: int = Field(default=100, ge=1, le=500, description="jobs per page")
+    limit: Integer = Field(default=100, ge=1, le=500, description="jobs per page")
 
     @field_validator("cursor")
     @classmethod
@@ -97,13 +140,13 @@ class ActiveQuery(Page):
 
 
 class JobListQuery(ActiveQuery):
-    limit: int = Field(default=50, ge=1, le=500, description="jobs per page")
+    limit: Integer = Field(default=50, ge=1, le=500, description="jobs per page")
     status: str | None = Field(
         default=None,
         pattern=STATUS_LIST,
         description="comma-separated states, e.g. `failed,dead_letter`",
     )
-    queue: str | None = Field(default=None, min_length=1, max_length=128)
+    queue: str | None = Field(default=None, min_length=1, max_length=MAX_QUEUE_NAME)
     task: str | None = Field(default=None, min_length=1, max_length=256)
     owner: str | None = Field(
         default=None,
@@ -120,13 +163,12 @@ class JobListQuery(ActiveQuery):
 
 
 class QueueListQuery(Page):
-    limit: int = Field(default=100, ge=1, le=1000, description="queues per page")
+    limit: Integer = Field(default=100, ge=1, le=1000, description="queues per page")
 
     @field_validator("cursor")
     @classmethod
     def _queue_cursor(cls, value: str | None) -> str | None:
-        if value is not None:
-            decode_cursor("queue", value)
+        queue_cursor_name(value)
         return value
 
 
@@ -150,13 +192,20 @@ class _Body(BaseModel):
         return _no_nul(value)
 
 
+# A stored run_at is read back in the session's time zone, and Python's
+# datetime ends at years 1 and 9999: a day's margin on either side keeps every
+# accepted instant readable whatever the zone.
+EARLIEST_RUN_AT = datetime(1, 1, 2, tzinfo=UTC)
+LATEST_RUN_AT = datetime(9999, 12, 30, tzinfo=UTC)
+
+
 class JobCreate(_Body):
     """A job to enqueue; it is owned by the caller. Unset options take the
     task's defaults."""
 
     task: str = Field(min_length=1, max_length=256, description="a task registered on the server")
     args: dict[str, Any] = Field(default_factory=dict, description="the task's keyword arguments")
-    queue: str | None = Field(default=None, min_length=1, max_length=128)
+    queue: str | None = Field(default=None, min_length=1, max_length=MAX_QUEUE_NAME)
     priority: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
     delay: float | None = Field(
         default=None, ge=0, le=10 * 365 * 86400, description="seconds before it may run"
@@ -167,6 +216,13 @@ class JobCreate(_Body):
         default=None, gt=0, le=365 * 86400, description="seconds an attempt may run"
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("run_at")
+    @classmethod
+    def _representable(cls, value: datetime | None) -> datetime | None:
+        if value is not None and not EARLIEST_RUN_AT <= value <= LATEST_RUN_AT:
+            raise ValueError("must be between 0001-01-02 and 9999-12-30 (UTC)")
+        return value
 
 
 class RetryBody(_Body):
@@ -292,7 +348,7 @@ BATCH_STATUS_NAMES = "|".join(s.value for s in pgqueue.BatchStatus)
 
 
 class BatchPath(_Params):
-    id: int = Field(ge=1, le=MAX_BIGINT, description="batch id")
+    id: Integer = Field(ge=1, le=MAX_BIGINT, description="batch id")
 
 
 def batch_cursor_id(cursor: str | None) -> int | None:
@@ -300,7 +356,7 @@ def batch_cursor_id(cursor: str | None) -> int | None:
 
 
 class BatchListQuery(Page):
-    limit: int = Field(default=50, ge=1, le=500, description="batches per page")
+    limit: Integer = Field(default=50, ge=1, le=500, description="batches per page")
     status: str | None = Field(
         default=None,
         pattern=rf"^({BATCH_STATUS_NAMES})(,({BATCH_STATUS_NAMES}))*$",
@@ -354,7 +410,7 @@ def progress_cursor_id(cursor: str | None) -> int | None:
 
 
 class ProgressQuery(Page):
-    limit: int = Field(default=100, ge=1, le=500, description="reports per page")
+    limit: Integer = Field(default=100, ge=1, le=500, description="reports per page")
     since: AwareDatetime | None = Field(
         default=None, description="only reports at or after this time (ISO 8601 with offset)"
     )

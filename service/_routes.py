@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, get_type_hints
 
 import pydantic
+import pydantic_core
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from . import _keys
 from ._auth import authenticate
-from ._errors import ApiError, forbidden
+from ._errors import ApiError, forbidden, invalid
 
 Auth = Literal["none", "user", "admin"]
 Handler = Callable[..., Awaitable[web.StreamResponse]]
@@ -183,14 +184,52 @@ def _validate(model: type[pydantic.BaseModel], values: dict[str, str]) -> pydant
         raise validation_error(exc) from None
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects in a request body (the body itself is
+level 1). Deeper bodies are refused before anything walks them recursively."""
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """True if ``value`` nests arrays and objects over ``limit`` levels (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def too_deep() -> ApiError:
+    message = f"arrays and objects may nest at most {MAX_JSON_DEPTH} levels deep"
+    return invalid("body", message)
+
+
+def too_large(request: web.Request) -> ApiError:
+    limit = request.app[_keys.SETTINGS].max_body_bytes
+    message = f"the body is over the limit of {limit:,} bytes (max_body_bytes)"
+    return ApiError(413, "too_large", message, [{"field": "body", "message": message}])
+
+
+async def _read(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large(request) from None
+    except (web.RequestPayloadError, HttpProcessingError):
+        raise ApiError(
+            400,
+            "invalid_body",
+            "the body cannot be read: it ended early or does not decode as its "
+            "Content-Encoding says",
+        ) from None
 
 
 async def _body(
     request: web.Request, model: type[pydantic.BaseModel], required: bool
 ) -> pydantic.BaseModel:
-    raw = await request.read()
+    raw = await _read(request)
     if not raw.strip():
         if required:
             raise ApiError(
@@ -205,10 +244,18 @@ async def _body(
         content_type == "application/json" or content_type.endswith("+json")
     ):
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    # pydantic's parser rather than json.loads: it refuses NaN and Infinity,
+    # lone surrogates and invalid UTF-8, and it bounds its own recursion where
+    # json.loads raises RecursionError on a body about a thousand levels deep.
     try:
-        json.loads(raw, parse_constant=_no_constants)
-    except (ValueError, UnicodeDecodeError) as exc:
+        value = pydantic_core.from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
+        if "recursion limit" in str(exc):
+            raise too_deep() from None
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    brackets = raw.count(b"[") + raw.count(b"{")
+    if brackets > MAX_JSON_DEPTH and _nested_deeper_than(value, MAX_JSON_DEPTH):
+        raise too_deep()
     try:
         return model.model_validate_json(raw, strict=True)
     except pydantic.ValidationError as exc:

@@ -14,6 +14,7 @@ An idle stream gets a ``: keepalive`` comment every ``keepalive`` seconds.
 from __future__ import annotations
 
 import logging
+import re
 
 import psycopg
 from aiohttp import web
@@ -29,6 +30,17 @@ from .._routes import Reply, Routes
 
 routes = Routes("events")
 log = logging.getLogger("pgqueue.service.events")
+
+
+# The ids this server sends: "<epoch>-<seq>", a few hex digits and a counter.
+_EVENT_ID = re.compile(r"[0-9a-f]{1,32}-[0-9]{1,19}")
+
+
+def _last_event_id(request: web.Request) -> str | None:
+    """The ``Last-Event-ID`` to resume after, or None (a snapshot) when the
+    header is missing or is not an id this server could have sent."""
+    value = request.headers.get("Last-Event-ID", "").strip()
+    return value if _EVENT_ID.fullmatch(value) else None
 
 
 def _frame(event: str, event_id: str, data: str) -> bytes:
@@ -48,7 +60,7 @@ async def events(
     app = request.app
     broadcaster = app[_keys.BROADCASTER]
     settings = app[_keys.SETTINGS]
-    last_id = request.headers.get("Last-Event-ID") or None
+    last_id = _last_event_id(request)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -98,6 +110,13 @@ async def events(
             await response.write(chunk)
         return response
     except ConnectionError:  # the client went away
+        return response
+    except Exception:
+        if not response.prepared:
+            raise
+        # The status line is sent, so no error answer can follow: end the
+        # stream (EventSource reconnects) instead of writing a second response.
+        log.exception("event stream ended by an unexpected error")
         return response
     finally:
         broadcaster.unsubscribe(sub)

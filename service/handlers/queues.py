@@ -15,8 +15,8 @@ from .._models import (
     QueuePage,
     QueuePath,
     QueueState,
-    decode_cursor,
     encode_cursor,
+    queue_cursor_name,
 )
 from .._routes import Reply, Routes, json_reply
 
@@ -44,7 +44,7 @@ def queue_out(row: dict[str, Any]) -> QueueOut:
 async def list_queues(
     request: web.Request, *, principal: Principal, query: QueueListQuery
 ) -> web.Response:
-    after = decode_cursor("queue", query.cursor) if query.cursor is not None else None
+    after = queue_cursor_name(query.cursor)
     rows = await request.app[_keys.QUEUE].queue_gauges(
         None if principal.admin else principal.owner, after=after, limit=query.limit
     )

@@ -5,13 +5,16 @@ the transitions it makes.
 
 - ``api``: an :class:`Api` around the test client, its queue and tokens.
 - ``SECRET``: the token secret of every app built here.
+- ``live_server``: the app served from a thread, for tests that make blocking calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +23,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 import pgqueue
-from pgqueue_service import Settings, create_app, mint_token
+from pgqueue_service import Settings, create_app, mint_token, running
 
 SECRET = "service-tests-" + "s" * 60
 WORKER = "tests:api"
@@ -139,3 +142,34 @@ async def api(aiohttp_client: Any, queue: pgqueue.Queue, settings: Settings) -> 
     register_tasks(queue)
     client = await aiohttp_client(create_app(queue, settings, close_queue=False))
     yield Api(client, queue)
+
+
+@contextlib.contextmanager
+def live_server(dsn: str) -> Iterator[str]:
+    """The app on ``dsn`` served on 127.0.0.1 from a thread of its own (for
+    blocking clients), with three jobs each of alice and bob; yields its URL."""
+    started = threading.Event()
+    state: dict[str, Any] = {}
+
+    async def serve() -> None:
+        queue = pgqueue.Queue(dsn)
+        register_tasks(queue)
+        for owner in ("alice", "bob"):
+            for _ in range(3):
+                await queue.enqueue("echo", {"value": owner}, owner=owner)
+        stop = asyncio.Event()
+        state["stop"] = (asyncio.get_running_loop(), stop)
+        async with running(queue, Settings(secret=SECRET), host="127.0.0.1", port=0) as url:
+            state["url"] = url
+            started.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+    thread.start()
+    assert started.wait(30), "the server did not start"
+    try:
+        yield state["url"]
+    finally:
+        loop, stop = state["stop"]
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(15)

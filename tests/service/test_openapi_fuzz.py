@@ -1,25 +1,20 @@
 """The API against its own OpenAPI document (schemathesis, property-based):
 no request, valid or not, gets a 500, and every answer conforms to the
 document (status codes, content types, bodies, headers). A live server on
-127.0.0.1 runs in a thread; the examples per operation are few so the whole
+127.0.0.1 runs in a thread (``live_server``); the examples per operation are few so the whole
 module stays well under a minute."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-import pgqueue
-from pgqueue_service import Settings, running
 from pgqueue_service._openapi import document
 
-from .conftest import SECRET, auth, register_tasks
+from .conftest import auth, live_server
 
 SHARED_DATABASE = True
 pytestmark = pytest.mark.timeout(120)
@@ -39,32 +34,8 @@ def test_the_document_is_openapi_3_1_and_lists_every_route() -> None:
 
 @pytest.fixture(scope="module")
 def live_url(module_db_dsn: str) -> Iterator[str]:
-    """The app served from a thread of its own (schemathesis calls are blocking)."""
-    started = threading.Event()
-    state: dict[str, Any] = {}
-
-    async def serve() -> None:
-        queue = pgqueue.Queue(module_db_dsn)
-        register_tasks(queue)
-        for owner in ("alice", "bob"):
-            for _ in range(3):
-                await queue.enqueue("echo", {"value": owner}, owner=owner)
-        stop = asyncio.Event()
-        state["stop"] = (asyncio.get_running_loop(), stop)
-        async with running(queue, Settings(secret=SECRET), host="127.0.0.1", port=0) as url:
-            state["url"] = url
-            started.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
-    thread.start()
-    assert started.wait(30), "the server did not start"
-    try:
-        yield state["url"]
-    finally:
-        loop, stop = state["stop"]
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(15)
+    with live_server(module_db_dsn) as url:
+        yield url
 
 
 @pytest.fixture(params=["alice", "admin"])
