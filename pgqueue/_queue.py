@@ -9,7 +9,7 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Generic, Literal, LiteralString, TypeVar, overload
 
 import psycopg
@@ -663,13 +663,18 @@ class Queue:
         if options.run_at is not None and delay is not None:
             raise InvalidJobError("give run_at or delay, not both")
         run_at = options.run_at
-        if run_at is not None and run_at.tzinfo is None:
-            raise InvalidJobError(f"run_at must be timezone-aware, not {run_at!r}")
+        if run_at is not None:
+            if run_at.tzinfo is None:
+                raise InvalidJobError(f"run_at must be timezone-aware, not {run_at!r}")
+            _check_run_at(run_at, "run_at")
         if delay:
             try:
                 run_at = datetime.now().astimezone() + delay
             except OverflowError:
-                raise InvalidJobError(f"delay is too large: {options.delay!r}") from None
+                raise InvalidJobError(
+                    f"delay is too large: {options.delay!r}", field="delay"
+                ) from None
+            _check_run_at(run_at, "delay")
         max_attempts = (
             resolved.max_attempts if options.max_attempts is None else options.max_attempts
         )
@@ -1379,6 +1384,25 @@ def _check_task_options(
     if retry_delay is not None and not _valid_seconds(retry_delay, allow_zero=True):
         raise ConfigurationError(
             f"task {name!r}: retry_delay must be a number of seconds >= 0, not {retry_delay!r}"
+        )
+
+
+# A day inside Python's datetime range at both ends: a time stored in UTC must
+# read back in any session time zone, or every read of the job would fail.
+_EARLIEST_RUN_AT = datetime(1, 1, 2, tzinfo=UTC)
+_LATEST_RUN_AT = datetime(9999, 12, 30, tzinfo=UTC)
+
+
+def _check_run_at(run_at: datetime, field: str) -> None:
+    try:
+        in_range = _EARLIEST_RUN_AT <= run_at.astimezone(UTC) <= _LATEST_RUN_AT
+    except OverflowError:
+        in_range = False
+    if not in_range:
+        raise InvalidJobError(
+            f"{field}: the job's run_at must lie between 0001-01-02 and 9999-12-30 UTC, "
+            f"not {run_at.isoformat()}",
+            field=field,
         )
 
 

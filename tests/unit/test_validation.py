@@ -195,3 +195,35 @@ def test_worker_defaults_to_the_apps_queues() -> None:
     assert a.worker_id != b.worker_id
     named = pgqueue.Worker(queue, worker_id="w-1").worker_id
     assert named.startswith("w-1:") and len(named) == len("w-1:") + 6  # unique suffix
+
+
+@pytest.mark.parametrize(
+    "run_at", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "9999-12-30T12:00:00Z"]
+)
+def test_run_at_that_could_not_be_read_back_is_refused_naming_it(run_at: str) -> None:
+    from datetime import datetime
+
+    queue = pgqueue.Queue("postgresql://unused/")
+
+    @queue.task
+    def t(ctx: pgqueue.JobContext) -> None: ...
+
+    when = datetime.fromisoformat(run_at)
+    with pytest.raises(InvalidJobError, match="between 0001-01-02 and 9999-12-30 UTC") as raised:
+        queue._row(t, {}, pgqueue.EnqueueOptions(run_at=when))
+    assert raised.value.field == "run_at"
+
+
+def test_a_delay_past_the_readable_range_is_refused_naming_it() -> None:
+    queue = pgqueue.Queue("postgresql://unused/")
+
+    @queue.task
+    def t(ctx: pgqueue.JobContext) -> None: ...
+
+    from datetime import UTC, datetime
+
+    last_day = datetime(9999, 12, 31, 12, tzinfo=UTC) - datetime.now(UTC)
+    for delay in (last_day, timedelta(days=365 * 7990)):  # readable range, then overflow
+        with pytest.raises(InvalidJobError) as raised:
+            queue._row(t, {}, pgqueue.EnqueueOptions(delay=delay))
+        assert raised.value.field == "delay"
