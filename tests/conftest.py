@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -34,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGE = "postgres:17"
 # The default Docker socket: its presence says the machine means to run Docker.
 DEFAULT_DOCKER_SOCKET = Path("/var/run/docker.sock")
+# Within pytest-timeout's limit for the first test, whose set-up starts it.
+CONTAINER_START_TIMEOUT = 90
 
 
 class FallbackToEmbeddedWarning(UserWarning):
@@ -98,13 +101,38 @@ def _start_container(image: str) -> tuple[str, str, Callable[[], None]]:
     client.close()
     try:
         from testcontainers.community.postgres import PostgresContainer
-    except ImportError:  # testcontainers before 4.14
+    except ImportError:  # older testcontainers
         from testcontainers.postgres import PostgresContainer
+
+    class WatchedPostgresContainer(PostgresContainer):
+        def _connect(self) -> None:
+            """Wait as testcontainers does (psql inside the container, over TCP
+            with the password), but give up as soon as the container has exited
+            instead of polling it until the timeout."""
+            inner = self.get_wrapped_container()
+            deadline = time.monotonic() + CONTAINER_START_TIMEOUT
+            probe = ["psql", "--host", "127.0.0.1", "--username", self.username]
+            probe += ["--dbname", self.dbname, "--command", "SELECT 1"]
+            while True:
+                inner.reload()
+                if inner.status not in ("created", "running"):
+                    code = inner.attrs["State"]["ExitCode"]
+                    logs = inner.logs(tail=5).decode(errors="replace").strip()
+                    raise RuntimeError(f"the container exited with code {code}: {logs!r}")
+                result = inner.exec_run(probe, environment={"PGPASSWORD": self.password})
+                if result.exit_code == 0:
+                    return
+                if time.monotonic() > deadline:
+                    output = result.output.decode(errors="replace").strip()
+                    raise TimeoutError(
+                        f"PostgreSQL not ready after {CONTAINER_START_TIMEOUT} s: {output!r}"
+                    )
+                time.sleep(0.5)
 
     # Password authentication as on any real server: a fresh password each
     # session, so a test that drops it from a DSN fails instead of passing
     # through trust.
-    container = PostgresContainer(
+    container = WatchedPostgresContainer(
         image, username="postgres", password=secrets.token_hex(12), dbname="postgres", driver=None
     )
     # The data lives and dies with the session: no need to wait for the disk.
@@ -167,6 +195,7 @@ def _start_server(config: pytest.Config) -> tuple[str, str, Callable[[], None]]:
         message = f"using the embedded PostgreSQL instead of {DEFAULT_IMAGE}: {cause}"
         _say(config, f"warning: {message}")
         warnings.warn(message, FallbackToEmbeddedWarning, stacklevel=1)
+        return dsn, f"{description}, not {DEFAULT_IMAGE} (see the warning)", stop
     return dsn, f"{description}; no container: {cause}", stop
 
 
