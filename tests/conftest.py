@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import sys
 import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +140,12 @@ def _start_container(image: str) -> tuple[str, str, Callable[[], None]]:
     container.with_command("-c fsync=off")
 
     def remove() -> None:
-        with suppress(Exception):
+        try:
             container.stop()
+        except Exception as exc:  # said, not raised: it must not mask the session's outcome
+            inner = getattr(container, "_container", None)
+            name = inner.short_id if inner is not None else image
+            print(f"\n[pgqueue tests] could not remove container {name}: {exc}", file=sys.stderr)
 
     try:
         container.start()
