@@ -21,7 +21,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pgqueue demo
 
-## The whole test suite (PGQUEUE_TEST_DSN picks a server; default: embedded PostgreSQL).
+## The whole test suite (server: PGQUEUE_TEST_DSN, else a testcontainers container when a
+## Docker engine answers, else embedded PostgreSQL; see the README's "Tests").
 test: $(STAMP)
 	$(BIN)/pytest
 

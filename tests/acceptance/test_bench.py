@@ -100,6 +100,7 @@ def test_a_backlog_is_settled_and_a_missing_checkpoint_privilege_is_reported(
     """The backlog step vacuums and checkpoints each backlog; a role that may
     not CHECKPOINT still gets its vacuum, and the report says the checkpoint
     was skipped instead of pretending it ran."""
+    import secrets
     import uuid
 
     import psycopg
@@ -118,10 +119,11 @@ def test_a_backlog_is_settled_and_a_missing_checkpoint_privilege_is_reported(
             " WHERE relid = 'pgqueue.jobs'::regclass"
         ).fetchone()
         assert analyzed == (True,)
-        admin.execute(f"CREATE ROLE {role} LOGIN")
+        password = secrets.token_hex(8)
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
         admin.execute(f"GRANT USAGE ON SCHEMA pgqueue TO {role}")
         try:
-            with psycopg.connect(db_dsn, user=role, autocommit=True) as plain:
+            with psycopg.connect(db_dsn, user=role, password=password, autocommit=True) as plain:
                 assert _settle(plain) is False
         finally:
             admin.execute(f"REVOKE USAGE ON SCHEMA pgqueue FROM {role}")

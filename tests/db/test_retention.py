@@ -6,6 +6,7 @@ Workers run it on their own, so a steadily loaded table stays bounded."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 import uuid
 from datetime import timedelta
@@ -487,12 +488,15 @@ async def test_a_role_that_does_not_own_the_tables_leaves_vacuum_to_autovacuum(
     queue: pgqueue.Queue, conn: Conn, db_dsn: str
 ) -> None:
     role = f"pgqueue_not_owner_{uuid.uuid4().hex[:8]}"
-    conn.execute(f"CREATE ROLE {role} LOGIN")
+    password = secrets.token_hex(8)
+    conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
     try:
         make_dead_rows(conn, 12_000)
         before = vacuum_count(conn)
         worker = pgqueue.Worker(queue)
-        other = await psycopg.AsyncConnection.connect(db_dsn, user=role, autocommit=True)
+        other = await psycopg.AsyncConnection.connect(
+            db_dsn, user=role, password=password, autocommit=True
+        )
         async with other:
             assert await worker._vacuum_pass(other, VACUUM_PARAMS) == "not owner"
         owner = await psycopg.AsyncConnection.connect(db_dsn, autocommit=True)
