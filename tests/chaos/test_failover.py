@@ -337,3 +337,53 @@ def test_failover_asynchronous_loss_window(tmp_path: Path) -> None:
         promote_after=1500,
         gap=1.0,
     )
+
+
+@pytest.mark.timeout(120)
+def test_switchover_from_a_fenced_primary(tmp_path: Path) -> None:
+    """A planned switchover: the old primary is fenced read-only
+    (``default_transaction_read_only``) and keeps running while the standby is
+    promoted. The worker's pooled connections to it stay open and look alive,
+    but every write on them fails with 25006 (read-only transaction): the
+    worker must treat that as unavailable, retry on a fresh connection (which
+    the DSN takes to the new primary) and fail no job for it."""
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(running_cluster(tmp_path / "pg", synchronous=False))
+        dsn = cluster.dsn
+        pgqueue.migrate(dsn)
+        prepare_recorded(dsn, 300, pause=0.1)
+        log = tmp_path / "worker.log"
+        ledger = tmp_path / "completions.ledger"
+        worker = _spawn(["-m", "tests.chaos._failover_proc", "worker", str(ledger),
+                         *WORKER_FLAGS], dsn, log)  # fmt: skip
+        stack.callback(_kill, worker)
+        _wait_for("50 jobs completed", lambda: _count(dsn, "status = 'completed'") >= 50, 60, log)
+        with psycopg.connect(cluster.primary.dsn, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            conn.execute("SELECT pg_reload_conf()")
+        time.sleep(1.0)  # the worker now meets the fence on every pooled connection
+        cluster.standby.promote()
+        new = cluster.standby.dsn
+        _wait_for(
+            "every job completed on the new primary, the old one still running",
+            lambda: _count(new, "status <> 'completed'") == 0,
+            90,
+            log,
+        )
+        assert cluster.primary.postmaster_pid() is not None
+        alive = worker.poll() is None
+        code = stop(worker)
+        invariants = check_invariants(new, _count(new))
+        with psycopg.connect(new) as conn:
+            row = conn.execute(
+                # The recorded task's own writes meet the fence too: those
+                # attempts failed in the task, as they should, and ran again.
+                "SELECT count(*) FROM pgqueue.attempts"
+                " WHERE error LIKE '%read-only%' AND error NOT LIKE '%, in recorded%'"
+            ).fetchone()
+    text = log.read_text(errors="replace")
+    assert alive and code == 0, text[-3000:]
+    assert row == (0,), "pgqueue failed a job because the old primary was read-only"
+    assert "Traceback" not in text, text[-3000:]
+    assert invariants["attempts_over_max"] == 0, invariants
+    assert invariants["miscounted_batches"] == 0, invariants
