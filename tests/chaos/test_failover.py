@@ -148,6 +148,8 @@ def run_failover(
     pause: float,
     workers: int,
     clients: int,
+    bulk: int = 1,
+    pace: float = 0.0,
     promote_after: int,
     gap: float,
 ) -> dict[str, Any]:
@@ -190,8 +192,10 @@ def run_failover(
         client_procs = []
         for i in range(clients):
             first = CLIENT_FIRST_N * (i + 1)
-            proc = _spawn(["-m", "tests.chaos._failover_proc", "client", str(acked_enqueues[i]),
-                           str(first), str(stop_file)], dsn, client_logs[i])  # fmt: skip
+            args = ["client", str(acked_enqueues[i]), str(first), str(stop_file), str(bulk)]
+            proc = _spawn(
+                ["-m", "tests.chaos._failover_proc", *args, str(pace)], dsn, client_logs[i]
+            )
             stack.callback(_kill, proc)
             client_procs.append(proc)
 
@@ -334,6 +338,8 @@ def test_failover_asynchronous_loss_window(tmp_path: Path) -> None:
         pause=0.0,
         workers=3,
         clients=3,
+        bulk=20,
+        pace=0.1,  # about as many jobs a second as the workers finish
         promote_after=1500,
         gap=1.0,
     )
