@@ -198,7 +198,13 @@ async def live_connection(
     ended: after a database restart every idle connection of the pool is dead,
     and each would otherwise fail one caller's query. The pool drops each one
     handed back and opens a replacement. ``timeout`` (default the pool's)
-    bounds the whole wait, not each try."""
+    bounds the whole wait, not each try.
+
+    A connection whose statement failed as read-only (25006) is closed too:
+    its server is a standby, or a primary fenced read-only for a switchover,
+    and stays so, while the pool's next connection goes through the DSN
+    (``target_session_attrs=read-write``) to whichever host takes writes now.
+    The error still reaches the caller, as unavailable (retryable)."""
     deadline = time.monotonic() + (pool.timeout if timeout is None else timeout)
     conn = await pool.getconn(timeout)
     for _ in range(pool.max_size):
@@ -210,6 +216,9 @@ async def live_connection(
     try:
         async with conn:  # as pool.connection(): commit, or roll back on error
             yield conn
+    except psycopg.errors.ReadOnlySqlTransaction:
+        await conn.close()  # so that the pool replaces it (see above)
+        raise
     finally:
         await pool.putconn(conn)
 
@@ -230,6 +239,9 @@ def live_connection_sync(
     try:
         with conn:
             yield conn
+    except psycopg.errors.ReadOnlySqlTransaction:
+        conn.close()  # see live_connection
+        raise
     finally:
         pool.putconn(conn)
 

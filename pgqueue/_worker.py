@@ -91,10 +91,13 @@ PRUNE_CHUNK = 1000
 _CONTENT_ERROR_CLASSES = frozenset({"22", "23", "54"})
 
 # Failures worth retrying: the connection or server went away (restart,
-# pg_terminate_backend, pool timeout) or a deadlock/serialization conflict.
+# pg_terminate_backend, pool timeout), the connection is on a server that no
+# longer takes writes (failover; live_connection replaces it), or a
+# deadlock/serialization conflict.
 _RETRYABLE = (
     psycopg.OperationalError,
     psycopg.InterfaceError,
+    psycopg.errors.ReadOnlySqlTransaction,
     psycopg.errors.TransactionRollback,
 )
 

@@ -153,8 +153,10 @@ _INPUT_CHECKS: dict[str, str] = {
 }
 
 # The server ended the session (admin or crash shutdown), or is starting or
-# stopping; class 08 is a connection exception; 53300: no connection slot.
-_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+# stopping; class 08 is a connection exception; 53300: no connection slot;
+# 25006: the session is on a read-only server (a standby, or a primary fenced
+# during a switchover), so the write belongs on the new primary.
+_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300", "25006"})
 
 
 def _unavailable(exc: psycopg.Error) -> bool:
