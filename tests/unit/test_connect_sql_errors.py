@@ -258,6 +258,7 @@ def test_translate_connection_failure_is_database_unavailable() -> None:
         ("57P03", "the database system is starting up"),
         ("53300", "sorry, too many clients already"),
         ("08006", "connection failure"),
+        ("25006", "cannot execute UPDATE in a read-only transaction"),
     ],
 )
 def test_translate_session_ended_by_the_server_is_database_unavailable(
