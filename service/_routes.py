@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, get_type_hints
 
@@ -201,6 +202,22 @@ def _nested_deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _bracket_depth(raw: bytes) -> int:
+    """The deepest nesting of brackets outside JSON strings in ``raw``, valid
+    JSON or not (no recursion, so any depth is measured)."""
+    depth = deepest = 0
+    for byte in _JSON_STRING.sub(b"", raw).translate(None, delete=_NOT_BRACKETS):
+        depth += 1 if byte in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
 def too_deep() -> ApiError:
     message = f"arrays and objects may nest at most {MAX_JSON_DEPTH} levels deep"
     return invalid("body", message)
@@ -250,7 +267,7 @@ async def _body(
     try:
         value = pydantic_core.from_json(raw, allow_inf_nan=False)
     except ValueError as exc:
-        if "recursion limit" in str(exc):
+        if _bracket_depth(raw) > MAX_JSON_DEPTH:  # the parser's own recursion limit hit
             raise too_deep() from None
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     brackets = raw.count(b"[") + raw.count(b"{")
