@@ -103,16 +103,18 @@ def _seconds(value: float | timedelta | None, field: str, *, allow_zero: bool) -
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
-        raise InvalidJobError(f"{field} must be seconds or a timedelta, not {value!r}")
+        raise InvalidJobError(f"{field} must be seconds or a timedelta, not {value!r}", field=field)
     if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidJobError(f"{field} must be a finite number of seconds, not {value!r}")
+        raise InvalidJobError(
+            f"{field} must be a finite number of seconds, not {value!r}", field=field
+        )
     try:
         delta = value if isinstance(value, timedelta) else timedelta(seconds=value)
     except OverflowError:
-        raise InvalidJobError(f"{field} is too large: {value!r}") from None
+        raise InvalidJobError(f"{field} is too large: {value!r}", field=field) from None
     if delta < timedelta(0) or (delta == timedelta(0) and not allow_zero):
         raise InvalidJobError(
-            f"{field} must be {'>= 0' if allow_zero else 'positive'}, not {value!r}"
+            f"{field} must be {'>= 0' if allow_zero else 'positive'}, not {value!r}", field=field
         )
     return delta
 
@@ -124,6 +126,11 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 _ENCODER = json.JSONEncoder(allow_nan=False)  # what json.dumps(allow_nan=False) builds per call
 
 
+class PayloadRefused(ValueError):
+    """A JSON value pgqueue will not store: a NUL character, over the size
+    limit, or nested too deeply to encode."""
+
+
 def json_text(value: Any, what: str, limit: int) -> str:
     """``value`` as JSON text. Raises ``ValueError`` naming ``what`` for NaN,
     Infinity (jsonb has neither), NUL characters or a text over ``limit``
@@ -131,16 +138,16 @@ def json_text(value: Any, what: str, limit: int) -> str:
     try:
         text = _ENCODER.encode(value)
     except RecursionError:
-        raise ValueError(f"{what} is nested too deeply to encode as JSON") from None
+        raise PayloadRefused(f"{what} is nested too deeply to encode as JSON") from None
     # The text is ASCII (ensure_ascii) and escapes NUL as \u0000: look there
     # first, and walk the value only to tell a NUL from a literal "\u0000".
     if "\\u0000" in text and _has_nul(value):
-        raise ValueError(
+        raise PayloadRefused(
             f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store"
         )
     size = len(text)
     if size > limit:
-        raise ValueError(f"{what} is {size:,} bytes of JSON, over the limit of {limit:,}")
+        raise PayloadRefused(f"{what} is {size:,} bytes of JSON, over the limit of {limit:,}")
     return text
 
 
@@ -152,32 +159,44 @@ def encode_json(value: Any, what: str, limit: int) -> Jsonb:
 
 
 def _json_object_text(
-    value: Mapping[str, Any], what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES
+    value: Mapping[str, Any],
+    what: str,
+    limit: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    *,
+    field: str | None = None,
 ) -> str:
     """Check that ``value`` is a JSON object within ``limit`` bytes, naming the
-    offending key if it is not JSON; return its JSON text."""
+    offending key if it is not JSON; return its JSON text. Refusals are
+    :class:`InvalidJobError` about ``field``."""
     if not isinstance(value, Mapping):
-        raise InvalidJobError(f"{what} must be a mapping of names to JSON values, not {value!r}")
+        raise InvalidJobError(
+            f"{what} must be a mapping of names to JSON values, not {value!r}", field=field
+        )
     try:
         return json_text(value if type(value) is dict else dict(value), what, limit)
+    except PayloadRefused as exc:
+        raise InvalidJobError(str(exc), field=field) from None
     except (TypeError, ValueError) as exc:
-        if "NUL character" in str(exc) or "over the limit" in str(exc) or "nested" in str(exc):
-            raise InvalidJobError(str(exc)) from None
         for key, item in value.items():
             try:
                 json.dumps(item, allow_nan=False)
             except (TypeError, ValueError):
                 raise InvalidJobError(
-                    f"{what}: {key!r} is not JSON-serialisable ({type(item).__name__}): {exc}"
+                    f"{what}: {key!r} is not JSON-serialisable ({type(item).__name__}): {exc}",
+                    field=field,
                 ) from None
-        raise InvalidJobError(f"{what} is not JSON-serialisable: {exc}") from None
+        raise InvalidJobError(f"{what} is not JSON-serialisable: {exc}", field=field) from None
 
 
 def _json_object(
-    value: Mapping[str, Any], what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES
+    value: Mapping[str, Any],
+    what: str,
+    limit: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    *,
+    field: str | None = None,
 ) -> Jsonb:
     """:func:`_json_object_text` as a jsonb parameter (of a plain dict copy)."""
-    text = _json_object_text(value, what, limit)
+    text = _json_object_text(value, what, limit, field=field)
     return Jsonb(value if type(value) is dict else dict(value), dumps=lambda _value: text)
 
 
@@ -188,7 +207,8 @@ def _dedupe_scope(scope: object) -> tuple[str, timedelta | None]:
     if isinstance(scope, str):
         raise InvalidJobError(
             f"dedupe_scope must be 'pending', 'active' or a window (seconds or a timedelta), "
-            f"not {scope!r}"
+            f"not {scope!r}",
+            field="dedupe_scope",
         )
     window = _seconds(scope, "dedupe_scope window", allow_zero=False)  # type: ignore[arg-type]
     return "window", window
@@ -205,11 +225,13 @@ def _dedupe_key(
         try:
             key = key(args)
         except Exception as exc:
-            raise InvalidJobError(f"{field} function failed: {exc!r}") from exc
+            raise InvalidJobError(f"{field} function failed: {exc!r}", field=field) from exc
         if key is None:
             return None
     if not isinstance(key, str) or not 1 <= len(key) <= _MAX_DEDUPE_KEY or "\x00" in key:
-        raise InvalidJobError(f"{field} must be 1 to {_MAX_DEDUPE_KEY} characters, not {key!r}")
+        raise InvalidJobError(
+            f"{field} must be 1 to {_MAX_DEDUPE_KEY} characters, not {key!r}", field=field
+        )
     return key
 
 
@@ -287,7 +309,7 @@ class Task(Generic[R]):
         try:
             self._signature.bind(None, **args)
         except TypeError as exc:
-            raise InvalidJobError(f"task {self.name!r}: {exc}") from None
+            raise InvalidJobError(f"task {self.name!r}: {exc}", field="args") from None
 
     def options(self, **options: Any) -> BoundTask[R]:
         """This task with per-call options (``queue``, ``priority``, ``run_at``,
@@ -515,7 +537,9 @@ class Queue:
             return self.tasks[name]
         except KeyError:
             known = ", ".join(sorted(self.tasks)) or "none"
-            raise UnknownTaskError(f"unknown task {name!r} (registered: {known})") from None
+            raise UnknownTaskError(
+                f"unknown task {name!r} (registered: {known})", field="task"
+            ) from None
 
     @property
     def queue_names(self) -> list[str]:
@@ -648,7 +672,9 @@ class Queue:
 
     def _args_text(self, task: Task[Any], args: Mapping[str, Any]) -> str:
         """The JSON text of one job's arguments, checked against ``task``."""
-        text = _json_object_text(args, f"arguments of task {task.name!r}", self.max_payload_bytes)
+        text = _json_object_text(
+            args, f"arguments of task {task.name!r}", self.max_payload_bytes, field="args"
+        )
         task.check_args(args)
         return text
 
@@ -656,16 +682,18 @@ class Queue:
         """A job of ``resolved`` with ``options`` applied and checked, but no
         arguments yet (bulk enqueues resolve this once for all their items)."""
         if resolved._queue is not self:
-            raise InvalidJobError(f"task {resolved.name!r} belongs to another Queue")
+            raise InvalidJobError(f"task {resolved.name!r} belongs to another Queue", field="task")
         queue_name = resolved.queue_name if options.queue is None else options.queue
         _check_queue_name(queue_name, InvalidJobError)
         delay = _seconds(options.delay, "delay", allow_zero=True)
         if options.run_at is not None and delay is not None:
-            raise InvalidJobError("give run_at or delay, not both")
+            raise InvalidJobError("give run_at or delay, not both")  # neither field alone
         run_at = options.run_at
         if run_at is not None:
             if run_at.tzinfo is None:
-                raise InvalidJobError(f"run_at must be timezone-aware, not {run_at!r}")
+                raise InvalidJobError(
+                    f"run_at must be timezone-aware, not {run_at!r}", field="run_at"
+                )
             _check_run_at(run_at, "run_at")
         if delay:
             try:
@@ -679,12 +707,18 @@ class Queue:
             resolved.max_attempts if options.max_attempts is None else options.max_attempts
         )
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise InvalidJobError(f"max_attempts must be an integer >= 1, not {max_attempts!r}")
+            raise InvalidJobError(
+                f"max_attempts must be an integer >= 1, not {max_attempts!r}", field="max_attempts"
+            )
         priority = resolved.priority if options.priority is None else options.priority
         if isinstance(priority, bool) or not isinstance(priority, int):
-            raise InvalidJobError(f"priority must be an integer, not {priority!r}")
+            raise InvalidJobError(
+                f"priority must be an integer, not {priority!r}", field="priority"
+            )
         if not -(2**31) <= priority < 2**31:
-            raise InvalidJobError(f"priority must fit in 32 bits, not {priority!r}")
+            raise InvalidJobError(
+                f"priority must fit in 32 bits, not {priority!r}", field="priority"
+            )
         timeout = _seconds(
             options.timeout if options.timeout is not None else resolved.timeout,
             "timeout",
@@ -694,18 +728,22 @@ class Queue:
             {} if options.metadata is None else options.metadata,
             "metadata",
             self.max_payload_bytes,
+            field="metadata",
         )
         owner = options.owner
         if owner is not None and (
             not isinstance(owner, str) or not 1 <= len(owner) <= 256 or "\x00" in owner
         ):
-            raise InvalidJobError(f"owner must be 1 to 256 characters, not {owner!r}")
+            raise InvalidJobError(
+                f"owner must be 1 to 256 characters, not {owner!r}", field="owner"
+            )
         if options.dedupe_key is not None and not (
             isinstance(options.dedupe_key, str) or callable(options.dedupe_key)
         ):
             raise InvalidJobError(
                 f"dedupe_key must be a string or a function of the arguments, "
-                f"not {options.dedupe_key!r}"
+                f"not {options.dedupe_key!r}",
+                field="dedupe_key",
             )
         dedupe_scope, dedupe_window = _dedupe_scope(options.dedupe_scope)
         if options.concurrency_key is not None and not (
@@ -713,11 +751,15 @@ class Queue:
         ):
             raise InvalidJobError(
                 f"concurrency_key must be a string or a function of the arguments, "
-                f"not {options.concurrency_key!r}"
+                f"not {options.concurrency_key!r}",
+                field="concurrency_key",
             )
         limit = options.concurrency_limit
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit < 2**31:
-            raise InvalidJobError(f"concurrency_limit must be an integer >= 1, not {limit!r}")
+            raise InvalidJobError(
+                f"concurrency_limit must be an integer >= 1, not {limit!r}",
+                field="concurrency_limit",
+            )
         return _Row(
             task=resolved.name,
             args=_NO_ARGS,
@@ -788,7 +830,7 @@ class Queue:
             resolved = self.get_task(task) if isinstance(task, str) else task
             template = self._resolve(resolved, options)
         except InvalidJobError as exc:  # keep the class: UnknownTaskError stays one
-            raise type(exc)(f"{exc}; nothing was enqueued") from None
+            raise type(exc)(f"{exc}; nothing was enqueued", field=exc.field) from None
         encoded: list[str] = []
         keys: list[str | None] = []
         ckeys: list[str | None] = []
@@ -800,7 +842,9 @@ class Queue:
                 if options.concurrency_key is not None:
                     ckeys.append(_dedupe_key(options.concurrency_key, args, "concurrency_key"))
             except InvalidJobError as exc:
-                raise type(exc)(f"item {index}: {exc}; nothing was enqueued") from None
+                raise type(exc)(
+                    f"item {index}: {exc}; nothing was enqueued", field=exc.field
+                ) from None
         # Every item shares the options: they are sent once, with the items'
         # arguments as JSON texts (encoded once, above) and their keys, if any.
         return {
@@ -959,7 +1003,9 @@ class Queue:
         period = None
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-                raise InvalidJobError(f"rate limit must be an integer >= 1, not {limit!r}")
+                raise InvalidJobError(
+                    f"rate limit must be an integer >= 1, not {limit!r}", field="rate_limit"
+                )
             period = _seconds(per, "per", allow_zero=False)
         await self._fetch("set_rate_limit", {"name": name, "limit": limit, "period": period})
 
@@ -1107,7 +1153,10 @@ class Queue:
             "owner": options.owner,
         }
         params["batch_metadata"] = _json_object(
-            {} if metadata is None else metadata, "batch metadata", self.max_payload_bytes
+            {} if metadata is None else metadata,
+            "batch metadata",
+            self.max_payload_bytes,
+            field="metadata",
         )
         params["on_complete"] = None
         if on_complete is not None:
@@ -1120,7 +1169,9 @@ class Queue:
                     EnqueueOptions(queue=options.queue),
                 )
             except InvalidJobError as exc:
-                raise type(exc)(f"on_complete: {exc}; nothing was enqueued") from None
+                raise type(exc)(
+                    f"on_complete: {exc}; nothing was enqueued", field="on_complete"
+                ) from None
             user_args = dict(on_complete_args or {})  # JSON-checked by _row above
             params["on_complete"] = Jsonb(
                 {
@@ -1408,4 +1459,7 @@ def _check_run_at(run_at: datetime, field: str) -> None:
 
 def _check_queue_name(name: object, error: type[Exception] = ConfigurationError) -> None:
     if not isinstance(name, str) or not 1 <= len(name) <= _MAX_QUEUE_NAME or "\x00" in name:
-        raise error(f"queue name must be 1 to {_MAX_QUEUE_NAME} characters, not {name!r}")
+        message = f"queue name must be 1 to {_MAX_QUEUE_NAME} characters, not {name!r}"
+        if error is InvalidJobError:
+            raise InvalidJobError(message, field="queue")
+        raise error(message)

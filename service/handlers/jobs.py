@@ -130,20 +130,11 @@ async def job_progress(
     )
 
 
-_FIELDS = ("delay", "run_at", "max_attempts", "timeout", "priority", "metadata", "queue")
-
-
 def _enqueue_error(exc: pgqueue.InvalidJobError) -> ApiError:
-    """Name the field a library refusal is about."""
-    message = str(exc)
-    if isinstance(exc, pgqueue.UnknownTaskError):
-        return invalid("task", message)
-    if message.startswith(("arguments of task", "task ")):
-        return invalid("args", message)
-    for field in _FIELDS:
-        if message.startswith(field):
-            return invalid(field, message)
-    return invalid("body", message)
+    """A library refusal as a 422 naming the field it is about (the body as a
+    whole when the library names none, or one the request cannot set)."""
+    field = exc.field if exc.field in JobCreate.model_fields else "body"
+    return invalid(field, str(exc))
 
 
 @routes.post(

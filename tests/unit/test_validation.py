@@ -227,3 +227,41 @@ def test_a_delay_past_the_readable_range_is_refused_naming_it() -> None:
         with pytest.raises(InvalidJobError) as raised:
             queue._row(t, {}, pgqueue.EnqueueOptions(delay=delay))
         assert raised.value.field == "delay"
+
+
+@pytest.mark.parametrize(
+    ("args", "options", "field"),
+    [
+        ({"x": 1}, {"queue": ""}, "queue"),
+        ({"x": 1}, {"priority": 2**40}, "priority"),
+        ({"x": 1}, {"max_attempts": 0}, "max_attempts"),
+        ({"x": 1}, {"delay": -1}, "delay"),
+        ({"x": 1}, {"timeout": float("nan")}, "timeout"),
+        ({"x": 1}, {"owner": ""}, "owner"),
+        ({"x": 1}, {"metadata": {"a": object()}}, "metadata"),
+        ({"x": 1}, {"dedupe_key": ""}, "dedupe_key"),
+        ({"x": 1}, {"dedupe_scope": "forever"}, "dedupe_scope"),
+        ({"x": 1}, {"concurrency_key": "k", "concurrency_limit": 0}, "concurrency_limit"),
+        ({"x": "a\x00b"}, {}, "args"),
+        ({"y": 1}, {}, "args"),
+    ],
+)
+def test_a_refused_enqueue_names_its_field(
+    args: dict[str, Any], options: dict[str, Any], field: str
+) -> None:
+    """Callers (the API among them) read the field from the error, not its text."""
+    queue = pgqueue.Queue("postgresql://unused/")
+
+    @queue.task
+    def t(ctx: pgqueue.JobContext, x: Any) -> None: ...
+
+    with pytest.raises(InvalidJobError) as raised:
+        queue._row(t, args, pgqueue.EnqueueOptions(**options))
+    assert raised.value.field == field, raised.value
+
+
+def test_an_unknown_task_names_the_task_field() -> None:
+    queue = pgqueue.Queue("postgresql://unused/")
+    with pytest.raises(pgqueue.UnknownTaskError) as raised:
+        queue._row("nope", {}, pgqueue.EnqueueOptions())
+    assert raised.value.field == "task"
