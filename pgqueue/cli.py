@@ -708,10 +708,10 @@ async def cmd_token(args: argparse.Namespace) -> int:
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:
-    from ._bench import run_bench
+    from .bench._run import run_bench
 
     if args.sustained is not None:
-        from ._bench_sustained import run_sustained
+        from .bench._sustained import run_sustained
 
         # a sustained run has its own fixed shape: refuse what it would ignore
         stray = [

@@ -21,7 +21,7 @@ import aiohttp
 import psycopg
 
 import pgqueue
-from pgqueue._bench import _scratch as scratch_database
+from pgqueue.bench._run import _scratch as scratch_database
 from pgqueue_service import Settings, mint_token, running
 
 SECRET = "latency-" + "x" * 60

@@ -14,7 +14,7 @@ import asyncio
 import time
 
 import pgqueue
-from pgqueue._bench import _scratch as scratch_database
+from pgqueue.bench._run import _scratch as scratch_database
 
 
 async def run(dsn: str, children: int, runs: int) -> None:

@@ -29,7 +29,7 @@ from psycopg.types.json import Jsonb
 
 import pgqueue
 from pgqueue import _migrate
-from pgqueue._bench import _scratch as scratch_database
+from pgqueue.bench._run import _scratch as scratch_database
 
 CLAIM = (
     "SELECT id, attempts FROM pgqueue.claim(%s::text, %s::text[], %s::int,"

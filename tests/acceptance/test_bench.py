@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pgqueue._bench_systems import SYSTEMS
+from pgqueue.bench._systems import SYSTEMS
 
 from .helpers import run_cli
 
@@ -105,7 +105,7 @@ def test_a_backlog_is_settled_and_a_missing_checkpoint_privilege_is_reported(
 
     import psycopg
 
-    from pgqueue._bench import _settle
+    from pgqueue.bench._run import _settle
 
     role = f"pgqueue_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(db_dsn, autocommit=True) as admin:

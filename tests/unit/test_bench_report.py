@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pgqueue._bench import _print_report, _ratios, _targets
+from pgqueue.bench._run import _print_report, _ratios, _targets
 
 
 def _rows(peers_installed: bool) -> list[dict[str, Any]]:

@@ -25,9 +25,9 @@ from typing import Any
 
 import psycopg
 
-from . import _migrate
-from ._bench import _env, _probe_records, _scratch, _stop
-from ._bench_systems import ENQUEUE_CHUNK, Pgqueue
+from .. import _migrate
+from ._run import _env, _probe_records, _scratch, _stop
+from ._systems import ENQUEUE_CHUNK, Pgqueue
 
 BACKLOG = 20_000
 RETAIN = 10.0

@@ -44,8 +44,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from ._bench_systems import ENQUEUE_CHUNK, SYSTEMS, Client, Config, System, _version
-from ._connect import resolve_dsn
+from .._connect import resolve_dsn
+from ._systems import ENQUEUE_CHUNK, SYSTEMS, Client, Config, System, _version
 
 NOT_INSTALLED = "not installed"
 SETTINGS = (

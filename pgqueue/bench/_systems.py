@@ -3,7 +3,7 @@
 Each system gets its own scratch database, installs its own schema there, and
 is measured the same way: a client in the bench process enqueues (one job per
 call, then in chunks), and real worker *processes* drain a backlog of no-op
-jobs, timed inside the workers by :mod:`pgqueue._bench_probe`.
+jobs, timed inside the workers by :mod:`pgqueue.bench._probe`.
 
 pgqueue's workers are ``pgqueue worker`` processes on their default loop
 (uvloop when installed, as it is with pgqueue); the clients run on the bench
@@ -19,7 +19,7 @@ documentation recommends for throughput, and again at its defaults:
 - procrastinate: ``PsycopgConnector``, worker ``concurrency=1`` (default) and
   ``concurrency=100``; finished jobs kept (its default, like pgqueue).
 
-``python -m pgqueue._bench_peer {procrastinate,pgqueuer} ...`` runs a peer's
+``python -m pgqueue.bench.peer {procrastinate,pgqueuer} ...`` runs a peer's
 bench worker process (:func:`main`).
 """
 
@@ -36,9 +36,9 @@ from typing import Any, LiteralString
 
 import psycopg
 
-from ._bench_app import BENCH_QUEUE
-from ._bench_app import noop as pgqueue_noop
-from ._queue import Queue
+from .._queue import Queue
+from ._app import BENCH_QUEUE
+from ._app import noop as pgqueue_noop
 
 ENQUEUE_CHUNK = 1000
 
@@ -142,7 +142,7 @@ class Pgqueue(System):
     finished_sql = "SELECT count(*) FROM pgqueue.jobs WHERE status = 'completed'"
 
     async def setup(self, dsn: str) -> None:
-        from . import _migrate
+        from .. import _migrate
 
         await asyncio.to_thread(_migrate.upgrade, dsn)
 
@@ -151,7 +151,7 @@ class Pgqueue(System):
 
     def worker_command(self, config: Config, *, drain: bool) -> list[str]:
         command = [sys.executable, "-m", "pgqueue.cli", "worker"]
-        command += ["--app", "pgqueue._bench_app:queue", "--queues", BENCH_QUEUE]
+        command += ["--app", "pgqueue.bench._app:queue", "--queues", BENCH_QUEUE]
         command += list(config.options)
         # An idle worker must be woken by NOTIFY, not by a lucky poll.
         return command + (["--until-idle"] if drain else ["--poll-interval", "5"])
@@ -163,13 +163,13 @@ class Pgqueue(System):
 def _procrastinate_app(dsn: str) -> Any:
     import procrastinate
 
-    from . import _bench_probe
+    from . import _probe
 
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=dsn))
 
     @app.task(name="noop")  # type: ignore[untyped-decorator]
     async def noop(sample: int | None = None) -> None:
-        _bench_probe.job(sample)
+        _probe.job(sample)
 
     return app
 
@@ -215,7 +215,7 @@ class Procrastinate(System):
         return _ProcrastinateClient(app)
 
     def worker_command(self, config: Config, *, drain: bool) -> list[str]:
-        command = [sys.executable, "-m", "pgqueue._bench_peer", "procrastinate"]
+        command = [sys.executable, "-m", "pgqueue.bench.peer", "procrastinate"]
         return command + list(config.options) + (["--drain"] if drain else [])
 
 
@@ -288,7 +288,7 @@ class Pgqueuer(System):
         return _PgqueuerClient(await _asyncpg_connect(dsn))
 
     def worker_command(self, config: Config, *, drain: bool) -> list[str]:
-        command = [sys.executable, "-m", "pgqueue._bench_peer", "pgqueuer"]
+        command = [sys.executable, "-m", "pgqueue.bench.peer", "pgqueuer"]
         return command + list(config.options) + (["--drain"] if drain else [])
 
 
@@ -296,14 +296,14 @@ async def _pgqueuer_worker(dsn: str, batch_size: int, drain: bool) -> None:
     from pgqueuer import AsyncpgDriver, PgQueuer
     from pgqueuer.types import QueueExecutionMode
 
-    from . import _bench_probe
+    from . import _probe
 
     conn = await _asyncpg_connect(dsn)
     pgq = PgQueuer(AsyncpgDriver(conn))
 
     @pgq.entrypoint("noop")  # type: ignore[untyped-decorator]
     async def noop(job: Any) -> None:
-        _bench_probe.job(int(job.payload) if job.payload else None)
+        _probe.job(int(job.payload) if job.payload else None)
 
     mode = QueueExecutionMode.drain if drain else QueueExecutionMode.continuous
     try:
@@ -317,7 +317,7 @@ SYSTEMS: tuple[System, ...] = (Pgqueue(), Pgqueuer(), Procrastinate())
 
 def main(argv: list[str] | None = None) -> None:
     """A peer's bench worker process (DSN in ``PGQUEUE_DSN``)."""
-    parser = argparse.ArgumentParser(prog="python -m pgqueue._bench_peer")
+    parser = argparse.ArgumentParser(prog="python -m pgqueue.bench.peer")
     parser.add_argument("system", choices=["procrastinate", "pgqueuer"])
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=10)

@@ -1,0 +1,10 @@
+"""``pgqueue bench``: pgqueue beside PgQueuer, procrastinate and raw SQL.
+
+Not part of the library's API. The modules:
+
+- ``_run``: the bench itself (scratch databases, the steps, the report and its targets);
+- ``_systems``: each system under test behind one interface (enqueue, drain, latency);
+- ``_app``: the pgqueue app the bench workers run; ``_probe``: timing inside workers;
+- ``_sustained``: ``pgqueue bench --sustained N``;
+- ``peer``: ``python -m pgqueue.bench.peer {procrastinate,pgqueuer} ...`` runs a peer's worker.
+"""
