@@ -74,9 +74,13 @@ def start(server_dsn: str) -> Iterator[PgBouncer]:
     directory = Path(tempfile.mkdtemp(prefix="pgqueue-pgbouncer-"))
     run_as: list[str] = []
     if os.geteuid() == 0:
-        name = next(
-            (n for n in ("postgres", "nobody") if _user_exists(n)), None
-        )  # pgbouncer will not run as root
+        # pgbouncer will not run as root. A server on a Unix socket (the
+        # embedded one) keeps it in a directory only its own user may enter:
+        # run as that user there.
+        host = str(params.get("host") or "")
+        owner = pwd.getpwuid(os.stat(host).st_uid).pw_name if host.startswith("/") else "root"
+        candidates = (owner, "postgres", "nobody") if owner != "root" else ("postgres", "nobody")
+        name = next((n for n in candidates if _user_exists(n)), None)
         assert name is not None, "no unprivileged user to run pgbouncer as"
         run_as = ["-u", name]
         directory.chmod(0o755)
