@@ -1416,8 +1416,9 @@ END $$;
 
 -- Runs once per UPDATE statement on jobs, with the statement's old and new
 -- rows. It announces each job whose state or progress changed on
--- pgqueue_job (and a running job's cancel on pgqueue_cancel, a job pending
--- again on pgqueue_enqueue), then applies batch children's moves batch by
+-- pgqueue_job (and a running job's cancel on pgqueue_cancel; a job pending
+-- again, or a keyed job leaving running, whose slot another job of its key
+-- may now take, on pgqueue_enqueue), then applies batch children's moves batch by
 -- batch in id order (so concurrent statements lock batch rows in the same
 -- order and never deadlock on them). One statement-level trigger instead of a
 -- row trigger per job: a claim or completion of 100 jobs runs it once. The
@@ -1438,7 +1439,9 @@ BEGIN
                 '}')),
             CASE WHEN n.status = 'cancelled' AND o.status = 'running'
                  THEN pg_notify('pgqueue_cancel', n.id::text) END,
-            CASE WHEN n.status = 'pending' AND o.status <> 'pending'
+            CASE WHEN (n.status = 'pending' AND o.status <> 'pending')
+                   OR (o.status = 'running' AND n.status <> 'running'
+                       AND n.concurrency_key IS NOT NULL)
                  THEN pg_notify('pgqueue_enqueue', n.queue) END
        FROM old_jobs o JOIN new_jobs n ON n.id = o.id
       WHERE o.status <> n.status OR o.progress <> n.progress

@@ -367,3 +367,46 @@ async def test_library_enqueue_options(queue: pgqueue.Queue, conn: Conn) -> None
     ):
         with pytest.raises(pgqueue.InvalidJobError):
             await per_customer.options(**bad).enqueue(customer="c", n=1)
+
+
+@pytest.mark.parametrize("outcome", ["completes", "fails"])
+async def test_a_keyed_job_that_stops_running_wakes_workers_for_its_key(
+    queue: pgqueue.Queue, outcome: str
+) -> None:
+    """Ten jobs on one key at limit 1, one worker with 8 slots that would
+    otherwise only look again after a 30 s poll: each end of a keyed job
+    (success or failure) announces the freed slot, so the key's backlog
+    drains without waiting for a poll."""
+    import asyncio
+
+    from tests.db.test_worker_inprocess import running_worker
+
+    ended: list[int] = []
+
+    @queue.task(max_attempts=1)
+    async def keyed(ctx: pgqueue.JobContext, n: int) -> int:
+        await asyncio.sleep(0.05)
+        ended.append(n)
+        if outcome == "fails":
+            raise ValueError("the key's slot frees all the same")
+        return n
+
+    ids = await queue.enqueue_many(
+        keyed, [{"n": n} for n in range(10)], concurrency_key="customer-1"
+    )
+    async with running_worker(queue, concurrency=8, poll_interval=30.0):
+        for job_id in ids:
+            final = await asyncio.wait_for(_ended(queue, job_id), timeout=15)
+            assert final.status.is_terminal
+    assert ended == list(range(10))  # FIFO within the key, one at a time
+
+
+async def _ended(queue: pgqueue.Queue, job_id: int) -> pgqueue.Job:
+    import asyncio
+
+    while True:
+        job = await queue.get_job(job_id)
+        assert job is not None
+        if job.status.is_terminal:
+            return job
+        await asyncio.sleep(0.02)

@@ -113,6 +113,23 @@ def test_migrated_schema_equals_schema_sql(empty_db_dsn: str, second_empty_db_ds
     assert a == b, "schema files and migrations differ:\n" + difference
 
 
+def test_the_schema_serves_this_release_built_either_way(
+    empty_db_dsn: str, second_empty_db_dsn: str
+) -> None:
+    """pgqueue.served_revisions is data, which the catalog comparison does not
+    see: schema.sql and the migrations must list the same releases, this one
+    among them (readiness during a rolling deploy reads it)."""
+    _execute_script(empty_db_dsn, _sql.install_script())
+    pgqueue.migrate(second_empty_db_dsn)
+    served = []
+    for dsn in (empty_db_dsn, second_empty_db_dsn):
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute("SELECT revision FROM pgqueue.served_revisions ORDER BY 1")
+            served.append([r[0] for r in rows])
+    assert served[0] == served[1]
+    assert pgqueue.head_revision() in served[0]
+
+
 def test_snapshot_detects_a_difference(empty_db_dsn: str, second_empty_db_dsn: str) -> None:
     """The comparison is sensitive: one changed function body shows up in the diff."""
     pgqueue.migrate(empty_db_dsn)
@@ -464,7 +481,7 @@ def test_migrate_is_idempotent(empty_db_dsn: str) -> None:
 def test_current_revision_reports_head(empty_db_dsn: str) -> None:
     assert pgqueue.current_revision(empty_db_dsn) is None
     head = pgqueue.head_revision()
-    assert head == "0011"  # the latest frozen revision in migrations/versions
+    assert head == "0012"  # the latest frozen revision in migrations/versions
 
     _migrate.upgrade(empty_db_dsn, "0001")
     assert pgqueue.current_revision(empty_db_dsn) == "0001"
@@ -786,6 +803,7 @@ def test_truncating_jobs_empties_attempts_so_reused_ids_can_finish(db_dsn: str) 
         ("0009", "0008"),
         ("0010", "0009"),
         ("0011", "0010"),
+        ("0012", "0011"),
     ],
 )
 def test_downgrade_restores_the_previous_catalog(
