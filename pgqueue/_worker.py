@@ -37,15 +37,14 @@ import uuid
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any, Literal, LiteralString
+from typing import Any, Literal
 
 import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from . import _connect, _metrics
-from ._connect import live_connection
 from ._context import JobContext
+from ._database import ClaimedJob, Failure, Lease, Release, WorkerDatabase
 from ._periodic import schedule_due
 from ._queue import Queue, Task, encode_json
 from ._sql import query
@@ -55,7 +54,6 @@ from .errors import (
     MemoryLimitExceeded,
     NonRetryableError,
     StaleLease,
-    translate,
 )
 
 log = logging.getLogger("pgqueue.worker")
@@ -90,17 +88,6 @@ PRUNE_CHUNK = 1000
 # a job whose task succeeded; any other error says nothing about the result.
 _CONTENT_ERROR_CLASSES = frozenset({"22", "23", "54"})
 
-# Failures worth retrying: the connection or server went away (restart,
-# pg_terminate_backend, pool timeout), the connection is on a server that no
-# longer takes writes (failover; live_connection replaces it), or a
-# deadlock/serialization conflict.
-_RETRYABLE = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    psycopg.errors.ReadOnlySqlTransaction,
-    psycopg.errors.TransactionRollback,
-)
-
 
 @dataclasses.dataclass(eq=False)
 class _Lease:
@@ -122,8 +109,8 @@ class _Lease:
     progress_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
     @property
-    def key(self) -> tuple[int, int]:
-        return (self.job_id, self.attempt)
+    def key(self) -> Lease:
+        return Lease(self.job_id, self.attempt)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,6 +231,18 @@ def _jitter(seconds: float, spread: float = 0.2) -> float:
     return seconds * random.uniform(1 - spread, 1 + spread)
 
 
+def _failure(
+    error: str, retryable: bool, timed_out: bool = False, retry_delay: float | None = None
+) -> Failure:
+    """A failed attempt as ``pgqueue.fail`` takes it: a task's fixed
+    ``retry_delay`` becomes the delay of its next attempt (None: the
+    database's default backoff)."""
+    retry_in = None
+    if retryable and retry_delay is not None:
+        retry_in = timedelta(seconds=max(0.0, retry_delay))
+    return Failure(error, retryable, timed_out, retry_in)
+
+
 def _format_error(exc: BaseException) -> str:
     text = "".join(traceback.format_exception(exc)).strip()
     if len(text) > _MAX_ERROR_CHARS:
@@ -267,6 +266,7 @@ class Worker:
         queues: Sequence[str] | None = None,
         worker_id: str | None = None,
         settings: WorkerSettings | None = None,
+        database: type[WorkerDatabase] = WorkerDatabase,
         **overrides: Any,
     ) -> None:
         self.queue = queue
@@ -277,7 +277,7 @@ class Worker:
         self.worker_id = f"{prefix}:{uuid.uuid4().hex[:6]}"
         base = settings or WorkerSettings()
         self.settings = dataclasses.replace(base, **overrides) if overrides else base
-        self._leases: dict[tuple[int, int], _Lease] = {}  # by (job id, attempt)
+        self._leases: dict[Lease, _Lease] = {}
         self._running = 0  # leases whose body has not ended
         self._until_idle = False
         self._completions: list[tuple[_Lease, Jsonb]] = []
@@ -292,10 +292,10 @@ class Worker:
         self._flushing = False
         self._abandoned: list[concurrent.futures.Future[Any]] = []
         self._release_at_exit: list[_Lease] = []
-        self._claim_retries = 0  # claims retried after a connection failure
         self._rate_limited: bool | None = None  # was a queue held back by its rate limit?
         self._last_beat = time.monotonic()  # when the last heartbeat that got through was sent
-        self._pool: AsyncConnectionPool | None = None
+        self._database_class = database
+        self._db: WorkerDatabase | None = None
         self._threads: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._memory_error: str | None = None
@@ -335,8 +335,13 @@ class Worker:
         dsn = await asyncio.to_thread(lambda: self.queue.dsn)
         await asyncio.to_thread(lambda: self.queue.listen_dsn)  # a malformed one fails here
         await self._wait_for_database(dsn)
-        self._pool = self._new_pool(dsn)
-        await self._pool.open(wait=True, timeout=30)
+        self._db = self._database_class(
+            dsn,
+            pool_size=self.settings.pool_size,
+            name=f"pgqueue-worker-{self.worker_id}",
+            give_up_now=self._gives_up,
+        )
+        await self._db.open()
         self._threads = ThreadPoolExecutor(
             max_workers=self.settings.concurrency, thread_name_prefix="pgqueue-task"
         )
@@ -400,7 +405,7 @@ class Worker:
                 self._metrics_server.close()
                 await self._metrics_server.wait_closed()
                 self._metrics_server = None
-            await self._pool.close()
+            await self._db.close()
             phases.mark("pool")
             log.info(
                 "worker %s stopped after %d jobs (shutdown: %s)",
@@ -445,7 +450,7 @@ class Worker:
             "pgqueue_worker_claim_retries_total",
             "counter",
             "Claims retried after a connection failure.",
-            [({}, self._claim_retries)],
+            [({}, self._db.claim_retries if self._db is not None else 0)],
         )
         out.metric(
             "pgqueue_worker_leases",
@@ -475,17 +480,17 @@ class Worker:
         self._abandoned = [f for f in self._abandoned if not f.done()]
         return len(self._abandoned)
 
-    def _new_pool(self, dsn: str) -> AsyncConnectionPool:
-        """The worker's pool (not yet open), made by :mod:`pgqueue._connect`."""
-        return _connect.async_pool(
-            dsn,
-            min_size=2,
-            max_size=self.settings.pool_size,
-            name=f"pgqueue-worker-{self.worker_id}",
-            # Keep reconnecting through a database restart or outage (a day is
-            # "forever" here; psycopg_pool treats 0 as "give up at once").
-            reconnect_timeout=86_400,
-        )
+    @property
+    def db(self) -> WorkerDatabase:
+        """The worker's seam to its database (open while :meth:`run` runs)."""
+        assert self._db is not None, "the worker is not running"
+        return self._db
+
+    def _gives_up(self, operation: str) -> bool:
+        """Whether a database call that failed for a lost connection stops
+        retrying: a stopping worker claims nothing more, and past its outcome
+        deadline it writes nothing more (the jobs concerned are rescued)."""
+        return self._hard_stop or (self._stopping and operation == "claim")
 
     async def _wait_for_database(self, dsn: str) -> None:
         """Wait (with backoff, logging each failure) for PostgreSQL to accept a
@@ -508,50 +513,13 @@ class Worker:
             await conn.close()
             return
 
-    # -- database access ---------------------------------------------------------------
-
-    async def _call(
-        self, name: str, params: dict[str, Any], *, give_up: float | None = None
-    ) -> list[Any]:
-        """Run named query ``name``. Connection failures and deadlocks are retried
-        with backoff (for at most ``give_up`` seconds; by default until it works),
-        so a database restart only pauses the worker. pgqueue refusals raise."""
-        assert self._pool is not None
-        sql: LiteralString = query(name)
-        delay = 0.05
-        started = time.monotonic()
-        while True:
-            try:
-                async with live_connection(self._pool, timeout=5) as conn:
-                    cur = await conn.execute(sql, params)
-                    return await cur.fetchall() if cur.description else []
-            except _RETRYABLE as exc:
-                stopping = self._hard_stop or (self._stopping and name == "claim")
-                if stopping or (give_up is not None and time.monotonic() - started >= give_up):
-                    raise translate(exc) if isinstance(exc, psycopg.Error) else exc from exc
-                if name == "claim":
-                    self._claim_retries += 1
-                log.warning(
-                    "database unavailable for %s (%s); retrying in %.1fs",
-                    name,
-                    str(exc).strip()[:200],
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except psycopg.Error as exc:
-                raise translate(exc) from exc
-
     # -- claiming ----------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
         settings = self.settings
-        params: dict[str, Any] = {
-            "worker_id": self.worker_id,
-            "queues": self.queues,
-            "lease_timeout": timedelta(seconds=settings.stale_after),
-            "tasks": sorted(self.queue.tasks),
-        }
+        db = self.db
+        lease_timeout = timedelta(seconds=settings.stale_after)
+        tasks = sorted(self.queue.tasks)
         gathered = False
         while not self._stopping:
             # A slot is free once its body ended, even while its outcome waits in
@@ -577,21 +545,21 @@ class Worker:
                 continue
             gathered = False
             self._wakeup.clear()
-            retries, claim_started = self._claim_retries, time.monotonic()
+            retries, claim_started = db.claim_retries, time.monotonic()
             try:
-                rows = await self._call("claim", {**params, "limit": free})
-                for row in rows:
-                    self._start(row, claim_started)
-                if self._claim_retries != retries:
+                claimed = await db.claim(self.worker_id, self.queues, free, lease_timeout, tasks)
+                for job in claimed:
+                    self._start(job, claim_started)
+                if db.claim_retries != retries:
                     # The connection broke mid-claim: an earlier try may have
                     # committed rows this worker never saw. Hand them back.
                     await self._release_orphans(time.monotonic() - claim_started)
-                if len(rows) < free:
-                    idle = not rows and not self._leases and not self._completions
+                if len(claimed) < free:
+                    idle = not claimed and not self._leases and not self._completions
                     if self._until_idle and idle and not await self._has_unfinished():
                         return
                     sleep = _jitter(settings.poll_interval)
-                    if not rows or self._rate_limited is not False:
+                    if not claimed or self._rate_limited is not False:
                         sleep = min(sleep, await self._rate_wait())
                     await _wait(self._wakeup, sleep)
             except Exception:
@@ -604,51 +572,44 @@ class Worker:
         """Seconds until a rate-limited queue of this worker that is out of room
         may start a job again (infinity if none is held back by its limit): an
         idle worker claims again then, not a poll interval later."""
-        rows = await self._call("rate_wait", {"queues": self.queues}, give_up=0)
-        wait = rows[0][0] if rows else None
+        wait = await self.db.rate_wait(self.queues)
         # Asked after every empty claim; after a partial one only while some
         # queue was last seen held back (so unlimited workers pay no query).
         self._rate_limited = wait is not None
-        return math.inf if wait is None else max(float(wait), 0.0) + 0.005
+        return math.inf if wait is None else max(wait, 0.0) + 0.005
 
     async def _release_orphans(self, within: float) -> None:
         """Release rows leased to this worker in the last ``within`` seconds (the
         retried claim) that it does not hold: the reply to a committed claim
         was lost, so nobody runs them."""
-        rows = await self._call(
-            "held_by_worker",
-            {"worker_id": self.worker_id, "within": timedelta(seconds=within + 1)},
-        )
-        for job_id, attempt in rows:
-            if (job_id, attempt) not in self._leases:
+        held = await self.db.held_by_worker(self.worker_id, timedelta(seconds=within + 1))
+        for lease in held:
+            if lease not in self._leases:
                 log.warning(
                     "job %s attempt %s was claimed but never seen; handing it back",
-                    job_id,
-                    attempt,
+                    lease.job_id,
+                    lease.attempt,
                 )
                 with contextlib.suppress(StaleLease):
-                    await self._call(
-                        "release", {"id": job_id, "attempt": attempt, "run_in": timedelta(0)}
-                    )
+                    await self.db.release(lease)
 
     async def _has_unfinished(self) -> bool:
         """For ``until_idle``: whether any job of this worker's queues is still
         pending, retrying (even if not yet due) or running anywhere."""
-        rows = await self._call("unfinished", {"queues": self.queues})
-        return bool(rows[0][0])
+        return await self.db.unfinished(self.queues)
 
-    def _start(self, row: Sequence[Any], claimed: float) -> None:
-        job_id, task_name, args, queue_name, attempt, max_attempts, timeout = row
+    def _start(self, job: ClaimedJob, claimed: float) -> None:
+        job_id, attempt = job.lease.job_id, job.lease.attempt
         ctx = JobContext(
             job_id=job_id,
             attempt=attempt,
-            max_attempts=max_attempts,
-            task_name=task_name,
-            queue=queue_name,
-            args=args,
+            max_attempts=job.max_attempts,
+            task_name=job.task,
+            queue=job.queue,
+            args=job.args,
             on_progress=self._progress_reported,
         )
-        lease = _Lease(job_id, attempt, task_name, ctx, timeout, renewed=claimed)
+        lease = _Lease(job_id, attempt, job.task, ctx, job.timeout, renewed=claimed)
         self._leases[lease.key] = lease
         self._running += 1
         runner = asyncio.create_task(self._execute(lease), name=f"pgqueue-job-{job_id}")
@@ -763,7 +724,7 @@ class Worker:
                 # while this thread still does.
                 self._release_at_exit.append(lease)
             else:
-                await self._report(lease, "release", {"run_in": timedelta(0)})
+                await self._report(lease, Release())
             return
         log.info("job %s attempt %s stopped: %s", lease.job_id, lease.attempt, lease.stop)
         self.outcomes["stopped"] += 1
@@ -822,32 +783,20 @@ class Worker:
         task: Task[Any] | None = None,
     ) -> None:
         retry_delay = task.retry_delay if task is not None else None
-        params = self._fail_params(error, retryable, timed_out=timed_out, retry_delay=retry_delay)
-        await self._report(lease, "fail", params)
+        await self._report(lease, _failure(error, retryable, timed_out, retry_delay))
 
-    @staticmethod
-    def _fail_params(
-        error: str, retryable: bool, *, timed_out: bool = False, retry_delay: float | None = None
-    ) -> dict[str, Any]:
-        retry_in = None
-        if retryable and retry_delay is not None:
-            retry_in = timedelta(seconds=max(0.0, retry_delay))
-        return {
-            "error": error,
-            "retryable": retryable,
-            "timed_out": timed_out,
-            "retry_in": retry_in,
-        }
-
-    async def _report(self, lease: _Lease, name: str, params: dict[str, Any]) -> None:
-        """Write a lease's final outcome; a refusal means the lease was lost."""
+    async def _report(self, lease: _Lease, outcome: Failure | Release) -> None:
+        """Write a lease's final outcome other than success (successes are
+        batched by the completion loop); a refusal means the lease was lost."""
         try:
-            rows = await self._call(name, {"id": lease.job_id, "attempt": lease.attempt, **params})
-            if name == "fail" and rows:
-                log.info("job %s attempt %s failed -> %s", lease.job_id, lease.attempt, rows[0][0])
-                self.outcomes[str(rows[0][0])] += 1
-            elif name == "release":
-                self.outcomes["released"] += 1
+            match outcome:
+                case Failure():
+                    status = await self.db.fail(lease.key, outcome)
+                    log.info("job %s attempt %s failed -> %s", lease.job_id, lease.attempt, status)
+                    self.outcomes[status.value] += 1
+                case Release(run_in):
+                    await self.db.release(lease.key, run_in)
+                    self.outcomes["released"] += 1
         except StaleLease as exc:
             self.outcomes["refused"] += 1
             log.warning("late outcome of job %s discarded: %s", lease.job_id, exc)
@@ -872,13 +821,12 @@ class Worker:
                     self._flushing = False
 
     async def _flush(self, batch: list[tuple[_Lease, Jsonb]]) -> None:
-        rows = await self._complete_retrying(batch)
-        if rows is None:
+        applied = await self._complete_retrying(batch)
+        if applied is None:
             for lease, _ in batch:
                 self.outcomes["unrecorded"] += 1
                 self._drop(lease)  # no more heartbeats: rescue takes the job
             return
-        applied = {(row[0], row[1]) for row in rows}
         for lease, _ in batch:
             if lease.key in applied:
                 self.outcomes["completed"] += 1
@@ -891,8 +839,8 @@ class Worker:
                 )
             self._drop(lease)
 
-    async def _complete_retrying(self, batch: list[tuple[_Lease, Jsonb]]) -> list[Any] | None:
-        """Write a batch of results: the rows applied, or None when they could
+    async def _complete_retrying(self, batch: list[tuple[_Lease, Jsonb]]) -> set[Lease] | None:
+        """Write a batch of results: the leases completed, or None when they could
         not be written and are left for rescue.
 
         Only an error the results' content causes can fail a job here: the
@@ -931,16 +879,14 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _complete_one_by_one(self, batch: list[tuple[_Lease, Jsonb]]) -> list[Any]:
-        rows: list[Any] = []
+    async def _complete_one_by_one(self, batch: list[tuple[_Lease, Jsonb]]) -> set[Lease]:
+        applied: set[Lease] = set()
         for item in batch:
             try:
-                rows += await self._complete([item])
+                applied |= await self._complete([item])
             except Exception as exc:
                 if _caused_by_content(exc):
-                    await self._report(
-                        item[0], "fail", self._fail_params(_format_error(exc), retryable=False)
-                    )
+                    await self._report(item[0], _failure(_format_error(exc), retryable=False))
                 else:
                     log.error(
                         "could not record the result of job %s (%s); it will be rescued",
@@ -949,15 +895,10 @@ class Worker:
                     )
                     self.outcomes["unrecorded"] += 1
                     self._drop(item[0])
-        return rows
+        return applied
 
-    async def _complete(self, batch: list[tuple[_Lease, Jsonb]]) -> list[Any]:
-        params = {
-            "ids": [lease.job_id for lease, _ in batch],
-            "attempts": [lease.attempt for lease, _ in batch],
-            "results": [payload for _, payload in batch],
-        }
-        return await self._call("complete_many", params)
+    async def _complete(self, batch: list[tuple[_Lease, Jsonb]]) -> set[Lease]:
+        return await self.db.complete_many([(lease.key, payload) for lease, payload in batch])
 
     async def _heartbeat_loop(self) -> None:
         settings = self.settings
@@ -974,13 +915,9 @@ class Worker:
                 # cancel that arrives as the call completes, and this loop would
                 # then outlive the worker's shutdown.)
                 async with asyncio.timeout(settings.heartbeat_interval):
-                    rows = await self._call(
-                        "heartbeat",
-                        {
-                            "worker_id": self.worker_id,
-                            "ids": [lease.job_id for lease in leases],
-                            "attempts": [lease.attempt for lease in leases],
-                        },
+                    held = await self.db.heartbeat(
+                        self.worker_id,
+                        [lease.key for lease in leases],
                         give_up=settings.heartbeat_interval,
                     )
             except Exception as exc:
@@ -991,7 +928,6 @@ class Worker:
                 )
                 continue
             self._last_beat = sent
-            held = {(row[0], row[1]) for row in rows}
             for lease in leases:
                 if lease.key in held:
                     lease.renewed = max(lease.renewed, sent)
@@ -1040,11 +976,11 @@ class Worker:
             await asyncio.sleep(_jitter(self.settings.rescue_interval))
             self.maintenance_passes["rescue"] += 1
             try:
-                rows = await self._call("rescue", {"stale_after": stale}, give_up=0)
+                rescued = await self.db.rescue(stale)
             except Exception as exc:
                 self._maintenance_failed("rescue", exc)
                 continue
-            for job_id, status in rows:
+            for job_id, status in rescued:
                 log.warning("rescued job %s (lost lease) -> %s", job_id, status)
 
     def _maintenance_failed(self, duty: str, exc: BaseException) -> None:
@@ -1083,11 +1019,8 @@ class Worker:
         """Retention: delete old finished jobs in chunks, each its own short
         transaction (the database lets one worker at a time do it)."""
         settings = self.settings
-        params = {
-            "completed_after": timedelta(seconds=settings.retain_completed),
-            "failed_after": timedelta(seconds=settings.retain_failed),
-            "limit": PRUNE_CHUNK,
-        }
+        completed_after = timedelta(seconds=settings.retain_completed)
+        failed_after = timedelta(seconds=settings.retain_failed)
         while True:
             await asyncio.sleep(_jitter(settings.prune_interval))
             deleted = PRUNE_CHUNK
@@ -1095,8 +1028,7 @@ class Worker:
             self.maintenance_passes["prune"] += 1
             try:
                 while deleted == PRUNE_CHUNK and not self._stopping:
-                    rows = await self._call("prune", params, give_up=0)
-                    deleted = int(rows[0][0])
+                    deleted = await self.db.prune(completed_after, failed_after, PRUNE_CHUNK)
                     total += deleted
             except Exception as exc:
                 self._maintenance_failed("prune", exc)
@@ -1182,7 +1114,7 @@ class Worker:
         interval = self.settings.periodic_interval
 
         async def fetch(name: str, params: dict[str, Any]) -> list[Any]:
-            return await self._call(name, params, give_up=interval)
+            return await self.db.scheduler_query(name, params, give_up=interval)
 
         while not self._stopping:
             delay = _jitter(interval)
@@ -1232,15 +1164,11 @@ class Worker:
                 return
             pct, message = report
             try:
-                await self._call(
-                    "progress",
-                    {
-                        "id": lease.job_id,
-                        "attempt": lease.attempt,
-                        "pct": pct,
-                        "message": message,
-                        "history": self.settings.progress_history,
-                    },
+                await self.db.progress(
+                    lease.key,
+                    pct,
+                    message,
+                    history=self.settings.progress_history,
                     give_up=self.settings.heartbeat_interval,
                 )
             except StaleLease:
@@ -1334,9 +1262,7 @@ class Worker:
                     len(self._release_at_exit) - n,
                 )
                 break
-            await self._report(
-                lease, "release", {"run_in": timedelta(seconds=THREAD_RELEASE_DELAY)}
-            )
+            await self._report(lease, Release(timedelta(seconds=THREAD_RELEASE_DELAY)))
         phases.mark("releases")
 
 

@@ -16,6 +16,7 @@ import pytest
 
 import pgqueue
 from pgqueue import JobStatus
+from pgqueue._database import Lease, WorkerDatabase
 from tests.db.test_worker_inprocess import WAIT, job, running_worker, wait_status
 
 
@@ -178,21 +179,26 @@ async def test_worker_stops_its_tasks_when_it_cannot_heartbeat(
             stopped.set()
             raise
 
-    job_id = await long.enqueue()
-    async with running_worker(queue, queues=["default"]) as worker:
-        await wait_status(queue, job_id, JobStatus.RUNNING)
-        original = worker._call
+    class Unreachable(WorkerDatabase):
+        """Heartbeats fail once ``outage`` is set (the claim and the rest work)."""
 
-        async def unreachable(name: str, params: dict[str, Any], **kw: Any) -> list[Any]:
-            if name == "heartbeat":
+        outage = False
+
+        async def heartbeat(self, *args: Any, **kwargs: Any) -> set[Lease]:
+            if self.outage:
                 if failure == "hangs":  # e.g. a TCP connection lost in a partition
                     await asyncio.sleep(3600)
                 raise pgqueue.DatabaseUnavailable("simulated outage")
-            return await original(name, params, **kw)
+            return await super().heartbeat(*args, **kwargs)
 
-        worker._call = unreachable  # type: ignore[method-assign]
+    job_id = await long.enqueue()
+    async with running_worker(queue, queues=["default"], database=Unreachable) as worker:
+        await wait_status(queue, job_id, JobStatus.RUNNING)
+        database = worker.db
+        assert isinstance(database, Unreachable)
+        database.outage = True
         await asyncio.wait_for(stopped.wait(), timeout=WAIT)
-        worker._call = original  # type: ignore[method-assign]
+        database.outage = False
     # its lease is then rescued by the database rules, not overwritten by this worker
     final = await job(queue, job_id)
     assert final.status in (JobStatus.RUNNING, JobStatus.RETRYING, JobStatus.ZOMBIE)

@@ -20,6 +20,7 @@ import pytest
 
 import pgqueue
 from pgqueue import JobStatus
+from pgqueue._database import WorkerDatabase
 
 FAST: dict[str, Any] = {
     "heartbeat_interval": 0.2,
@@ -696,15 +697,12 @@ async def test_last_report_waits_for_a_progress_write_under_way(queue: pgqueue.Q
         await asyncio.sleep(0.05)  # the progress loop has taken the report by now
         return "done"
 
-    async with running_worker(queue, queues=["default"]) as worker:
-        original = worker._call
+    class SlowProgress(WorkerDatabase):
+        async def progress(self, *args: Any, **kwargs: Any) -> None:
+            await asyncio.sleep(0.3)
+            await super().progress(*args, **kwargs)
 
-        async def slow_progress(name: str, params: dict[str, Any], **kw: Any) -> list[Any]:
-            if name == "progress":
-                await asyncio.sleep(0.3)
-            return await original(name, params, **kw)
-
-        worker._call = slow_progress  # type: ignore[method-assign]
+    async with running_worker(queue, queues=["default"], database=SlowProgress):
         job_id = await reports_once.enqueue()
         assert await queue.wait(job_id, timeout=WAIT) == "done"
 

@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 import pgqueue
 from pgqueue import JobStatus, _connect
+from pgqueue._database import WorkerDatabase
 
 from .test_worker_inprocess import FAST
 
@@ -40,14 +41,12 @@ class _FlakyConnection(psycopg.AsyncConnection[Any]):
         return await super().execute(query, params, **kwargs)
 
 
-class _FlakyWorker(pgqueue.Worker):
-    def _new_pool(self, dsn: str) -> AsyncConnectionPool:
+class _FlakyDatabase(WorkerDatabase):
+    """The worker's database on connections that fail as ``_FlakyConnection`` says."""
+
+    def new_pool(self) -> AsyncConnectionPool:
         return _connect.async_pool(
-            dsn,
-            min_size=2,
-            max_size=self.settings.pool_size,
-            name="flaky",
-            connection_class=_FlakyConnection,
+            self.dsn, min_size=2, max_size=4, name="flaky", connection_class=_FlakyConnection
         )
 
 
@@ -76,7 +75,7 @@ async def test_a_completion_error_not_caused_by_the_results_never_fails_the_jobs
     ids = await queue.enqueue_many(double, [{"n": n} for n in range(20)])
     flaky.error = error
     flaky.failures = 2  # the batch, then its first retry
-    worker = _FlakyWorker(queue, **FAST)
+    worker = pgqueue.Worker(queue, database=_FlakyDatabase, **FAST)
     await asyncio.wait_for(worker.run(install_signal_handlers=False, until_idle=True), 30)
 
     assert flaky.failures == 0, "the fault was never injected"
@@ -96,7 +95,7 @@ async def test_a_result_the_database_refuses_fails_only_its_own_job(
         return s
 
     ids = await queue.enqueue_many(echo, [{"s": s} for s in ("a", "poison", "b", "c")])
-    worker = _FlakyWorker(queue, **FAST)
+    worker = pgqueue.Worker(queue, database=_FlakyDatabase, **FAST)
     await asyncio.wait_for(worker.run(install_signal_handlers=False, until_idle=True), 30)
 
     jobs = [await queue.get_job(i) for i in ids]

@@ -73,11 +73,8 @@ def test_resolve_dsn_prefers_argument_then_env(monkeypatch: pytest.MonkeyPatch) 
 # -- named queries --------------------------------------------------------------------------
 
 # Every way library code names a query: query("x"), _fetch("x"...), _fetch_sync("x"...),
-# _call("x"...), _report(lease, "x"...).
-_NAMED = re.compile(
-    r"""(?:\bquery|\._fetch|\._fetch_sync|\._call)\(\s*["'](\w+)["']"""
-    r"""|\._report\(\s*\w+\s*,\s*["'](\w+)["']"""
-)
+# _run("x"...) in the worker's database seam.
+_NAMED = re.compile(r"""(?:\bquery|\._fetch|\._fetch_sync|\._run)\(\s*["'](\w+)["']""")
 
 
 def _names_used_in_code() -> set[str]:
@@ -88,7 +85,7 @@ def _names_used_in_code() -> set[str]:
         sources += list(service.rglob("*.py"))
     for path in sources:
         for match in _NAMED.finditer(path.read_text(encoding="utf-8")):
-            used.add(match.group(1) or match.group(2))
+            used.add(match.group(1))
     return used
 
 
