@@ -28,7 +28,6 @@ import dataclasses
 import logging
 import math
 import os
-import random
 import signal
 import socket
 import time
@@ -37,7 +36,7 @@ import uuid
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -45,9 +44,8 @@ from psycopg.types.json import Jsonb
 from . import _connect, _metrics
 from ._context import JobContext
 from ._database import ClaimedJob, Failure, Lease, Release, WorkerDatabase
-from ._periodic import schedule_due
+from ._maintenance import Tally, jitter, memory, pruner, reason, rescuer, scheduler, vacuumer
 from ._queue import Queue, Task, encode_json
-from ._sql import query
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -73,15 +71,6 @@ OUTCOME_DEADLINE = 10.0
 THREAD_RELEASE_DELAY = 2.0
 """Seconds before a job whose sync thread could not be stopped at shutdown
 becomes claimable again."""
-
-VACUUM_MIN_DEAD = 10_000
-"""Dead rows a pgqueue table must hold before a worker VACUUMs it."""
-
-VACUUM_MAX_BACKOFF = 300.0
-"""Longest wait between vacuum checks while dead rows cannot be removed."""
-
-PRUNE_CHUNK = 1000
-"""Finished jobs deleted per retention statement (each a short transaction)."""
 
 # SQLSTATE classes of errors a result's content causes: data exceptions (22),
 # integrity violations (23), program limits exceeded (54). Only these may fail
@@ -143,11 +132,11 @@ class WorkerSettings:
     """Seconds between retention passes (one worker at a time); 0 disables them."""
     vacuum_interval: float = 5.0
     """Seconds between checks of pgqueue's tables for dead rows; one worker at a
-    time VACUUMs those with at least ``VACUUM_MIN_DEAD`` (and a tenth of their
-    live rows). Every claim, completion and prune leaves dead row versions, and
-    autovacuum visits a database about once a minute: under heavy load the table
-    would bloat in between and claims slow down. 0 leaves it all to autovacuum
-    (a role that does not own the tables is left to it anyway)."""
+    time VACUUMs those with at least 10,000 (and a tenth of their live rows).
+    Every claim, completion and prune leaves dead row versions, and autovacuum
+    visits a database about once a minute: under heavy load the table would
+    bloat in between and claims slow down. 0 leaves it all to autovacuum (a
+    role that does not own the tables is left to it anyway)."""
     periodic_interval: float = 5.0
     """Longest sleep of the periodic scheduler between passes (it wakes at each
     due tick anyway, by the database's clock); 0 disables it in this worker."""
@@ -219,16 +208,6 @@ def _caused_by_content(exc: BaseException) -> bool:
     (as opposed to the connection, the session or the protocol failing)."""
     state = _sqlstate(exc)
     return state is not None and state[:2] in _CONTENT_ERROR_CLASSES
-
-
-def _reason(exc: BaseException) -> str:
-    """One line naming an error, for a log message."""
-    text = str(exc).strip().partition("\n")[0]
-    return f"{type(exc).__name__}: {text[:200]}" if text else repr(exc)
-
-
-def _jitter(seconds: float, spread: float = 0.2) -> float:
-    return seconds * random.uniform(1 - spread, 1 + spread)
 
 
 def _failure(
@@ -308,9 +287,10 @@ class Worker:
         ``failed``, ``dead_letter``, ``timeout``...), ``released`` (handed
         back), ``stopped`` (lease lost or cancelled), ``refused`` (a late
         outcome the database turned down) or ``unrecorded`` (left for rescue)."""
-        self.maintenance_passes: collections.Counter[str] = collections.Counter()
+        self._tally = Tally()
+        self.maintenance_passes = self._tally.passes
         """Maintenance passes run, by duty (rescue, prune, vacuum, periodic)."""
-        self.maintenance_failures: collections.Counter[str] = collections.Counter()
+        self.maintenance_failures = self._tally.failures
         """Maintenance passes that failed, by duty (each also logged at WARNING)."""
 
     # -- public control ----------------------------------------------------------------
@@ -365,17 +345,12 @@ class Worker:
             asyncio.create_task(self._flush_completions_loop(), name="pgqueue-complete"),
             asyncio.create_task(self._heartbeat_loop(), name="pgqueue-heartbeat"),
             asyncio.create_task(self._fence_loop(), name="pgqueue-fence"),
-            asyncio.create_task(self._rescue_loop(), name="pgqueue-rescue"),
             asyncio.create_task(self._progress_loop(), name="pgqueue-progress"),
         ]
-        if self.settings.prune_interval > 0:
-            helpers.append(asyncio.create_task(self._prune_loop(), name="pgqueue-prune"))
-        if self.settings.vacuum_interval > 0:
-            helpers.append(asyncio.create_task(self._vacuum_loop(), name="pgqueue-vacuum"))
-        if self.settings.periodic_interval > 0 and self.queue.periodic_tasks:
-            helpers.append(asyncio.create_task(self._periodic_loop(), name="pgqueue-periodic"))
-        if self.settings.max_memory_mb > 0:
-            helpers.append(asyncio.create_task(self._memory_loop(), name="pgqueue-memory"))
+        helpers += [
+            asyncio.create_task(duty, name=f"pgqueue-{name}")
+            for name, duty in self._maintenance_duties()
+        ]
         if self.settings.listen:
             helpers.append(asyncio.create_task(self._listen_loop(), name="pgqueue-listen"))
         phases = _Phases()
@@ -558,7 +533,7 @@ class Worker:
                     idle = not claimed and not self._leases and not self._completions
                     if self._until_idle and idle and not await self._has_unfinished():
                         return
-                    sleep = _jitter(settings.poll_interval)
+                    sleep = jitter(settings.poll_interval)
                     if not claimed or self._rate_limited is not False:
                         sleep = min(sleep, await self._rate_wait())
                     await _wait(self._wakeup, sleep)
@@ -566,7 +541,7 @@ class Worker:
                 if self._stopping:
                     return
                 log.exception("claim failed")
-                await asyncio.sleep(_jitter(settings.poll_interval))
+                await asyncio.sleep(jitter(settings.poll_interval))
 
     async def _rate_wait(self) -> float:
         """Seconds until a rate-limited queue of this worker that is out of room
@@ -860,20 +835,20 @@ class Worker:
                     log.warning(
                         "batch of %d completions refused (%s); writing them one by one",
                         len(batch),
-                        _reason(exc),
+                        reason(exc),
                     )
                     return await self._complete_one_by_one(batch)
                 if self._hard_stop or time.monotonic() + delay > deadline:
                     log.error(
                         "could not record the results of %d jobs (%s); they will be rescued",
                         len(batch),
-                        _reason(exc),
+                        reason(exc),
                     )
                     return None
                 log.warning(
                     "could not record the results of %d jobs (%s); retrying in %.1fs",
                     len(batch),
-                    _reason(exc),
+                    reason(exc),
                     delay,
                 )
                 await asyncio.sleep(delay)
@@ -891,7 +866,7 @@ class Worker:
                     log.error(
                         "could not record the result of job %s (%s); it will be rescued",
                         item[0].job_id,
-                        _reason(exc),
+                        reason(exc),
                     )
                     self.outcomes["unrecorded"] += 1
                     self._drop(item[0])
@@ -970,167 +945,66 @@ class Worker:
         if lease.body is not None:
             lease.body.cancel()
 
-    async def _rescue_loop(self) -> None:
-        stale = timedelta(seconds=self.settings.stale_after)
-        while True:
-            await asyncio.sleep(_jitter(self.settings.rescue_interval))
-            self.maintenance_passes["rescue"] += 1
-            try:
-                rescued = await self.db.rescue(stale)
-            except Exception as exc:
-                self._maintenance_failed("rescue", exc)
-                continue
-            for job_id, status in rescued:
-                log.warning("rescued job %s (lost lease) -> %s", job_id, status)
+    def _maintenance_duties(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """The maintenance loops this worker runs (pgqueue/_maintenance/), by name."""
+        settings, db, tally, stopping = self.settings, self.db, self._tally, self._is_stopping
+        duties: list[tuple[str, Coroutine[Any, Any, None]]] = [
+            (
+                "rescue",
+                rescuer.run(
+                    db, tally, interval=settings.rescue_interval, stale_after=settings.stale_after
+                ),
+            )
+        ]
+        if settings.prune_interval > 0:
+            prune = pruner.run(
+                db,
+                tally,
+                interval=settings.prune_interval,
+                retain_completed=settings.retain_completed,
+                retain_failed=settings.retain_failed,
+                stopping=stopping,
+            )
+            duties.append(("prune", prune))
+        if settings.vacuum_interval > 0:
 
-    def _maintenance_failed(self, duty: str, exc: BaseException) -> None:
-        """A maintenance pass failed: count it and say why (the next pass
-        tries again; a duty that keeps failing must not go unnoticed)."""
-        self.maintenance_failures[duty] += 1
-        log.warning("%s pass failed: %s", duty, _reason(exc))
+            async def connect() -> psycopg.AsyncConnection[Any]:
+                return await self.queue.listen_connection(connect_timeout=5)
 
-    async def _memory_loop(self) -> None:
-        """The memory limit: once over it, fail the running attempts (they are
+            vacuum = vacuumer.run(
+                connect, tally, interval=settings.vacuum_interval, stopping=stopping
+            )
+            duties.append(("vacuum", vacuum))
+        if settings.periodic_interval > 0 and self.queue.periodic_tasks:
+            periodics = list(self.queue.periodic_tasks.values())
+            schedule = scheduler.run(
+                db, tally, periodics, interval=settings.periodic_interval, stopping=stopping
+            )
+            duties.append(("periodic", schedule))
+        if settings.max_memory_mb > 0:
+            duties.append(("memory", memory.run(settings.max_memory_mb, self._over_memory)))
+        return duties
+
+    def _is_stopping(self) -> bool:
+        return self._stopping
+
+    def _over_memory(self, resident: float) -> None:
+        """The memory limit was crossed: fail the running attempts (they are
         the suspects, and an attempt is charged, as an OOM kill would) and stop."""
         limit = self.settings.max_memory_mb
-        while True:
-            await asyncio.sleep(1.0)
-            rss = _resident_mib()
-            if rss is None or rss <= limit:
-                continue
-            running = [lease for lease in self._leases.values() if not lease.finished]
-            self._memory_error = (
-                f"worker {self.worker_id} exceeded its memory limit of {limit:.0f} MiB "
-                f"(resident {rss:.0f} MiB) while this attempt ran"
-            )
-            log.error(
-                "%s; failing %d running attempts and stopping", self._memory_error, len(running)
-            )
-            for lease in running:
-                lease.stop = "memory"
-                lease.ctx.request_stop("memory")
-                if lease.body is not None:
-                    lease.body.cancel()
-            self.stop()
-            self._hard_stop = True
-            return
-
-    async def _prune_loop(self) -> None:
-        """Retention: delete old finished jobs in chunks, each its own short
-        transaction (the database lets one worker at a time do it)."""
-        settings = self.settings
-        completed_after = timedelta(seconds=settings.retain_completed)
-        failed_after = timedelta(seconds=settings.retain_failed)
-        while True:
-            await asyncio.sleep(_jitter(settings.prune_interval))
-            deleted = PRUNE_CHUNK
-            total = 0
-            self.maintenance_passes["prune"] += 1
-            try:
-                while deleted == PRUNE_CHUNK and not self._stopping:
-                    deleted = await self.db.prune(completed_after, failed_after, PRUNE_CHUNK)
-                    total += deleted
-            except Exception as exc:
-                self._maintenance_failed("prune", exc)
-            if total:
-                log.info("pruned %d finished jobs", total)
-
-    async def _vacuum_loop(self) -> None:
-        """VACUUM pgqueue's tables when they hold many dead rows (see
-        ``WorkerSettings.vacuum_interval``), on a connection of its own: VACUUM
-        cannot run in a transaction and may take a while. When a VACUUM could
-        not remove the dead rows (an old transaction or a replication slot
-        still needs them), the checks back off, up to VACUUM_MAX_BACKOFF."""
-        params = {"min_dead": VACUUM_MIN_DEAD, "fraction": 0.1}
-        delay = self.settings.vacuum_interval
-        while not self._stopping:
-            await asyncio.sleep(_jitter(delay))
-            if self._stopping:
-                return
-            self.maintenance_passes["vacuum"] += 1
-            try:
-                # A session of its own (advisory lock, SET, VACUUM outside a
-                # transaction): on the direct DSN when the main one is pooled.
-                conn = await self.queue.listen_connection(connect_timeout=5)
-                async with conn:
-                    outcome = await self._vacuum_pass(conn, params)
-            except Exception as exc:
-                self._maintenance_failed("vacuum", exc)
-                continue
-            if outcome == "not owner":
-                log.info("this role does not own pgqueue's tables: vacuuming is left to autovacuum")
-                return
-            if outcome == "stuck":
-                delay = min(delay * 2, VACUUM_MAX_BACKOFF)
-                log.warning(
-                    "VACUUM left pgqueue's dead rows in place (an old transaction or a "
-                    "replication slot holds them back); next check in %.0fs",
-                    delay,
-                )
-            else:
-                delay = self.settings.vacuum_interval
-
-    async def _vacuum_pass(
-        self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any]
-    ) -> Literal["clean", "vacuumed", "stuck", "busy", "not owner"]:
-        """One check under the vacuum lock, and VACUUM of each table over the
-        threshold: ``vacuumed``, ``stuck`` (still over it afterwards), ``clean``
-        (nothing to do), ``busy`` (another worker holds the lock) or ``not
-        owner`` (this role may not vacuum them)."""
-        cur = await conn.execute(query("vacuum_lock"))
-        row = await cur.fetchone()
-        if not (row and row[0]):
-            return "busy"
-        try:
-            # VACUUM must not be cut short by a statement_timeout of the DSN or role
-            await conn.execute(query("vacuum_session"))
-            cur = await conn.execute(query("vacuum_candidates"), params)
-            rows = await cur.fetchall()
-            if not rows:
-                return "clean"
-            if not all(owned for _, _, owned in rows):
-                return "not owner"
-            started = time.monotonic()
-            for name, _, _ in rows:
-                await conn.execute(query(f"vacuum_{name}"))
-            log.info(
-                "vacuumed %s (dead rows before: %s) in %.2fs",
-                ", ".join(f"pgqueue.{name}" for name, _, _ in rows),
-                ", ".join(f"{dead:,}" for _, dead, _ in rows),
-                time.monotonic() - started,
-            )
-            cur = await conn.execute(query("vacuum_candidates"), params)
-            left = {name for name, _, _ in await cur.fetchall()}
-            return "stuck" if left & {name for name, _, _ in rows} else "vacuumed"
-        finally:
-            # explicit: behind a pooler, closing the connection may not end the session
-            await conn.execute(query("vacuum_unlock"))
-
-    async def _periodic_loop(self) -> None:
-        """The scheduler: enqueue due ticks, then sleep until the next one (by
-        the database's clock, plus a little jitter so workers do not all hit
-        the same row at once), at most ``periodic_interval``."""
-        periodics = list(self.queue.periodic_tasks.values())
-        interval = self.settings.periodic_interval
-
-        async def fetch(name: str, params: dict[str, Any]) -> list[Any]:
-            return await self.db.scheduler_query(name, params, give_up=interval)
-
-        while not self._stopping:
-            delay = _jitter(interval)
-            self.maintenance_passes["periodic"] += 1
-            try:
-                done = await schedule_due(periodics, fetch)
-            except Exception as exc:
-                self._maintenance_failed("periodic", exc)
-            else:
-                if done is not None:
-                    if done.enqueued:
-                        log.info("enqueued periodic jobs %s", done.enqueued)
-                    if done.next_due is not None:
-                        until = (done.next_due - done.now).total_seconds()
-                        delay = min(delay, max(0.0, until) + random.uniform(0.01, 0.2))
-            await asyncio.sleep(delay)
+        running = [lease for lease in self._leases.values() if not lease.finished]
+        self._memory_error = (
+            f"worker {self.worker_id} exceeded its memory limit of {limit:.0f} MiB "
+            f"(resident {resident:.0f} MiB) while this attempt ran"
+        )
+        log.error("%s; failing %d running attempts and stopping", self._memory_error, len(running))
+        for lease in running:
+            lease.stop = "memory"
+            lease.ctx.request_stop("memory")
+            if lease.body is not None:
+                lease.body.cancel()
+        self.stop()
+        self._hard_stop = True
 
     def _progress_reported(self, ctx: JobContext) -> None:
         loop = self._loop
@@ -1323,16 +1197,6 @@ async def _stop_tasks(
         if task.done() and not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
     return pending
-
-
-def _resident_mib() -> float | None:
-    """This process's resident memory in MiB (Linux /proc), or None if unknown."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            pages = int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 async def run_worker(

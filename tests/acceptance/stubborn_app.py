@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import pgqueue
-import pgqueue._worker
+import pgqueue._maintenance.pruner
 
 queue = pgqueue.Queue()
 _never = threading.Event()
@@ -42,11 +42,11 @@ async def offload(ctx: pgqueue.JobContext) -> None:
     await asyncio.to_thread(_never.wait)
 
 
-async def _deaf_loop(self: Any) -> None:
+async def _deaf_loop(*args: Any, **kwargs: Any) -> None:
     while True:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(3600)
 
 
 if os.environ.get("PGQUEUE_TEST_DEAF_LOOP") == "1":
-    pgqueue._worker.Worker._prune_loop = _deaf_loop  # type: ignore[method-assign]
+    pgqueue._maintenance.pruner.run = _deaf_loop

@@ -17,6 +17,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 import pgqueue
+from pgqueue._maintenance import vacuumer as vacuum
 
 from ._helpers import (
     BAD_INPUT,
@@ -493,16 +494,15 @@ async def test_a_role_that_does_not_own_the_tables_leaves_vacuum_to_autovacuum(
     try:
         make_dead_rows(conn, 12_000)
         before = vacuum_count(conn)
-        worker = pgqueue.Worker(queue)
         other = await psycopg.AsyncConnection.connect(
             db_dsn, user=role, password=password, autocommit=True
         )
         async with other:
-            assert await worker._vacuum_pass(other, VACUUM_PARAMS) == "not owner"
+            assert await vacuum.vacuum_pass(other, VACUUM_PARAMS) == "not owner"
         owner = await psycopg.AsyncConnection.connect(db_dsn, autocommit=True)
         async with owner:
-            assert await worker._vacuum_pass(owner, VACUUM_PARAMS) == "vacuumed"
-            assert await worker._vacuum_pass(owner, VACUUM_PARAMS) == "clean"
+            assert await vacuum.vacuum_pass(owner, VACUUM_PARAMS) == "vacuumed"
+            assert await vacuum.vacuum_pass(owner, VACUUM_PARAMS) == "clean"
         assert vacuum_count(conn) == before + 1
     finally:
         conn.execute(f"DROP ROLE {role}")
@@ -513,30 +513,28 @@ async def test_dead_rows_an_old_snapshot_still_needs_are_reported_stuck(
 ) -> None:
     """VACUUM cannot remove rows an open snapshot may still see: the pass says
     so (the worker then backs off) instead of vacuuming in a loop."""
-    worker = pgqueue.Worker(queue)
     with psycopg.connect(db_dsn) as reader:
         reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         reader.execute("SELECT count(*) FROM pgqueue.jobs")  # holds its snapshot
         make_dead_rows(conn, 12_000)
         vacuumer = await psycopg.AsyncConnection.connect(db_dsn, autocommit=True)
         async with vacuumer:
-            assert await worker._vacuum_pass(vacuumer, VACUUM_PARAMS) == "stuck"
+            assert await vacuum.vacuum_pass(vacuumer, VACUUM_PARAMS) == "stuck"
             reader.rollback()
-            assert await worker._vacuum_pass(vacuumer, VACUUM_PARAMS) == "vacuumed"
+            assert await vacuum.vacuum_pass(vacuumer, VACUUM_PARAMS) == "vacuumed"
 
 
 async def test_the_vacuum_lock_lets_one_worker_at_a_time_and_is_released(
     queue: pgqueue.Queue, conn: Conn, db_dsn: str
 ) -> None:
-    worker = pgqueue.Worker(queue)
     with psycopg.connect(db_dsn, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(hashtext('pgqueue.vacuum'))")
         make_dead_rows(conn, 12_000)
         other = await psycopg.AsyncConnection.connect(db_dsn, autocommit=True)
         async with other:
-            assert await worker._vacuum_pass(other, VACUUM_PARAMS) == "busy"
+            assert await vacuum.vacuum_pass(other, VACUUM_PARAMS) == "busy"
             holder.execute("SELECT pg_advisory_unlock(hashtext('pgqueue.vacuum'))")
-            assert await worker._vacuum_pass(other, VACUUM_PARAMS) == "vacuumed"
+            assert await vacuum.vacuum_pass(other, VACUUM_PARAMS) == "vacuumed"
             # released at once, not when this connection closes
             locks = scalar(
                 conn,
