@@ -885,7 +885,7 @@ class Queue:
         params = self._many_params(task, args_list, _options(options, option_values))
         if not params["args"]:
             return []
-        rows = await self._fetch("enqueue_many", params, conn)
+        rows = await self._fetch("enqueue_bulk", params, conn)
         return list(rows[0]["ids"] or ())  # array_agg of no rows is NULL
 
     def enqueue_many_sync(
@@ -901,7 +901,7 @@ class Queue:
         params = self._many_params(task, args_list, _options(options, option_values))
         if not params["args"]:
             return []
-        rows = self._fetch_sync("enqueue_many", params, conn)
+        rows = self._fetch_sync("enqueue_bulk", params, conn)
         return list(rows[0]["ids"] or ())  # array_agg of no rows is NULL
 
     # -- inspect and act -------------------------------------------------------------

@@ -13,7 +13,7 @@ SELECT pgqueue.enqueue(%(task)s::text, %(args)s::jsonb, %(queue)s::text, %(prior
                        %(dedupe_scope)s::text, %(dedupe_window)s::interval,
                        %(concurrency_key)s::text, %(concurrency_limit)s::int) AS id
 
--- name: enqueue_many
+-- name: enqueue_bulk
 -- The ids as one array in item order: one row to read instead of one per job.
 SELECT array_agg(e.id ORDER BY e.n) AS ids
   FROM pgqueue.enqueue_bulk(%(task)s::text, %(args)b::text[]::jsonb[], %(queue)s::text,
