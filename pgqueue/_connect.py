@@ -16,6 +16,7 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool.base import AttemptWithBackoff
 
 from .errors import ConfigurationError, DatabaseUnavailable
 
@@ -97,20 +98,36 @@ NETWORK_DEFAULTS: dict[str, str] = {
 }
 
 
-def network_defaults(dsn: str | None) -> dict[str, str]:
-    """:data:`NETWORK_DEFAULTS` less what ``dsn`` sets itself."""
+# Where libpq reads one of them from the environment, the environment wins too.
+_ENVIRONMENT = {"connect_timeout": "PGCONNECT_TIMEOUT"}
+
+
+def network_defaults(dsn: str | None, **preferred: Any) -> dict[str, str]:
+    """:data:`NETWORK_DEFAULTS` (with ``preferred`` values in their place) less
+    what the user set: in ``dsn``, in libpq's environment, or in a service
+    file the DSN names (which may set any of them)."""
     given = conninfo_to_dict(dsn) if dsn else {}
-    return {key: value for key, value in NETWORK_DEFAULTS.items() if key not in given}
+    if "service" in given or os.environ.get("PGSERVICE"):
+        return {}
+    defaults = {**NETWORK_DEFAULTS, **{k: str(v) for k, v in preferred.items()}}
+    return {
+        key: value
+        for key, value in defaults.items()
+        if key not in given and not os.environ.get(_ENVIRONMENT.get(key, ""))
+    }
 
 
 def connection_kwargs(dsn: str | None = None, **extra: Any) -> dict[str, Any]:
     """The arguments of every connection pgqueue opens to ``dsn`` (autocommit;
     prepared statements as :func:`prepare_threshold` says; dead peers noticed
-    as :data:`NETWORK_DEFAULTS` says), plus ``extra``."""
+    as :data:`NETWORK_DEFAULTS` says), plus ``extra``. A ``connect_timeout``
+    in ``extra`` is pgqueue's preference for that connection, used only where
+    the user set none."""
+    preferred = {k: extra.pop(k) for k in list(extra) if k in NETWORK_DEFAULTS}
     return {
         "autocommit": True,
         "prepare_threshold": prepare_threshold(),
-        **network_defaults(dsn),
+        **network_defaults(dsn, **preferred),
         **extra,
     }
 
@@ -133,11 +150,41 @@ def connect_sync(dsn: str, **extra: Any) -> psycopg.Connection[Any]:
     return psycopg.connect(dsn, **connection_kwargs(dsn, **extra))
 
 
+RECONNECT_DELAY_CAP = 2.0
+"""Longest wait between two tries of a pool to replace a connection it lost."""
+
+
+class _CappedAttempt(AttemptWithBackoff):
+    """psycopg_pool's reconnection attempt, its delay capped. Uncapped, the
+    delay doubles from 1 s for as long as the database stays away, so a pool
+    came back about as long after an outage as the outage had lasted (an hour
+    down, an hour more before the next try) while requests answered 503 and
+    workers idled."""
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, RECONNECT_DELAY_CAP)
+
+
+class _AsyncPool(AsyncConnectionPool[Any]):
+    async def _add_connection(
+        self, attempt: AttemptWithBackoff | None, growing: bool = False
+    ) -> None:
+        await super()._add_connection(
+            attempt or _CappedAttempt(timeout=self.reconnect_timeout), growing
+        )
+
+
+class _Pool(ConnectionPool[Any]):
+    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        super()._add_connection(attempt or _CappedAttempt(timeout=self.reconnect_timeout), growing)
+
+
 def async_pool(
     dsn: str, *, min_size: int, max_size: int, name: str, **options: Any
 ) -> AsyncConnectionPool[Any]:
     """An async pool (not yet open) of connections made as :func:`connect` makes them."""
-    return AsyncConnectionPool(
+    return _AsyncPool(
         dsn,
         min_size=min_size,
         max_size=max_size,
@@ -150,7 +197,7 @@ def async_pool(
 
 def sync_pool(dsn: str, *, min_size: int, max_size: int, name: str) -> ConnectionPool[Any]:
     """A blocking pool (not yet open) of connections made as :func:`connect_sync` makes them."""
-    return ConnectionPool(
+    return _Pool(
         dsn,
         min_size=min_size,
         max_size=max_size,

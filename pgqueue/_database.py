@@ -66,6 +66,10 @@ class ClaimedJob:
     max_attempts: int
     timeout: float | None
     """Seconds the attempt may run, or None."""
+    leased: float
+    """When the claim that leased it was sent, by this process's monotonic
+    clock: the lease is as fresh as that (a claim retried through an outage
+    counts from its last try, not its first)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -151,9 +155,9 @@ class WorkerDatabase:
             "lease_timeout": lease_timeout,
             "tasks": list(tasks),
         }
-        rows = await self._run("claim", params)
+        rows, sent = await self._run_timed("claim", params)
         return [
-            ClaimedJob(Lease(job_id, attempt), task, args, queue, max_attempts, timeout)
+            ClaimedJob(Lease(job_id, attempt), task, args, queue, max_attempts, timeout, sent)
             for job_id, task, args, queue, attempt, max_attempts, timeout in rows
         ]
 
@@ -267,15 +271,23 @@ class WorkerDatabase:
         """Run named query ``name``, retrying connection failures with backoff
         for at most ``give_up`` seconds (None: until it works, or until
         ``give_up_now``); pgqueue's refusals raise at once, translated."""
+        rows, _ = await self._run_timed(name, params, give_up=give_up)
+        return rows
+
+    async def _run_timed(
+        self, name: str, params: dict[str, Any], *, give_up: float | None = None
+    ) -> tuple[list[Any], float]:
+        """:meth:`_run`, and when the try that succeeded began (monotonic)."""
         assert self._pool is not None, "the worker's database is not open"
         sql = query(name)
         delay = 0.05
         started = time.monotonic()
         while True:
+            tried = time.monotonic()
             try:
                 async with _connect.live_connection(self._pool, timeout=5) as conn:
                     cur = await conn.execute(sql, params)
-                    return await cur.fetchall() if cur.description else []
+                    return (await cur.fetchall() if cur.description else []), tried
             except RETRYABLE as exc:
                 expired = give_up is not None and time.monotonic() - started >= give_up
                 if expired or self._give_up_now(name):

@@ -524,7 +524,7 @@ class Worker:
             try:
                 claimed = await db.claim(self.worker_id, self.queues, free, lease_timeout, tasks)
                 for job in claimed:
-                    self._start(job, claim_started)
+                    self._start(job)
                 if db.claim_retries != retries:
                     # The connection broke mid-claim: an earlier try may have
                     # committed rows this worker never saw. Hand them back.
@@ -573,7 +573,7 @@ class Worker:
         pending, retrying (even if not yet due) or running anywhere."""
         return await self.db.unfinished(self.queues)
 
-    def _start(self, job: ClaimedJob, claimed: float) -> None:
+    def _start(self, job: ClaimedJob) -> None:
         job_id, attempt = job.lease.job_id, job.lease.attempt
         ctx = JobContext(
             job_id=job_id,
@@ -584,7 +584,7 @@ class Worker:
             args=job.args,
             on_progress=self._progress_reported,
         )
-        lease = _Lease(job_id, attempt, job.task, ctx, job.timeout, renewed=claimed)
+        lease = _Lease(job_id, attempt, job.task, ctx, job.timeout, renewed=job.leased)
         self._leases[lease.key] = lease
         self._running += 1
         runner = asyncio.create_task(self._execute(lease), name=f"pgqueue-job-{job_id}")
@@ -1127,16 +1127,20 @@ class Worker:
         # Whatever is still retrying a database call now gives up: the jobs
         # concerned will be rescued.
         self._hard_stop = True
-        for n, lease in enumerate(self._release_at_exit):
-            if time.monotonic() >= deadline:
-                # each call may wait for a connection: one after another they
-                # would add up, and these jobs are rescued anyway
-                log.warning(
-                    "%d jobs not handed back before the outcome deadline; they will be rescued",
-                    len(self._release_at_exit) - n,
-                )
-                break
-            await self._report(lease, Release(timedelta(seconds=THREAD_RELEASE_DELAY)))
+        handed_back = 0
+        try:
+            # Each call may wait for a connection, or on one gone silent: the
+            # whole hand-back shares the outcome deadline (these jobs are
+            # rescued anyway), so it cannot push the exit past its bound.
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                for lease in self._release_at_exit:
+                    await self._report(lease, Release(timedelta(seconds=THREAD_RELEASE_DELAY)))
+                    handed_back += 1
+        except TimeoutError:
+            log.warning(
+                "%d jobs not handed back before the outcome deadline; they will be rescued",
+                len(self._release_at_exit) - handed_back,
+            )
         phases.mark("releases")
 
 

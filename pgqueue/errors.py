@@ -156,13 +156,14 @@ _INPUT_CHECKS: dict[str, str] = {
 # stopping; class 08 is a connection exception; 53300: no connection slot;
 # 25006: the session is on a read-only server (a standby, or a primary fenced
 # during a switchover), so the write belongs on the new primary.
-_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300", "25006"})
+# 57P04: the database was dropped; 57P05: idle_session_timeout ended the session.
+_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05", "53300", "25006"})
 
 
 def _unavailable(exc: psycopg.Error) -> bool:
     state = exc.sqlstate
-    if state is None:
-        return isinstance(exc, psycopg.OperationalError)
+    if state is None:  # raised by the client: the connection is gone or closed
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
     return state in _UNAVAILABLE_STATES or state.startswith("08")
 
 

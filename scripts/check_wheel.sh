@@ -64,9 +64,8 @@ with psycopg.connect(sys.argv[1], autocommit=True) as conn:
 print(make_conninfo(sys.argv[1], dbname=name))
 PY
 )
-    step "bare install: pgqueue demo --once on $PGQUEUE_CHECK_DSN (worker path, no API)"
-    core/bin/pgqueue --dsn "$dsn" demo --once --jobs 6 | tail -n 3
-    core/bin/python - "$PGQUEUE_CHECK_DSN" "$dsn" <<'PY'
+    drop_scratch() {
+        core/bin/python - "$PGQUEUE_CHECK_DSN" "$dsn" <<'PY'
 import sys
 
 import psycopg
@@ -74,8 +73,15 @@ from psycopg.conninfo import conninfo_to_dict
 
 name = conninfo_to_dict(sys.argv[2])["dbname"]
 with psycopg.connect(sys.argv[1], autocommit=True) as conn:
-    conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 PY
+    }
+    step "bare install: pgqueue demo --once on $PGQUEUE_CHECK_DSN (worker path, no API)"
+    if ! core/bin/pgqueue --dsn "$dsn" demo --once --jobs 6 | tail -n 3; then
+        drop_scratch
+        exit 1
+    fi
+    drop_scratch
 fi
 
 step "pip install 'pgqueue[api,embedded]'"

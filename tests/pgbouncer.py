@@ -69,7 +69,10 @@ def start(server_dsn: str) -> Iterator[PgBouncer]:
     assert exe is not None, "pgbouncer is not installed"
     params = conninfo_to_dict(server_dsn)
     user = str(params.get("user") or pwd.getpwuid(os.geteuid()).pw_name)
-    password = str(params.get("password") or "")
+    # The password actually used (the DSN's, PGPASSWORD's or .pgpass's): the
+    # server may ask for it whatever the DSN says.
+    with psycopg.connect(server_dsn, connect_timeout=10) as probe:
+        password = probe.info.password or ""
     target = [f"host={params.get('host') or '127.0.0.1'}", f"port={params.get('port') or 5432}"]
     directory = Path(tempfile.mkdtemp(prefix="pgqueue-pgbouncer-"))
     run_as: list[str] = []
@@ -107,10 +110,11 @@ def start(server_dsn: str) -> Iterator[PgBouncer]:
         )
     )
     for path in directory.iterdir():
-        path.chmod(0o644)
+        path.chmod(0o600)  # the auth file holds the password
     if run_as:
         (directory / "pgbouncer.log").touch()
-        shutil.chown(directory / "pgbouncer.log", user=run_as[1])
+        for path in directory.iterdir():
+            shutil.chown(path, user=run_as[1])
     proc = subprocess.Popen(
         [exe, *run_as, str(directory / "pgbouncer.ini")],
         stdin=subprocess.DEVNULL,

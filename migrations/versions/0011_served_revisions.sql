@@ -7,7 +7,7 @@
 -- serves: one row per library head revision whose enqueue, worker and API
 -- work against it. A revision that only adds keeps its predecessors' rows; a
 -- revision that drops what an older release calls removes that release's row.
--- /readyz and the worker read it (docs/operations.md, "Upgrades").
+-- /readyz reads it (docs/operations.md, "Upgrades during a rolling deploy").
 CREATE TABLE pgqueue.served_revisions (
     revision text PRIMARY KEY
 );

@@ -78,3 +78,36 @@ def client_rescue(client: pgqueue.Queue, job_id: int) -> bool:
         return any(found == job_id for found, _ in rescued)
 
     return asyncio.run(rescue())
+
+
+def test_a_job_claimed_by_a_claim_retried_through_an_outage_is_not_fenced(
+    runs_dsn: str, client: pgqueue.Queue, procs: Processes, db_proxy: TcpProxy
+) -> None:
+    """An idle worker's claim keeps failing through an outage longer than its
+    lease bound and then succeeds: the job it returns is as fresh as the try
+    that leased it, so the fence does not stop it (with one attempt, a stopped
+    job would end zombie)."""
+    # A lease bound of 5 s (stale_after - heartbeat_interval), with room after
+    # the outage for the pool to reconnect and the first heartbeat to renew.
+    worker = procs.worker(
+        db_proxy.dsn(runs_dsn),
+        "--heartbeat-interval", "1",
+        "--stale-after", "6",
+        "--rescue-interval", "1",
+        concurrency=1,
+    )  # fmt: skip
+    db_proxy.down()
+    job_id = client.enqueue_sync("slow", {"seconds": 1.0}, max_attempts=1)
+    time.sleep(7)  # the claim retries meanwhile, past the lease bound
+    db_proxy.up()
+    wait_until(
+        lambda: (
+            scalar(runs_dsn, "SELECT status::text FROM pgqueue.jobs WHERE id = %s", [job_id])
+            in ("completed", "zombie", "failed")
+        ),
+        timeout=60,
+        what="the job to end",
+    )
+    status = scalar(runs_dsn, "SELECT status::text FROM pgqueue.jobs WHERE id = %s", [job_id])
+    assert status == "completed", worker.log()[-3000:]
+    assert "stopping 1 tasks" not in worker.log()

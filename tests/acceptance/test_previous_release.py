@@ -104,6 +104,9 @@ def previous_release() -> Path:
     return _previous_release(ROOT / ".pgqueue" / "releases")
 
 
+# Building the previous release's venv (pip, from PyPI) falls inside the first
+# call's set-up; pytest-timeout counts set-up too.
+@pytest.mark.timeout(900)
 def test_previous_release_works_beside_this_one_on_a_schema_at_head(
     previous_release: Path, db_dsn: str, procs: Processes, tmp_path: Path
 ) -> None:

@@ -74,7 +74,7 @@ def test_resolve_dsn_prefers_argument_then_env(monkeypatch: pytest.MonkeyPatch) 
 
 # Every way library code names a query: query("x"), _fetch("x"...), _fetch_sync("x"...),
 # _run("x"...) in the worker's database seam.
-_NAMED = re.compile(r"""(?:\bquery|\._fetch|\._fetch_sync|\._run)\(\s*["'](\w+)["']""")
+_NAMED = re.compile(r"""(?:\bquery|\._fetch|\._fetch_sync|\._run|\._run_timed)\(\s*["'](\w+)["']""")
 
 
 def _names_used_in_code() -> set[str]:
@@ -256,6 +256,7 @@ def test_translate_connection_failure_is_database_unavailable() -> None:
         ("53300", "sorry, too many clients already"),
         ("08006", "connection failure"),
         ("25006", "cannot execute UPDATE in a read-only transaction"),
+        ("57P05", "terminating connection due to idle-session timeout"),
     ],
 )
 def test_translate_session_ended_by_the_server_is_database_unavailable(
@@ -303,3 +304,58 @@ def test_job_failed_carries_status_and_error() -> None:
     assert (exc.job_id, exc.status, exc.error) == (7, "dead_letter", "ValueError: bad")
     assert str(exc) == "job 7 ended dead_letter: ValueError: bad"
     assert "no error recorded" in str(pgqueue.JobFailed(8, "cancelled", None))
+
+
+def test_translate_a_closed_connection_is_database_unavailable() -> None:
+    translated = errors.translate(psycopg.InterfaceError("the connection is closed"))
+    assert isinstance(translated, pgqueue.DatabaseUnavailable)
+
+
+# -- network defaults -----------------------------------------------------------------------
+
+
+def test_network_defaults_fill_only_what_the_dsn_leaves_unset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pgqueue._connect import NETWORK_DEFAULTS, network_defaults
+
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    monkeypatch.delenv("PGSERVICE", raising=False)
+    assert network_defaults("postgresql://u@db/app") == NETWORK_DEFAULTS
+    chosen = network_defaults("postgresql://u@db/app?keepalives_idle=60&tcp_user_timeout=0")
+    assert "keepalives_idle" not in chosen and "tcp_user_timeout" not in chosen
+    assert chosen["keepalives_count"] == NETWORK_DEFAULTS["keepalives_count"]
+    multi = network_defaults("host=a,b port=5432,5433 connect_timeout=3 dbname=app")
+    assert "connect_timeout" not in multi
+
+
+def test_network_defaults_yield_to_the_environment_and_service_files(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pgqueue._connect import connection_kwargs, network_defaults
+
+    monkeypatch.delenv("PGSERVICE", raising=False)
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "30")
+    assert "connect_timeout" not in network_defaults("postgresql://u@db/app")
+    assert "connect_timeout" not in connection_kwargs("postgresql://u@db/app", connect_timeout=5)
+    monkeypatch.delenv("PGCONNECT_TIMEOUT")
+    assert connection_kwargs("postgresql://u@db/app", connect_timeout=5)["connect_timeout"] == "5"
+    assert "connect_timeout" not in connection_kwargs(
+        "postgresql://u@db/app?connect_timeout=2", connect_timeout=5
+    )
+    assert network_defaults("service=mine dbname=app") == {}
+
+
+def test_a_pool_tries_to_reconnect_at_least_every_two_seconds() -> None:
+    """psycopg_pool doubles its reconnection delay for as long as the database
+    stays away; pgqueue's pools cap it, so they come back soon after an outage
+    of any length (and this fails if psycopg_pool's attempt changes shape)."""
+    from pgqueue._connect import RECONNECT_DELAY_CAP, _CappedAttempt
+
+    attempt = _CappedAttempt(timeout=86_400)
+    delays = []
+    for step in range(12):
+        attempt.update_delay(float(step))
+        delays.append(attempt.delay)
+    assert delays[0] < delays[1] <= RECONNECT_DELAY_CAP
+    assert max(delays) == RECONNECT_DELAY_CAP
