@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import faulthandler
 import importlib
 import io
@@ -148,23 +149,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigurationError("name the app with --app MODULE:QUEUE (or set PGQUEUE_APP)")
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     settings = WorkerSettings(
-        concurrency=args.concurrency,
-        poll_interval=args.poll_interval,
-        heartbeat_interval=args.heartbeat_interval,
-        stale_after=args.stale_after,
-        rescue_interval=args.rescue_interval,
-        shutdown_grace=args.shutdown_grace,
-        startup_timeout=args.startup_timeout,
-        listen=not args.no_listen,
-        progress_history=args.progress_history,
-        retain_completed=args.retain_completed,
-        retain_failed=args.retain_failed,
-        prune_interval=args.prune_interval,
-        vacuum_interval=args.vacuum_interval,
-        periodic_interval=args.periodic_interval,
-        max_memory_mb=args.max_memory,
-        metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host,
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(WorkerSettings) if _is_flag(f)}
     )
     worker = _CommandWorker(queue, queues=queues, worker_id=args.worker_id, settings=settings)
     if hasattr(signal, "SIGUSR1"):
@@ -751,6 +736,32 @@ async def cmd_embedded(args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------------------
 
 
+def _is_flag(field: dataclasses.Field[Any]) -> bool:
+    return "flag" in field.metadata
+
+
+def _settings_options(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`WorkerSettings` field that names a flag, with
+    the field's default: the settings are the one place a worker option is
+    defined. A true boolean's flag turns it off (``--no-listen``)."""
+    for field in dataclasses.fields(WorkerSettings):
+        if not _is_flag(field):
+            continue
+        meta = field.metadata
+        if meta["type"] is bool:
+            action = "store_false" if field.default else "store_true"
+            parser.add_argument(meta["flag"], dest=field.name, action=action, help=meta["help"])
+            continue
+        parser.add_argument(
+            meta["flag"],
+            dest=field.name,
+            type=meta["type"],
+            default=field.default,
+            metavar=meta["metavar"],
+            help=meta["help"],
+        )
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line, like every other pgqueue error."""
 
@@ -792,21 +803,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("worker", cmd_worker, "run a worker until SIGTERM/SIGINT")
     app_option(p)
     p.add_argument("--queues", help="comma-separated queues (default: the app's task queues)")
-    p.add_argument("--concurrency", type=int, default=10, help="jobs at once (default 10)")
     p.add_argument(
         "--worker-id",
         help="prefix of the id in leases and logs (default host:pid); "
         "a random suffix keeps it unique",
     )
-    p.add_argument("--poll-interval", type=float, default=1.0, help="idle poll seconds")
-    p.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds (default 5)")
-    p.add_argument("--stale-after", type=float, default=20.0, help="lease lost after (20 s)")
-    p.add_argument("--rescue-interval", type=float, default=5.0, help="rescue pass every (5 s)")
-    p.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds (default 30)")
-    p.add_argument(
-        "--startup-timeout", type=float, default=60.0, help="wait for the database (60 s)"
-    )
-    p.add_argument("--no-listen", action="store_true", help="poll only, no LISTEN/NOTIFY")
     p.add_argument(
         "--loop",
         choices=LOOPS,
@@ -814,48 +815,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="event loop: uvloop when installed (auto, the default; $PGQUEUE_LOOP), or force one",
     )
     p.add_argument("--until-idle", action="store_true", help="exit when the queues are empty")
-    p.add_argument(
-        "--progress-history", type=int, default=100, help="progress reports kept per job (100)"
-    )
-    p.add_argument(
-        "--retain-completed", type=float, default=86400.0, help="keep completed jobs (1 day)"
-    )
-    p.add_argument(
-        "--retain-failed", type=float, default=7 * 86400.0, help="keep other ended jobs (7 days)"
-    )
-    p.add_argument(
-        "--prune-interval", type=float, default=60.0, help="retention pass every (60 s; 0: off)"
-    )
-    p.add_argument(
-        "--vacuum-interval",
-        type=float,
-        default=5.0,
-        help="VACUUM pgqueue's tables when full of dead rows, checked every (5 s; 0: off)",
-    )
-    p.add_argument(
-        "--periodic-interval",
-        type=float,
-        default=5.0,
-        help="periodic scheduler: longest sleep between passes (5 s; 0: off in this worker)",
-    )
-    p.add_argument(
-        "--max-memory",
-        type=float,
-        default=0.0,
-        metavar="MIB",
-        help="resident memory limit: over it, running attempts fail and the worker exits 1",
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
-    )
-    p.add_argument(
-        "--metrics-host",
-        default="127.0.0.1",
-        help="address the metrics endpoint binds (default 127.0.0.1)",
-    )
+    _settings_options(p)
 
     p = command("enqueue", cmd_enqueue, "enqueue one job of a registered task")
     app_option(p)

@@ -186,3 +186,20 @@ def test_loop_factory_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_json_nested_too_deeply_is_one_clear_error(parse: Any, text: str) -> None:
     with pytest.raises(cli.CommandError, match="nested too deeply"):
         parse(text)
+
+
+def test_worker_options_come_from_the_settings_with_their_defaults() -> None:
+    import dataclasses
+
+    from pgqueue import WorkerSettings
+
+    args = cli.build_parser().parse_args(["worker", "--app", "m:q"])
+    flagged = [f for f in dataclasses.fields(WorkerSettings) if "flag" in f.metadata]
+    assert len(flagged) >= 15
+    defaults = WorkerSettings()
+    for field in flagged:
+        assert getattr(args, field.name) == getattr(defaults, field.name), field.name
+    args = cli.build_parser().parse_args(
+        ["worker", "--app", "m:q", "--no-listen", "--max-memory", "512", "--metrics-port", "9"]
+    )
+    assert (args.listen, args.max_memory_mb, args.metrics_port) == (False, 512.0, 9)
