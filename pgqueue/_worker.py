@@ -45,6 +45,7 @@ from . import _connect, _metrics
 from ._context import JobContext
 from ._database import ClaimedJob, Failure, Lease, Release, WorkerDatabase
 from ._maintenance import Tally, jitter, memory, pruner, reason, rescuer, scheduler, vacuumer
+from ._notifier import listen_forever
 from ._queue import Queue, Task, encode_json
 from .errors import (
     ConfigurationError,
@@ -1123,25 +1124,13 @@ class Worker:
                 log.exception("could not record progress of job %s", lease.job_id)
 
     async def _listen_loop(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                conn = await self.queue.listen_connection()
-            except psycopg.Error as exc:
-                log.warning("LISTEN connection failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.1
-            try:
-                async with conn:
-                    await conn.execute("LISTEN pgqueue_enqueue")
-                    await conn.execute("LISTEN pgqueue_cancel")
-                    self._wakeup.set()  # anything enqueued while we were not listening
-                    async for note in conn.notifies():
-                        self._on_notify(note.channel, note.payload)
-            except psycopg.Error as exc:
-                log.warning("LISTEN connection lost (%s); reconnecting", exc)
+        await listen_forever(
+            self.queue.listen_connection,
+            ("pgqueue_enqueue", "pgqueue_cancel"),
+            self._on_notify,
+            on_connect=self._wakeup.set,  # anything enqueued while we were not listening
+            logger=log,
+        )
 
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == "pgqueue_enqueue":

@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 
 import pgqueue
+from pgqueue._notifier import listen_forever
 
 from ._auth import Principal
 
@@ -206,40 +207,41 @@ class Broadcaster:
     # -- the loops ----------------------------------------------------------------------
 
     async def _listen(self) -> None:
-        delay = self._reconnect_delay
         lost = False
-        while True:
-            try:
-                # PGQUEUE_LISTEN_DSN when set: LISTEN needs a session of its
-                # own, which a pooler in transaction mode does not give.
-                conn = await self._queue.listen_connection(connect_timeout=_CONNECT_TIMEOUT)
-                async with conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    # A client that subscribed while we were not listening got
-                    # a snapshot that may predate changes no notification told
-                    # us of: resync now that nothing can be missed any more.
-                    self._resync()
-                    if lost:
-                        log.info("listening on %s again", CHANNEL)
-                    lost = False
-                    self.connected = True
-                    self._listening.set()
-                    delay = self._reconnect_delay
-                    log.debug("listening on %s", CHANNEL)
-                    async for note in conn.notifies():
-                        self._raw.put_nowait(note.payload)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                reason = str(exc).strip().partition("\n")[0] or repr(exc)
-                log.warning("LISTEN %s lost (%s); reconnecting in %.1f s", CHANNEL, reason, delay)
-            finally:
-                if self.connected:
-                    self._resync()
-                    lost = True
-                self.connected = False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _MAX_RECONNECT_DELAY)
+
+        def connected() -> None:
+            nonlocal lost
+            # A client that subscribed while we were not listening got a
+            # snapshot that may predate changes no notification told us of:
+            # resync now that nothing can be missed any more.
+            self._resync()
+            if lost:
+                log.info("listening on %s again", CHANNEL)
+            lost = False
+            self.connected = True
+            self._listening.set()
+
+        def disconnected() -> None:
+            nonlocal lost
+            self._resync()
+            lost = True
+            self.connected = False
+
+        async def connect() -> psycopg.AsyncConnection[Any]:
+            # PGQUEUE_LISTEN_DSN when set: LISTEN needs a session of its own,
+            # which a pooler in transaction mode does not give.
+            return await self._queue.listen_connection(connect_timeout=_CONNECT_TIMEOUT)
+
+        await listen_forever(
+            connect,
+            (CHANNEL,),
+            lambda _channel, payload: self._raw.put_nowait(payload),
+            on_connect=connected,
+            on_lost=disconnected,
+            first_delay=self._reconnect_delay,
+            max_delay=_MAX_RECONNECT_DELAY,
+            logger=log,
+        )
 
     def _resync(self) -> None:
         """Changes made while not listening are unknown: start a new epoch (so old

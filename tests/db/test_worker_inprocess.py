@@ -881,7 +881,7 @@ async def test_listen_wakes_an_idle_worker(queue: pgqueue.Queue, db_dsn: str) ->
         with psycopg.connect(db_dsn, autocommit=True) as conn:
             row = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
-                " AND query = 'LISTEN pgqueue_cancel' AND state = 'idle'",
+                " AND query LIKE 'LISTEN %%pgqueue_cancel%%' AND state = 'idle'",
                 (dbname,),
             ).fetchone()
         return bool(row and row[0])
