@@ -286,7 +286,10 @@ def run_failover(
     assert invariants["miscounted_batches"] == 0, invariants
     assert "CheckViolation" not in tails and "violates check constraint" not in tails
     assert set(statuses) <= {200, 503}, (report["api_answers"], api_log.read_text()[-3000:])
-    assert 503 in statuses, "the API never saw the switch"
+    # The probe ran across the switch. A request then answers 503, or waits
+    # within the API's connection timeout for the new primary and answers 200
+    # (a quick promotion leaves no 503 at all); never a 500, never no answer.
+    assert any(at < crashed for at, _, _ in probe.answers), "the probe missed the switch"
     assert after and after[-1] == 200 and 200 in after
     if synchronous:
         assert report["lost_enqueues"] == 0, report
