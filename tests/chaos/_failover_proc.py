@@ -26,21 +26,22 @@ from typing import Any
 
 
 def worker(ledger: Path, flags: list[str]) -> int:
-    from pgqueue import _worker
+    from pgqueue._database import WorkerDatabase
     from pgqueue.cli import main
 
-    complete = _worker.Worker._complete
+    # The worker's seam to its database, recording what it acknowledged (the
+    # recorded task returns its n, so each result names its job's n).
+    complete_many = WorkerDatabase.complete_many
     out = ledger.open("a", buffering=1)
 
-    async def recording(self: _worker.Worker, batch: list[Any]) -> list[Any]:
-        rows = await complete(self, batch)
-        applied = {(row[0], row[1]) for row in rows}
-        for lease, _ in batch:
-            if lease.key in applied:
-                out.write(f"{lease.job_id} {lease.attempt} {lease.ctx.args.get('n')}\n")
-        return rows
+    async def recording(self: WorkerDatabase, results: Any) -> Any:
+        applied = await complete_many(self, results)
+        for lease, result in results:
+            if lease in applied:
+                out.write(f"{lease.job_id} {lease.attempt} {result.obj}\n")
+        return applied
 
-    _worker.Worker._complete = recording  # type: ignore[method-assign]
+    WorkerDatabase.complete_many = recording  # type: ignore[method-assign]
     return main(["worker", *flags])
 
 
