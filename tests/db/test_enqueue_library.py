@@ -296,7 +296,12 @@ async def test_oversized_arguments_are_refused_naming_the_limit(db_dsn: str) -> 
 async def _end_other_sessions(conn: Conn) -> None:
     """End every other session on the test database, as a restart or a
     failover of the server would, and wait until they are gone."""
-    others = "datname = current_database() AND pid <> pg_backend_pid()"
+    # client sessions only: an autovacuum worker on the database is not one of
+    # the pool's and comes back on its own
+    others = (
+        "datname = current_database() AND pid <> pg_backend_pid()"
+        " AND backend_type = 'client backend'"
+    )
     ended = scalar(
         conn, f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {others}"
     )
