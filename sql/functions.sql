@@ -991,7 +991,8 @@ BEGIN
                run_at = CASE WHEN cur.next = 'retrying'
                              THEN ts.now + COALESCE(p_retry_in, pgqueue.retry_backoff(j.attempts))
                              ELSE j.run_at END,
-               paused = j.batch_id IS NOT NULL AND pgqueue.batch_paused(j.batch_id),
+               paused = j.executor IS NOT NULL
+                        OR (j.batch_id IS NOT NULL AND pgqueue.batch_paused(j.batch_id)),
                completed_at = CASE WHEN cur.next = 'retrying' THEN NULL
                                    ELSE GREATEST(ts.now, j.created_at, j.started_at, j.leased_at) END
           FROM ts, cur
@@ -1039,10 +1040,48 @@ BEGIN
     END IF;
 END $$;
 
+-- A job another executor runs (executor set: a procrastinate job mirrored by
+-- the bridge, docs/procrastinate.md) is cancelled and replayed through that
+-- executor, whose own tables decide; its bridge then moves the mirror in the
+-- same transaction. A bridge is schema pgqueue_<executor> with the functions
+-- cancel(bigint) and replay(bigint, integer), each taking the mirror's id.
+CREATE OR REPLACE FUNCTION pgqueue.executor_action(
+    p_id bigint, p_executor text, p_action text, p_extra_attempts integer DEFAULT NULL
+) RETURNS pgqueue.job_status LANGUAGE plpgsql AS $$
+DECLARE
+    v_fn     text := format('%I.%I', 'pgqueue_' || p_executor, p_action);
+    v_status pgqueue.job_status;
+BEGIN
+    IF to_regproc(v_fn) IS NULL THEN
+        RAISE EXCEPTION 'pgqueue: cannot % job %: % runs it, and the pgqueue bridge for % is not installed',
+            p_action, p_id, p_executor, p_executor USING ERRCODE = 'PQ002';
+    END IF;
+    IF p_action = 'cancel' THEN
+        EXECUTE format('SELECT %s($1)', v_fn) INTO v_status USING p_id;
+    ELSE
+        EXECUTE format('SELECT %s($1, $2)', v_fn) INTO v_status USING p_id, p_extra_attempts;
+    END IF;
+    RETURN v_status;
+END $$;
+
 -- cancel: operator/user cancel. pending or retrying jobs end at once; a
 -- running job ends cancelled too, its lease becomes stale (the worker's late
 -- result is refused) and its worker is told through NOTIFY pgqueue_cancel.
 CREATE OR REPLACE FUNCTION pgqueue.cancel(p_id bigint)
+RETURNS pgqueue.job_status LANGUAGE plpgsql AS $$
+DECLARE
+    v_executor text;
+BEGIN
+    SELECT executor INTO v_executor FROM pgqueue.jobs WHERE id = p_id;
+    IF v_executor IS NOT NULL THEN
+        RETURN pgqueue.executor_action(p_id, v_executor, 'cancel');
+    END IF;
+    RETURN pgqueue.end_cancelled(p_id, 'cancelled while running');
+END $$;
+
+-- end_cancelled: the cancel transition itself, for cancel and for bridges
+-- (an executor's cancel or abort). p_reason is the running attempt's error.
+CREATE OR REPLACE FUNCTION pgqueue.end_cancelled(p_id bigint, p_reason text)
 RETURNS pgqueue.job_status LANGUAGE plpgsql AS $$
 DECLARE
     v_prev pgqueue.job_status;
@@ -1061,7 +1100,7 @@ BEGIN
     ),
     history AS (
         INSERT INTO pgqueue.attempts (job_id, attempt, worker_id, started_at, ended_at, outcome, error)
-        SELECT id, attempts, worker_id, leased_at, completed_at, 'cancelled', 'cancelled while running'
+        SELECT id, attempts, worker_id, leased_at, completed_at, 'cancelled', p_reason
           FROM cancelled WHERE was = 'running'
     )
     SELECT was INTO v_prev FROM cancelled;
@@ -1105,7 +1144,7 @@ BEGIN
                LATERAL (SELECT COALESCE(j.lease_timeout, p_stale_after) AS stale_after) AS l,
                LATERAL (SELECT j.timeout IS NOT NULL
                                AND j.leased_at + j.timeout + l.stale_after < ts.now AS overdue) AS o
-         WHERE j.status = 'running'
+         WHERE j.status = 'running' AND j.executor IS NULL
            AND (j.heartbeat_at < ts.now - l.stale_after OR o.overdue)
          ORDER BY j.id
          LIMIT p_limit
@@ -1142,10 +1181,15 @@ END $$;
 CREATE OR REPLACE FUNCTION pgqueue.replay(p_id bigint, p_extra_attempts integer DEFAULT 1)
 RETURNS pgqueue.job_status LANGUAGE plpgsql AS $$
 DECLARE
-    v_batch pgqueue.batches%ROWTYPE;
+    v_batch    pgqueue.batches%ROWTYPE;
+    v_executor text;
 BEGIN
     IF p_extra_attempts IS NULL OR p_extra_attempts < 1 THEN
         RAISE EXCEPTION 'pgqueue: replay: extra attempts must be at least 1' USING ERRCODE = '22023';
+    END IF;
+    SELECT executor INTO v_executor FROM pgqueue.jobs WHERE id = p_id;
+    IF v_executor IS NOT NULL THEN
+        RETURN pgqueue.executor_action(p_id, v_executor, 'replay', p_extra_attempts);
     END IF;
     -- Lock the batch before the child, so a concurrent cancel_batch (which
     -- locks active children, then the batch) cannot miss this child.
@@ -1362,7 +1406,8 @@ BEGIN
     IF p_ids IS NOT NULL THEN
         -- rows this statement already changed (and locked): no new lock waits
         UPDATE pgqueue.jobs SET paused = b.paused
-         WHERE id = ANY(p_ids) AND status IN ('pending', 'retrying') AND paused <> b.paused;
+         WHERE id = ANY(p_ids) AND status IN ('pending', 'retrying') AND paused <> b.paused
+           AND executor IS NULL;
     END IF;
     b.total := b.total - d.deleted;
     b.pending := b.pending + d.pending;
@@ -1516,6 +1561,12 @@ RETURNS pgqueue.batch_status LANGUAGE plpgsql AS $$
 DECLARE
     v_status pgqueue.batch_status;
 BEGIN
+    IF EXISTS (SELECT 1 FROM pgqueue.jobs WHERE batch_id = p_id AND executor IS NOT NULL) THEN
+        RAISE EXCEPTION 'pgqueue: cannot pause batch %: its jobs are run by %, which pgqueue cannot hold back (cancel the batch instead)',
+            p_id, (SELECT j.executor FROM pgqueue.jobs j
+                    WHERE j.batch_id = p_id AND j.executor IS NOT NULL LIMIT 1)
+            USING ERRCODE = 'PQ002';
+    END IF;
     PERFORM 1 FROM pgqueue.jobs
      WHERE batch_id = p_id AND status IN ('pending', 'retrying') AND NOT paused
      ORDER BY id
@@ -1542,8 +1593,9 @@ DECLARE
     v_status pgqueue.batch_status;
     v_queue  text;
 BEGIN
-    PERFORM 1 FROM pgqueue.jobs WHERE batch_id = p_id AND paused ORDER BY id FOR UPDATE;
-    UPDATE pgqueue.jobs SET paused = false WHERE batch_id = p_id AND paused;
+    PERFORM 1 FROM pgqueue.jobs WHERE batch_id = p_id AND paused AND executor IS NULL
+     ORDER BY id FOR UPDATE;
+    UPDATE pgqueue.jobs SET paused = false WHERE batch_id = p_id AND paused AND executor IS NULL;
     UPDATE pgqueue.batches
        SET paused = false,
            status = CASE WHEN pending = total THEN 'pending' ELSE 'running' END::pgqueue.batch_status
@@ -1565,7 +1617,26 @@ END $$;
 -- job is not enqueued. Lock order: active children (id order), then the batch.
 CREATE OR REPLACE FUNCTION pgqueue.cancel_batch(p_id bigint)
 RETURNS pgqueue.batch_status LANGUAGE plpgsql AS $$
+DECLARE
+    v_child  record;
+    v_mirror boolean := false;
 BEGIN
+    -- Children another executor runs are cancelled through it first, each
+    -- locking its executor's row, then the mirror, then the batch: the order
+    -- of that executor's own statements. If that finishes the batch, it is
+    -- still this cancel that ends it.
+    IF NOT EXISTS (SELECT 1 FROM pgqueue.batches WHERE id = p_id AND completed_at IS NULL) THEN
+        PERFORM pgqueue.raise_batch_error(p_id, 'cancel');
+    END IF;
+    FOR v_child IN
+        SELECT j.id, j.executor FROM pgqueue.jobs j
+         WHERE j.batch_id = p_id AND j.executor IS NOT NULL
+           AND j.status IN ('pending', 'retrying', 'running')
+         ORDER BY j.id
+    LOOP
+        PERFORM pgqueue.executor_action(v_child.id, v_child.executor, 'cancel');
+        v_mirror := true;
+    END LOOP;
     PERFORM 1 FROM pgqueue.jobs
      WHERE batch_id = p_id AND status IN ('pending', 'retrying', 'running')
      ORDER BY id
@@ -1573,8 +1644,9 @@ BEGIN
     UPDATE pgqueue.batches
        SET status = 'cancelled', paused = false,
            started_at = COALESCE(started_at, GREATEST(clock_timestamp(), created_at)),
-           completed_at = GREATEST(clock_timestamp(), created_at, started_at)
-     WHERE id = p_id AND completed_at IS NULL;
+           completed_at = COALESCE(CASE WHEN v_mirror THEN completed_at END,
+                                   GREATEST(clock_timestamp(), created_at, started_at))
+     WHERE id = p_id AND (completed_at IS NULL OR v_mirror);
     IF NOT FOUND THEN
         PERFORM pgqueue.raise_batch_error(p_id, 'cancel');
     END IF;

@@ -46,11 +46,14 @@ CREATE TABLE pgqueue.jobs (
     owner            text,
     batch_id         bigint,               -- REFERENCES pgqueue.batches, added below
     metadata         jsonb NOT NULL DEFAULT '{}'::jsonb,
-    paused           boolean NOT NULL DEFAULT false,  -- its batch is paused: not claimable
+    paused           boolean NOT NULL DEFAULT false,  -- not claimable: its batch is paused,
+                                                      -- or another executor runs it
     dedupe_key       text,                 -- unique jobs: the key, per task (docs/scheduling.md)
     dedupe_scope     text,                 -- ... and how long the job holds it
     concurrency_key  text,                 -- at most concurrency_limit running jobs per key
     concurrency_limit integer,             -- ... (docs/scheduling.md)
+    executor         text,                 -- NULL: pgqueue's workers run it; else the executor
+    external_id      bigint,               -- ... that does, and its id there (a mirror row)
 
     CONSTRAINT jobs_queue_valid CHECK (queue <> '' AND length(queue) <= 128),
     CONSTRAINT jobs_task_valid CHECK (task <> '' AND length(task) <= 256),
@@ -80,6 +83,11 @@ CREATE TABLE pgqueue.jobs (
         (concurrency_key IS NULL) = (concurrency_limit IS NULL)
         AND length(concurrency_key) BETWEEN 1 AND 512
         AND concurrency_limit >= 1),
+    -- A mirror of another executor's job (docs/procrastinate.md) is moved by
+    -- that executor's bridge only: never claimable, so pgqueue never runs it.
+    CONSTRAINT jobs_executor_valid CHECK (
+        (executor IS NULL AND external_id IS NULL)
+        OR (executor = 'procrastinate' AND external_id IS NOT NULL AND paused)),
     CONSTRAINT jobs_running_has_lease CHECK (
         status <> 'running'
         OR (attempts >= 1 AND worker_id IS NOT NULL
@@ -126,6 +134,10 @@ CREATE UNIQUE INDEX jobs_dedupe_held_idx ON pgqueue.jobs (task, dedupe_key)
     WHERE dedupe_key IS NOT NULL
       AND ((dedupe_scope = 'pending' AND status = 'pending' AND attempts = 0)
            OR (dedupe_scope = 'active' AND status IN ('pending', 'retrying', 'running')));
+
+-- A mirror by its executor's id (the bridge's triggers find it so).
+CREATE UNIQUE INDEX jobs_external_idx ON pgqueue.jobs (executor, external_id)
+    WHERE executor IS NOT NULL;
 
 -- Window-scoped unique jobs: the newest job of a key, by creation time.
 CREATE INDEX jobs_dedupe_created_idx ON pgqueue.jobs (task, dedupe_key, created_at)
@@ -264,4 +276,4 @@ CREATE TABLE pgqueue.periodic_ticks (
 CREATE TABLE pgqueue.served_revisions (
     revision text PRIMARY KEY
 );
-INSERT INTO pgqueue.served_revisions (revision) VALUES ('0010'), ('0011'), ('0012');
+INSERT INTO pgqueue.served_revisions (revision) VALUES ('0010'), ('0011'), ('0012'), ('0013');
