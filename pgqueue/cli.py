@@ -733,6 +733,65 @@ async def cmd_embedded(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_procrastinate(args: argparse.Namespace) -> int:
+    """The procrastinate bridge's SQL: install, uninstall, check, one recovery pass."""
+    # Imported here: the bridge is an extra, and none of this imports procrastinate.
+    from .procrastinate import _attach, _install
+
+    action = args.procrastinate_command
+    if action == "recover":
+        seconds = _attach.check_recovery(args.stalled_after, args.policy)
+    dsn = _connect.resolve_dsn(args.dsn)
+    try:
+        conn = await _connect.connect(dsn, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+    async with conn:
+        if action == "install":
+            version = await _install.install(conn)
+            report: dict[str, Any] = {"installed": version}
+            text = f"procrastinate bridge installed (version {version})"
+        elif action == "uninstall":
+            was = await _install.uninstall(conn)
+            report = {"uninstalled": was}
+            text = (
+                f"procrastinate bridge uninstalled (was version {was})"
+                if was is not None
+                else "procrastinate bridge was not installed (nothing left to remove)"
+            )
+        elif action == "check":
+            differences = await _install.catalog_differences(conn)
+            found = await _install.installed_version(conn)
+            report = {"differences": differences, "bridge_version": found}
+            lines = [f"differs: {d}" for d in differences] or [
+                "procrastinate's schema is what the bridge expects"
+            ]
+            lines.append(
+                f"bridge: installed (version {found})"
+                if found is not None
+                else "bridge: not installed (pgqueue procrastinate install)"
+            )
+            text = "\n".join(lines)
+        else:
+            async with conn.cursor() as cur:
+                params = {"seconds": seconds, "policy": args.policy}
+                await cur.execute(_attach.RECOVER_QUERY, params)
+                rows = await cur.fetchall()
+            recovered = [{"job_id": int(j), "action": str(a)} for j, a in rows]
+            report = {"recovered": recovered}
+            text = f"recovered {len(recovered)} procrastinate jobs of stalled workers"
+            if recovered:
+                rows_out = [[r["job_id"], r["action"]] for r in recovered]
+                text += "\n" + _table(["procrastinate job", "action"], rows_out)
+    if args.json:
+        _print_json(report)
+    else:
+        print(text)
+    if action == "check" and report["differences"]:
+        return 1
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------
 
 
@@ -937,6 +996,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_periodic)
     app_option(p)
     json_option(p)
+
+    bridge = sub.add_parser(
+        "procrastinate",
+        help="the procrastinate bridge: install, uninstall, check, recover",
+        description="the procrastinate bridge (pip install 'pgqueue[procrastinate]'): every "
+        "procrastinate job mirrored in pgqueue.jobs",
+    )
+    bridge_sub = bridge.add_subparsers(
+        dest="procrastinate_command", required=True, metavar="ACTION"
+    )
+
+    def bridge_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = bridge_sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=cmd_procrastinate)
+        json_option(p)
+        return p
+
+    bridge_command(
+        "install", "install the bridge's SQL (after `procrastinate schema --apply`; idempotent)"
+    )
+    bridge_command("uninstall", "remove the bridge's SQL")
+    bridge_command(
+        "check", "compare procrastinate's schema with what the bridge expects (1 if it differs)"
+    )
+    p = bridge_command(
+        "recover", "one recovery pass over the jobs of stalled procrastinate workers"
+    )
+    p.add_argument(
+        "--stalled-after",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a worker silent this long is stalled (default 60)",
+    )
+    p.add_argument(
+        "--policy",
+        choices=["retry", "fail"],
+        default="retry",
+        help="retry its jobs through procrastinate (default) or fail them",
+    )
 
     p = command(
         "demo",
