@@ -46,12 +46,17 @@ class Job:
     owner: str | None
     batch_id: int | None
     metadata: dict[str, Any]
+    # None: pgqueue's workers run it; "procrastinate": a procrastinate job the
+    # bridge mirrors (docs/procrastinate.md), whose id there is external_id
+    executor: str | None = None
+    external_id: int | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
         """Build from a ``dict_row`` of ``pgqueue.jobs``; unknown columns are ignored
-        so a newer schema does not break an older client."""
-        values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
+        so a newer schema does not break an older client, and columns an older
+        schema lacks keep their defaults."""
+        values = {f.name: row[f.name] for f in dataclasses.fields(cls) if f.name in row}
         values["status"] = JobStatus(values["status"])
         return cls(**values)
 

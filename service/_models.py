@@ -258,6 +258,12 @@ class JobOut(BaseModel):
     owner: str | None
     batch_id: int | None
     metadata: dict[str, Any]
+    executor: str | None = Field(
+        default=None,
+        description="who runs it: null for pgqueue's workers, 'procrastinate' for a"
+        " procrastinate job the bridge mirrors (docs/procrastinate.md)",
+    )
+    external_id: int | None = Field(default=None, description="the job's id in its executor")
 
     @classmethod
     def of(cls, job: pgqueue.Job) -> JobOut:

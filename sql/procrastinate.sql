@@ -117,6 +117,9 @@ BEGIN
                                 WHEN p.status::text IN ('succeeded', 'failed') THEN 1
                                 ELSE 0 END AS attempts) AS s
      WHERE p.id = ANY (p_ids)
+       -- the bridge's own recovery pass (a periodic procrastinate task) is
+       -- housekeeping, not a job anyone follows
+       AND p.task_name <> 'pgqueue.recover_stalled'
      ORDER BY p.id
     ON CONFLICT (executor, external_id) WHERE executor IS NOT NULL DO NOTHING;
     GET DIAGNOSTICS v_n = ROW_COUNT;

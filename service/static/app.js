@@ -162,9 +162,16 @@ function actions(job) {
   return cell;
 }
 
+// A job another executor runs (a procrastinate job the bridge mirrors) says so.
+function taskCell(job) {
+  return el("td", {}, job.task || "",
+            job.executor ? el("span", { class: "badge executor", title: `${job.executor} job ${job.external_id}` },
+                              job.executor) : "");
+}
+
 function activeRow(job) {
   return el("tr", { "data-job-id": String(job.id) },
-            el("td", {}, String(job.id)), el("td", {}, job.task || ""), el("td", {}, job.queue || ""),
+            el("td", {}, String(job.id)), taskCell(job), el("td", {}, job.queue || ""),
             el("td", { class: "status " + job.status }, job.status),
             el("td", {}, progressBar(job)),
             el("td", {}, job.attempts !== undefined ? `${job.attempts}/${job.max_attempts}` : ""),
@@ -210,7 +217,7 @@ async function refreshFailures() {
   const page = await api("/jobs?status=" + FAILED.join(",") + "&limit=20");
   $("failures").replaceChildren(...page.items.map((job) =>
     el("tr", { "data-job-id": String(job.id) },
-       el("td", {}, String(job.id)), el("td", {}, job.task),
+       el("td", {}, String(job.id)), taskCell(job),
        el("td", { class: "status " + job.status }, job.status),
        el("td", {}, job.completed_at ? new Date(job.completed_at).toLocaleTimeString() : ""),
        el("td", {}, errorText(job.error)),

@@ -586,3 +586,12 @@ def test_cancel_of_a_mirror_without_the_bridge_says_so(pc: Conn) -> None:
     # procrastinate works on, untouched
     p.defer()
     assert scalar(pc, "SELECT count(*) FROM procrastinate_jobs") == 2
+
+
+def test_the_bridges_own_recovery_task_is_not_mirrored(pc: Conn) -> None:
+    p = Procrastinate(pc)
+    job = p.defer(task="pgqueue.recover_stalled")
+    assert p.fetch() == job
+    p.finish(job, "succeeded")
+    assert scalar(pc, "SELECT count(*) FROM pgqueue.jobs") == 0
+    assert scalar(pc, "SELECT count(*) FROM pgqueue_procrastinate.errors") == 0
