@@ -31,7 +31,6 @@ import os
 import signal
 import socket
 import time
-import traceback
 import uuid
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,9 +41,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from . import _connect, _metrics
+from ._completer import Completer, Outcome, Stopped, Success, format_error
 from ._context import JobContext
 from ._database import ClaimedJob, Failure, Lease, Release, WorkerDatabase
-from ._maintenance import Tally, jitter, memory, pruner, reason, rescuer, scheduler, vacuumer
+from ._maintenance import Tally, jitter, memory, pruner, rescuer, scheduler, vacuumer
 from ._notifier import listen_forever
 from ._queue import Queue, Task, encode_json
 from .errors import (
@@ -56,8 +56,6 @@ from .errors import (
 )
 
 log = logging.getLogger("pgqueue.worker")
-
-_MAX_ERROR_CHARS = 16_000
 
 # What a task that returns None stores (JSON null), made once, not per job.
 _NULL_RESULT = Jsonb(None, dumps=lambda _value: "null")
@@ -72,11 +70,6 @@ OUTCOME_DEADLINE = 10.0
 THREAD_RELEASE_DELAY = 2.0
 """Seconds before a job whose sync thread could not be stopped at shutdown
 becomes claimable again."""
-
-# SQLSTATE classes of errors a result's content causes: data exceptions (22),
-# integrity violations (23), program limits exceeded (54). Only these may fail
-# a job whose task succeeded; any other error says nothing about the result.
-_CONTENT_ERROR_CLASSES = frozenset({"22", "23", "54"})
 
 
 @dataclasses.dataclass(eq=False)
@@ -267,22 +260,6 @@ class WorkerSettings:
             raise ConfigurationError("stale_after must exceed two heartbeat intervals")
 
 
-def _sqlstate(exc: BaseException | None) -> str | None:
-    """The SQLSTATE of a database error, or of the one it was translated from."""
-    while exc is not None:
-        if isinstance(exc, psycopg.Error) and exc.sqlstate:
-            return exc.sqlstate
-        exc = exc.__cause__
-    return None
-
-
-def _caused_by_content(exc: BaseException) -> bool:
-    """Whether the database refused the statement for the values it was given
-    (as opposed to the connection, the session or the protocol failing)."""
-    state = _sqlstate(exc)
-    return state is not None and state[:2] in _CONTENT_ERROR_CLASSES
-
-
 def _failure(
     error: str, retryable: bool, timed_out: bool = False, retry_delay: float | None = None
 ) -> Failure:
@@ -293,13 +270,6 @@ def _failure(
     if retryable and retry_delay is not None:
         retry_in = timedelta(seconds=max(0.0, retry_delay))
     return Failure(error, retryable, timed_out, retry_in)
-
-
-def _format_error(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception(exc)).strip()
-    if len(text) > _MAX_ERROR_CHARS:
-        text = "..." + text[-_MAX_ERROR_CHARS:]
-    return text
 
 
 class Worker:
@@ -332,16 +302,13 @@ class Worker:
         self._leases: dict[Lease, _Lease] = {}
         self._running = 0  # leases whose body has not ended
         self._until_idle = False
-        self._completions: list[tuple[_Lease, Jsonb]] = []
         self._stopping = False
         self._stop_requested: float | None = None  # monotonic time of the first stop()
         self._hard_stop = False
         self._wakeup = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._completion_ready = asyncio.Event()
         self._progress_ready = asyncio.Event()
         self._outcomes_pending: set[asyncio.Task[None]] = set()
-        self._flushing = False
         self._abandoned: list[concurrent.futures.Future[Any]] = []
         self._release_at_exit: list[_Lease] = []
         self._rate_limited: bool | None = None  # was a queue held back by its rate limit?
@@ -354,12 +321,15 @@ class Worker:
         self._metrics_server: asyncio.Server | None = None
         self.jobs_done = 0
         """Attempts this worker finished (any outcome); for tests and the demo."""
-        self.outcomes: collections.Counter[str] = collections.Counter()
-        """Attempts by how they ended as far as this worker wrote it:
-        ``completed``, the job's status after a failure (``retrying``,
-        ``failed``, ``dead_letter``, ``timeout``...), ``released`` (handed
-        back), ``stopped`` (lease lost or cancelled), ``refused`` (a late
-        outcome the database turned down) or ``unrecorded`` (left for rescue)."""
+        self.completer = Completer(
+            lambda: self.db,
+            forget=self._forget,
+            held=lambda key: key in self._leases,
+            giving_up=lambda: self._hard_stop,
+            retry_for=self.settings.stale_after,
+        )
+        self.outcomes: collections.Counter[str] = self.completer.outcomes
+        """Attempts by how they ended (see :attr:`Completer.outcomes`)."""
         self._tally = Tally()
         self.maintenance_passes = self._tally.passes
         """Maintenance passes run, by duty (rescue, prune, vacuum, periodic)."""
@@ -415,7 +385,7 @@ class Worker:
             type(self._loop).__module__.partition(".")[0],
         )
         helpers = [
-            asyncio.create_task(self._flush_completions_loop(), name="pgqueue-complete"),
+            asyncio.create_task(self.completer.run(), name="pgqueue-complete"),
             asyncio.create_task(self._heartbeat_loop(), name="pgqueue-heartbeat"),
             asyncio.create_task(self._fence_loop(), name="pgqueue-fence"),
             asyncio.create_task(self._progress_loop(), name="pgqueue-progress"),
@@ -603,7 +573,7 @@ class Worker:
                     # committed rows this worker never saw. Hand them back.
                     await self._release_orphans(time.monotonic() - claim_started)
                 if len(claimed) < free:
-                    idle = not claimed and not self._leases and not self._completions
+                    idle = not claimed and not self._leases and not self.completer.busy
                     if self._until_idle and idle and not await self._has_unfinished():
                         return
                     sleep = jitter(settings.poll_interval)
@@ -667,8 +637,15 @@ class Worker:
     # -- running a job -----------------------------------------------------------------
 
     async def _execute(self, lease: _Lease) -> None:
-        """Run one attempt and write its outcome: exactly one of complete
-        (batched), fail, release, or nothing when the lease is already gone."""
+        """Run one attempt and hand its outcome to the completer."""
+        outcome = await self._attempt(lease)
+        if outcome is not None:
+            await self.completer.record(lease.key, outcome)
+
+    async def _attempt(self, lease: _Lease) -> Outcome | None:
+        """Run one attempt; its outcome, or None when there is none to write
+        now (a shutdown holds a thread that cannot be stopped: its job is
+        handed back just before the process exits)."""
         task = self.queue.tasks.get(lease.task_name)
         # no timeout, no timer: asyncio.timeout(None) would still cost its setup
         timeout_cm = None if lease.timeout is None else asyncio.timeout(lease.timeout)
@@ -688,37 +665,35 @@ class Worker:
             payload = self._result_payload(task, result)
         except asyncio.CancelledError as exc:
             if lease.stop is not None:
-                await self._stopped(lease)
-                return
+                return self._stopped(lease)
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 self._finish(lease)
                 raise  # this runner itself is being cancelled
             # The task raised CancelledError on its own (say, a future some
             # library cancelled): an ordinary error of this attempt.
-            error, retryable = _format_error(exc), True
+            error, retryable = format_error(exc), True
         except TimeoutError as exc:
             if timeout_cm is not None and timeout_cm.expired():
                 lease.ctx.request_stop("timeout")
                 if not await self._join_thread(lease):
-                    return
+                    return self._stopped(lease)
                 error = f"attempt {lease.attempt} exceeded its timeout of {lease.timeout} s"
                 retryable, timed_out = True, True
             else:
-                error, retryable = _format_error(exc), True
+                error, retryable = format_error(exc), True
         except NonRetryableError as exc:
-            error, retryable = _format_error(exc), False
+            error, retryable = format_error(exc), False
         except Exception as exc:
-            error, retryable = _format_error(exc), True
+            error, retryable = format_error(exc), True
         else:
             await self._last_progress(lease)
             self._finish(lease)
-            self._completions.append((lease, payload))
-            self._completion_ready.set()
-            return
+            return Success(payload)
         await self._last_progress(lease)
         self._finish(lease)
-        await self._fail(lease, error, retryable=retryable, timed_out=timed_out, task=task)
+        retry_delay = task.retry_delay if task is not None else None
+        return _failure(error, retryable, timed_out, retry_delay)
 
     async def _last_progress(self, lease: _Lease) -> None:
         """Write a progress report the task made just before it ended and the
@@ -734,7 +709,6 @@ class Worker:
         next attempt then cannot run beside it. False if the worker stopped the
         attempt meanwhile (lost, cancelled, shutdown)."""
         if lease.stop is not None:  # stopped while the timeout was being handled
-            await self._stopped(lease)
             return False
         if lease.thread is None or lease.thread.done():
             return True
@@ -749,34 +723,29 @@ class Worker:
         except asyncio.CancelledError:
             if lease.stop is None:
                 raise
-            await self._stopped(lease)
             return False
         except Exception:
             pass  # it failed after its time was up: the outcome is the timeout
         return True
 
-    async def _stopped(self, lease: _Lease) -> None:
-        """The worker stopped this attempt (``lease.stop`` says why)."""
+    def _stopped(self, lease: _Lease) -> Outcome | None:
+        """The outcome of an attempt the worker stopped (``lease.stop`` says why)."""
         self._finish(lease)
         thread_alive = lease.thread is not None and not lease.thread.done()
         if thread_alive:
             assert lease.thread is not None
             self._abandon(lease.thread)
         if lease.stop == "memory":
-            await self._fail(lease, self._memory_error or "memory limit exceeded", retryable=True)
-            return
+            return _failure(self._memory_error or "memory limit exceeded", retryable=True)
         if lease.stop == "shutdown":
             if thread_alive:
                 # Released as the very last step of shutdown, just before the
                 # process exits (pgqueue.cli), so no other worker runs the job
                 # while this thread still does.
                 self._release_at_exit.append(lease)
-            else:
-                await self._report(lease, Release())
-            return
-        log.info("job %s attempt %s stopped: %s", lease.job_id, lease.attempt, lease.stop)
-        self.outcomes["stopped"] += 1
-        self._drop(lease)
+                return None
+            return Release()
+        return Stopped(lease.stop or "stopped")
 
     def _abandon(self, thread: concurrent.futures.Future[Any]) -> None:
         """A stopped sync task's thread runs on; it holds a slot until it returns."""
@@ -805,9 +774,9 @@ class Worker:
                 f"task {task.name!r} returned a value that cannot be stored as JSON: {exc}"
             ) from None
 
-    def _drop(self, lease: _Lease) -> None:
-        """Forget a lease whose outcome is written (or refused)."""
-        self._leases.pop(lease.key, None)
+    def _forget(self, key: Lease) -> None:
+        """Forget a lease whose outcome is written (or refused, or left for rescue)."""
+        self._leases.pop(key, None)
         self._slot_freed.set()
         if self._until_idle and not self._leases:
             self._wakeup.set()  # the idle check may be waiting for the last outcome
@@ -821,132 +790,7 @@ class Worker:
         self.jobs_done += 1
         self._slot_freed.set()
 
-    async def _fail(
-        self,
-        lease: _Lease,
-        error: str,
-        *,
-        retryable: bool,
-        timed_out: bool = False,
-        task: Task[Any] | None = None,
-    ) -> None:
-        retry_delay = task.retry_delay if task is not None else None
-        await self._report(lease, _failure(error, retryable, timed_out, retry_delay))
-
-    async def _report(self, lease: _Lease, outcome: Failure | Release) -> None:
-        """Write a lease's final outcome other than success (successes are
-        batched by the completion loop); a refusal means the lease was lost."""
-        try:
-            match outcome:
-                case Failure():
-                    status = await self.db.fail(lease.key, outcome)
-                    log.info("job %s attempt %s failed -> %s", lease.job_id, lease.attempt, status)
-                    self.outcomes[status.value] += 1
-                case Release(run_in):
-                    await self.db.release(lease.key, run_in)
-                    self.outcomes["released"] += 1
-        except StaleLease as exc:
-            self.outcomes["refused"] += 1
-            log.warning("late outcome of job %s discarded: %s", lease.job_id, exc)
-        except Exception:
-            self.outcomes["unrecorded"] += 1
-            log.exception("could not record outcome of job %s; it will be rescued", lease.job_id)
-        finally:
-            self._drop(lease)
-
     # -- background loops ------------------------------------------------------------
-
-    async def _flush_completions_loop(self) -> None:
-        while True:
-            await self._completion_ready.wait()
-            self._completion_ready.clear()
-            while self._completions:
-                batch, self._completions = self._completions, []
-                self._flushing = True
-                try:
-                    await self._flush(batch)
-                finally:
-                    self._flushing = False
-
-    async def _flush(self, batch: list[tuple[_Lease, Jsonb]]) -> None:
-        applied = await self._complete_retrying(batch)
-        if applied is None:
-            for lease, _ in batch:
-                self.outcomes["unrecorded"] += 1
-                self._drop(lease)  # no more heartbeats: rescue takes the job
-            return
-        for lease, _ in batch:
-            if lease.key in applied:
-                self.outcomes["completed"] += 1
-            elif lease.key in self._leases:
-                self.outcomes["refused"] += 1
-                log.warning(
-                    "late result of job %s attempt %s discarded: the lease is no longer held",
-                    lease.job_id,
-                    lease.attempt,
-                )
-            self._drop(lease)
-
-    async def _complete_retrying(self, batch: list[tuple[_Lease, Jsonb]]) -> set[Lease] | None:
-        """Write a batch of results: the leases completed, or None when they could
-        not be written and are left for rescue.
-
-        Only an error the results' content causes can fail a job here: the
-        batch is then written item by item so that one bad result cannot hold
-        back the others. Any other error (the session, a pooler or the protocol
-        failing) says nothing about the results: the batch is tried again with
-        backoff while its leases are kept alive by the heartbeat, for up to a
-        lease timeout; after that, or once the worker must stop, its jobs are
-        left to rescue rather than failed."""
-        delay = 0.05
-        deadline = time.monotonic() + self.settings.stale_after
-        while True:
-            try:
-                return await self._complete(batch)
-            except Exception as exc:
-                if _caused_by_content(exc):
-                    log.warning(
-                        "batch of %d completions refused (%s); writing them one by one",
-                        len(batch),
-                        reason(exc),
-                    )
-                    return await self._complete_one_by_one(batch)
-                if self._hard_stop or time.monotonic() + delay > deadline:
-                    log.error(
-                        "could not record the results of %d jobs (%s); they will be rescued",
-                        len(batch),
-                        reason(exc),
-                    )
-                    return None
-                log.warning(
-                    "could not record the results of %d jobs (%s); retrying in %.1fs",
-                    len(batch),
-                    reason(exc),
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _complete_one_by_one(self, batch: list[tuple[_Lease, Jsonb]]) -> set[Lease]:
-        applied: set[Lease] = set()
-        for item in batch:
-            try:
-                applied |= await self._complete([item])
-            except Exception as exc:
-                if _caused_by_content(exc):
-                    await self._report(item[0], _failure(_format_error(exc), retryable=False))
-                else:
-                    log.error(
-                        "could not record the result of job %s (%s); it will be rescued",
-                        item[0].job_id,
-                        reason(exc),
-                    )
-                    self.outcomes["unrecorded"] += 1
-                    self._drop(item[0])
-        return applied
-
-    async def _complete(self, batch: list[tuple[_Lease, Jsonb]]) -> set[Lease]:
-        return await self.db.complete_many([(lease.key, payload) for lease, payload in batch])
 
     async def _heartbeat_loop(self) -> None:
         settings = self.settings
@@ -1181,8 +1025,8 @@ class Worker:
             await asyncio.wait(
                 set(self._outcomes_pending), timeout=max(0.0, deadline - time.monotonic())
             )
-        while (self._completions or self._flushing) and time.monotonic() < deadline:
-            self._completion_ready.set()
+        while self.completer.busy and time.monotonic() < deadline:
+            self.completer.wake()
             await asyncio.sleep(0.01)
         phases.mark("outcomes")
         # Whatever is still retrying a database call now gives up: the jobs
@@ -1195,7 +1039,9 @@ class Worker:
             # rescued anyway), so it cannot push the exit past its bound.
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 for lease in self._release_at_exit:
-                    await self._report(lease, Release(timedelta(seconds=THREAD_RELEASE_DELAY)))
+                    await self.completer.record(
+                        lease.key, Release(timedelta(seconds=THREAD_RELEASE_DELAY))
+                    )
                     handed_back += 1
         except TimeoutError:
             log.warning(
