@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint bench soak chaos venv clean stop-db
+.PHONY: demo demo-procrastinate test lint bench soak chaos venv clean stop-db
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ venv: $(STAMP)
 ## Run the example jobs through a worker on an embedded PostgreSQL (Ctrl-C stops).
 demo: $(STAMP)
 	$(BIN)/pgqueue demo
+
+## The example procrastinate app run by `procrastinate worker`, followed through pgqueue's
+## bridge, API and dashboard (docs/procrastinate.md; Ctrl-C stops).
+demo-procrastinate: $(STAMP)
+	$(BIN)/pgqueue demo --procrastinate
 
 ## The whole test suite (server: PGQUEUE_TEST_DSN, else a testcontainers container when a
 ## Docker engine answers, else embedded PostgreSQL; see the README's "Tests").

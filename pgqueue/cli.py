@@ -665,6 +665,12 @@ async def cmd_periodic(args: argparse.Namespace) -> int:
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
+    if args.procrastinate:
+        from .procrastinate._demo import run_demo as run_procrastinate_demo
+
+        return await run_procrastinate_demo(
+            dsn=args.dsn, once=args.once, jobs=args.jobs, host=args.host, port=args.port
+        )
     from ._demo import run_demo
 
     return await run_demo(
@@ -1044,6 +1050,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(embedded PostgreSQL)",
     )
     p.add_argument("--once", action="store_true", help="exit when the example jobs are done")
+    p.add_argument(
+        "--procrastinate",
+        action="store_true",
+        help="the example procrastinate app instead, run by `procrastinate worker` and "
+        "followed through the bridge (docs/procrastinate.md)",
+    )
     p.add_argument("--jobs", type=int, default=12, help="example jobs to enqueue (default 12)")
     p.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1)")
     p.add_argument(
