@@ -19,7 +19,9 @@ from .errors import ConfigurationError
 
 
 def _describe(dsn: str) -> str:
-    return re.sub(r"//([^:@/]*):[^@]*@", r"//\1:***@", dsn)
+    """The DSN to print: its password masked, in a URL or in key=value form."""
+    masked = re.sub(r"//([^:@/]*):[^@]*@", r"//\1:***@", dsn)
+    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", masked)
 
 
 DEMO_OWNER = "demo"

@@ -746,7 +746,9 @@ async def cmd_procrastinate(args: argparse.Namespace) -> int:
 
     action = args.procrastinate_command
     if action == "recover":
-        seconds = _attach.check_recovery(args.stalled_after, args.policy)
+        seconds = _attach.check_recovery(
+            args.stalled_after, args.policy, max_attempts=args.max_attempts
+        )
     dsn = _connect.resolve_dsn(args.dsn)
     try:
         conn = await _connect.connect(dsn, connect_timeout=10)
@@ -768,7 +770,8 @@ async def cmd_procrastinate(args: argparse.Namespace) -> int:
         elif action == "check":
             differences = await _install.catalog_differences(conn)
             found = await _install.installed_version(conn)
-            report = {"differences": differences, "bridge_version": found}
+            caught = await _install.caught_errors(conn) if found is not None else []
+            report = {"differences": differences, "bridge_version": found, "errors": caught}
             lines = [f"differs: {d}" for d in differences] or [
                 "procrastinate's schema is what the bridge expects"
             ]
@@ -777,10 +780,24 @@ async def cmd_procrastinate(args: argparse.Namespace) -> int:
                 if found is not None
                 else "bridge: not installed (pgqueue procrastinate install)"
             )
+            lines.append(
+                f"bridge errors: {len(caught)} recorded (pgqueue_procrastinate.errors), newest:"
+                if caught
+                else "bridge errors: none recorded"
+            )
+            lines += [
+                f"  {e['at']}  job {e['job_id']}  {e['operation']}: {e['message']}"
+                f" ({e['sqlstate']})"
+                for e in caught[:10]
+            ]
             text = "\n".join(lines)
         else:
             async with conn.cursor() as cur:
-                params = {"seconds": seconds, "policy": args.policy}
+                params = {
+                    "seconds": seconds,
+                    "policy": args.policy,
+                    "max_attempts": args.max_attempts,
+                }
                 await cur.execute(_attach.RECOVER_QUERY, params)
                 rows = await cur.fetchall()
             recovered = [{"job_id": int(j), "action": str(a)} for j, a in rows]
@@ -793,7 +810,7 @@ async def cmd_procrastinate(args: argparse.Namespace) -> int:
         _print_json(report)
     else:
         print(text)
-    if action == "check" and report["differences"]:
+    if action == "check" and (report["differences"] or report["errors"]):
         return 1
     return 0
 
@@ -1041,6 +1058,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["retry", "fail"],
         default="retry",
         help="retry its jobs through procrastinate (default) or fail them",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fail instead of retrying a job that has had N attempts (default: no limit)",
     )
 
     p = command(

@@ -1812,7 +1812,8 @@ CREATE OR REPLACE FUNCTION pgqueue.notify_enqueued()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('pgqueue_enqueue', q.queue)
-       FROM (SELECT DISTINCT n.queue FROM new_jobs n WHERE n.run_at <= now()) AS q;
+       FROM (SELECT DISTINCT n.queue FROM new_jobs n
+              WHERE n.run_at <= now() AND n.executor IS NULL) AS q;
     RETURN NULL;
 END $$;
 

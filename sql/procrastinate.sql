@@ -117,6 +117,9 @@ BEGIN
                                 WHEN p.status::text IN ('succeeded', 'failed') THEN 1
                                 ELSE 0 END AS attempts) AS s
      WHERE p.id = ANY (p_ids)
+       -- (a mirror's id is not drawn for a job that has one)
+       AND NOT EXISTS (SELECT 1 FROM pgqueue.jobs j
+                        WHERE j.executor = 'procrastinate' AND j.external_id = p.id)
        -- the bridge's own recovery pass (a periodic procrastinate task) is
        -- housekeeping, not a job anyone follows
        AND p.task_name <> 'pgqueue.recover_stalled'
@@ -307,7 +310,13 @@ BEGIN
     END IF;
 
     IF p_now = 'todo' AND p_was <> 'doing' AND m.completed_at IS NOT NULL THEN
-        -- retried by hand (procrastinate's retry of a failed job): replayed
+        -- retried by hand (procrastinate's retry of a failed job): replayed.
+        -- A finished batch stays finished (as pgqueue's replay keeps it): the
+        -- job leaves it first, and the batch keeps counting its old outcome.
+        IF m.batch_id IS NOT NULL
+           AND (SELECT b.completed_at IS NOT NULL FROM pgqueue.batches b WHERE b.id = m.batch_id) THEN
+            UPDATE pgqueue.jobs j SET batch_id = NULL WHERE j.id = m.id;
+        END IF;
         UPDATE pgqueue.jobs j
            SET status = 'pending',
                completed_at = NULL,

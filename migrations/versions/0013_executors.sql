@@ -9,7 +9,8 @@
 -- claim's index excludes paused rows) nor rescued: its executor runs it and
 -- its bridge moves it. cancel and replay of a mirror go through the
 -- executor's bridge (executor_action), so the executor's tables decide; a
--- batch of mirrors cannot be paused, and is cancelled through the bridge.
+-- batch of mirrors cannot be paused, and is cancelled through the bridge. A
+-- new mirror does not wake pgqueue's workers (notify_enqueued).
 --
 -- Additive: the previous releases keep working against it (the columns are
 -- nullable and every function keeps its name and arguments).
@@ -441,4 +442,13 @@ BEGIN
         'id', b.id, 'status', b.status, 'owner', b.owner)::text)
        FROM pgqueue.batches b WHERE b.id = p_id;
     RETURN 'cancelled';
+END $$;
+
+CREATE OR REPLACE FUNCTION pgqueue.notify_enqueued()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pgqueue_enqueue', q.queue)
+       FROM (SELECT DISTINCT n.queue FROM new_jobs n
+              WHERE n.run_at <= now() AND n.executor IS NULL) AS q;
+    RETURN NULL;
 END $$;

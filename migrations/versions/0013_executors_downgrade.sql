@@ -368,4 +368,12 @@ BEGIN
     RETURN 'cancelled';
 END $$;
 
+CREATE OR REPLACE FUNCTION pgqueue.notify_enqueued()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pgqueue_enqueue', q.queue)
+       FROM (SELECT DISTINCT n.queue FROM new_jobs n WHERE n.run_at <= now()) AS q;
+    RETURN NULL;
+END $$;
+
 DROP FUNCTION pgqueue.end_cancelled(bigint, text);

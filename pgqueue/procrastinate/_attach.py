@@ -20,12 +20,23 @@ RECOVERY_TASK = "pgqueue.recover_stalled"
 
 RECOVER_QUERY: LiteralString = (
     "SELECT job_id, action FROM pgqueue_procrastinate.recover_stalled("
-    "make_interval(secs => %(seconds)s::double precision), %(policy)s::text)"
+    "make_interval(secs => %(seconds)s::double precision), %(policy)s::text,"
+    " %(max_attempts)s::integer)"
 )
 
 
-def check_recovery(stalled_after: object, policy: object, *, allow_zero: bool = False) -> float:
+def check_recovery(
+    stalled_after: object,
+    policy: object,
+    *,
+    allow_zero: bool = False,
+    max_attempts: object = None,
+) -> float:
     """``stalled_after`` as seconds, or ValueError naming what is wrong."""
+    if max_attempts is not None and (
+        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+    ):
+        raise ValueError(f"max_attempts must be an integer >= 1 or None, not {max_attempts!r}")
     if (
         isinstance(stalled_after, bool)
         or not isinstance(stalled_after, int | float)
@@ -41,16 +52,24 @@ def check_recovery(stalled_after: object, policy: object, *, allow_zero: bool = 
 
 
 async def recover_stalled(
-    app_or_connector: Any, *, stalled_after: float = 60.0, policy: Policy = "retry"
+    app_or_connector: Any,
+    *,
+    stalled_after: float = 60.0,
+    policy: Policy = "retry",
+    max_attempts: int | None = None,
 ) -> list[tuple[int, str]]:
     """One recovery pass: procrastinate jobs left ``doing`` by a worker that is
     gone or has not heartbeated for ``stalled_after`` seconds are retried
     (``policy="retry"``) or failed (``"fail"``) through procrastinate's own
-    functions. Returns ``(procrastinate job id, action)`` pairs. Uses the app's
-    connector (open it first)."""
-    seconds = check_recovery(stalled_after, policy)
+    functions; with ``max_attempts``, a job that has had that many attempts
+    is failed instead of retried (a job that kills its worker every time
+    does not loop). Returns ``(procrastinate job id, action)`` pairs. Uses
+    the app's connector (open it first)."""
+    seconds = check_recovery(stalled_after, policy, max_attempts=max_attempts)
     connector = getattr(app_or_connector, "connector", app_or_connector)
-    rows = await connector.execute_query_all_async(RECOVER_QUERY, seconds=seconds, policy=policy)
+    rows = await connector.execute_query_all_async(
+        RECOVER_QUERY, seconds=seconds, policy=policy, max_attempts=max_attempts
+    )
     recovered = [(int(r["job_id"]), str(r["action"])) for r in rows]
     for job_id, action in recovered:
         log.warning("procrastinate job %s of a stalled worker: %s", job_id, action)
@@ -62,6 +81,7 @@ def attach(
     *,
     stalled_after: float = 60.0,
     on_stalled: Policy = "retry",
+    stalled_max_attempts: int | None = None,
     progress_interval: float = DEFAULT_INTERVAL,
     recover_every: str = "* * * * *",
     recover_queue: str | None = None,
@@ -75,10 +95,12 @@ def attach(
     registers the periodic task ``pgqueue.recover_stalled`` (cron
     ``recover_every``, on ``recover_queue``, default procrastinate's default
     queue): jobs of workers stalled that long are retried, or failed with
-    ``on_stalled="fail"``. Calling it again replaces the middleware's settings;
-    the recovery task keeps its first registration.
+    ``on_stalled="fail"``; with ``stalled_max_attempts``, a job that has had
+    that many attempts is failed instead of retried. Calling it again
+    replaces the middleware's settings; the recovery task keeps its first
+    registration.
     """
-    check_recovery(stalled_after, on_stalled, allow_zero=True)
+    check_recovery(stalled_after, on_stalled, allow_zero=True, max_attempts=stalled_max_attempts)
     if (
         isinstance(progress_interval, bool)
         or not isinstance(progress_interval, int | float)
@@ -101,10 +123,12 @@ def attach(
     defaults["worker_middleware"] = [Middleware(progress_interval=progress_interval), *others]
 
     if stalled_after > 0 and RECOVERY_TASK not in app.tasks:
-        seconds, policy = float(stalled_after), on_stalled
+        seconds, policy, limit = float(stalled_after), on_stalled, stalled_max_attempts
 
         async def recover(timestamp: int) -> dict[str, Any]:
-            recovered = await recover_stalled(app, stalled_after=seconds, policy=policy)
+            recovered = await recover_stalled(
+                app, stalled_after=seconds, policy=policy, max_attempts=limit
+            )
             return {"recovered": [{"job_id": j, "action": a} for j, a in recovered]}
 
         queue = {"queue": recover_queue} if recover_queue else {}

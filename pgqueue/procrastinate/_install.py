@@ -172,6 +172,21 @@ async def installed_version(conn: psycopg.AsyncConnection[Any]) -> int | None:
     return int(rows[0][0])
 
 
+async def caught_errors(
+    conn: psycopg.AsyncConnection[Any], limit: int = 100
+) -> list[dict[str, Any]]:
+    """What the bridge's triggers caught instead of raising into procrastinate,
+    newest first: each a mirror that did not follow its job."""
+    rows = await _rows(
+        conn,
+        "SELECT at, job_id, operation, sqlstate, message FROM pgqueue_procrastinate.errors"
+        " ORDER BY id DESC LIMIT %s",
+        (limit,),
+    )
+    names = ("at", "job_id", "operation", "sqlstate", "message")
+    return [{**dict(zip(names, row, strict=True)), "at": row[0].isoformat()} for row in rows]
+
+
 async def prerequisite_problems(conn: psycopg.AsyncConnection[Any]) -> list[str]:
     """Why the bridge cannot be installed here yet (none: it can)."""
     rows = await _rows(

@@ -595,3 +595,37 @@ def test_the_bridges_own_recovery_task_is_not_mirrored(pc: Conn) -> None:
     p.finish(job, "succeeded")
     assert scalar(pc, "SELECT count(*) FROM pgqueue.jobs") == 0
     assert scalar(pc, "SELECT count(*) FROM pgqueue_procrastinate.errors") == 0
+
+
+def test_procrastinates_retry_of_a_finished_batchs_job_takes_it_out_of_the_batch(pc: Conn) -> None:
+    p = Procrastinate(pc)
+    with pc.transaction():
+        batch = scalar(pc, "SELECT pgqueue_procrastinate.open_batch(NULL, NULL, 't', 'default')")
+        pc.execute("SELECT set_config('pgqueue_procrastinate.batch', %s, true)", (str(batch),))
+        job = p.defer()
+    p.fetch()
+    p.finish(job, "failed")
+    counts = "SELECT status::text, total, failed FROM pgqueue.batches WHERE id = %s"
+    assert pc.execute(counts, (batch,)).fetchone() == ("completed_with_errors", 1, 1)
+    p.retry(job)  # procrastinate's own retry (its admin, its CLI)
+    m = mirror(pc, job)
+    assert (m["status"], m["batch_id"]) == ("pending", None)
+    assert p.fetch() == job
+    p.finish(job, "succeeded")
+    assert mirror(pc, job)["status"] == "completed"
+    # the finished batch stays as it finished
+    assert pc.execute(counts, (batch,)).fetchone() == ("completed_with_errors", 1, 1)
+    assert scalar(pc, "SELECT count(*) FROM pgqueue_procrastinate.errors") == 0
+
+
+def test_reinstalling_draws_no_job_ids_and_a_mirror_wakes_no_pgqueue_worker(pc: Conn) -> None:
+    p = Procrastinate(pc)
+    p.defer()
+    pc.execute(resources.files("pgqueue.sql").joinpath("procrastinate.sql").read_text())  # type: ignore[arg-type]
+    native = scalar(pc, "SELECT pgqueue.enqueue('t', '{}'::jsonb, 'other')")
+    assert native == 2  # the reinstall took no id
+    pc.execute("LISTEN pgqueue_enqueue")
+    p.defer()
+    pc.execute("SELECT pgqueue.enqueue('t', '{}'::jsonb, 'native')")
+    heard = [n.payload for n in pc.notifies(timeout=1.0, stop_after=2)]
+    assert heard == ["native"]

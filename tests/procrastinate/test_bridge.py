@@ -403,3 +403,27 @@ def test_cli_recover(bridged_dsn: str, capsys: pytest.CaptureFixture[str]) -> No
     }
     (row,) = _rows(bridged_dsn, "SELECT status FROM procrastinate_jobs WHERE id = %s", (external,))
     assert row["status"] == "todo"
+
+
+def test_cli_recover_fails_a_job_that_used_its_attempts(
+    bridged_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pgqueue import cli
+
+    _, external = _stalled_job(bridged_dsn)
+    argv = ["--dsn", bridged_dsn, "procrastinate", "recover", "--stalled-after", "60"]
+    assert cli.main([*argv, "--max-attempts", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "recovered": [{"job_id": external, "action": "failed"}]
+    }
+    assert cli.main([*argv, "--max-attempts", "0"]) != 0  # refused, naming the option
+    assert "max_attempts must be an integer >= 1" in capsys.readouterr().err
+
+
+async def test_attach_passes_its_attempt_limit_to_the_periodic_recovery(
+    app: Any, bridged_dsn: str
+) -> None:
+    bridge.attach(app, stalled_after=60, stalled_max_attempts=1)
+    _, external = _stalled_job(bridged_dsn)
+    result = await app.tasks[bridge.RECOVERY_TASK].func(timestamp=0)
+    assert result == {"recovered": [{"job_id": external, "action": "failed"}]}

@@ -112,7 +112,7 @@ def test_check_exits_1_on_a_difference_and_0_when_it_matches(
     procrastinate_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, report, _ = _cli(procrastinate_dsn, "check", capsys=capsys)
-    assert (code, report) == (0, {"differences": [], "bridge_version": None})
+    assert (code, report) == (0, {"differences": [], "bridge_version": None, "errors": []})
     _sql(procrastinate_dsn, "ALTER TABLE procrastinate_workers DROP COLUMN last_heartbeat CASCADE")
     code, report, _ = _cli(procrastinate_dsn, "check", capsys=capsys)
     assert code == 1
@@ -131,7 +131,17 @@ def test_install_check_uninstall(
     assert _cli(procrastinate_dsn, "install", capsys=capsys)[:2] == (0, {"installed": 1})
     assert _cli(procrastinate_dsn, "install", capsys=capsys)[:2] == (0, {"installed": 1})
     code, report, _ = _cli(procrastinate_dsn, "check", capsys=capsys)
-    assert (code, report) == (0, {"differences": [], "bridge_version": 1})
+    assert (code, report) == (0, {"differences": [], "bridge_version": 1, "errors": []})
+    # a mirror that could not follow its job is reported, and fails the check
+    _sql(
+        procrastinate_dsn,
+        "SELECT pgqueue_procrastinate.caught(7, 'update todo -> doing', '23514', 'refused')",
+    )
+    code, report, _ = _cli(procrastinate_dsn, "check", capsys=capsys)
+    assert code == 1
+    assert [(e["job_id"], e["operation"]) for e in report["errors"]] == [
+        (7, "update todo -> doing")
+    ]
     assert _cli(procrastinate_dsn, "uninstall", capsys=capsys)[:2] == (0, {"uninstalled": 1})
     assert _cli(procrastinate_dsn, "uninstall", capsys=capsys)[:2] == (0, {"uninstalled": None})
     with psycopg.connect(procrastinate_dsn) as conn:
