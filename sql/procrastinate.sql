@@ -417,6 +417,7 @@ DECLARE
     v_before pgqueue.job_status;
     v_batch  pgqueue.batches%ROWTYPE;
     v_status text;
+    v_abort  boolean;
 BEGIN
     SELECT j.external_id, j.status INTO v_ext, v_before
       FROM pgqueue.jobs j WHERE j.id = p_id AND j.executor = 'procrastinate';
@@ -429,7 +430,8 @@ BEGIN
         RAISE EXCEPTION 'pgqueue: cannot replay job %: its batch % is % (a finished batch stays finished)',
             p_id, v_batch.id, v_batch.status USING ERRCODE = 'PQ002';
     END IF;
-    SELECT p.status::text INTO v_status FROM procrastinate_jobs p WHERE p.id = v_ext FOR UPDATE;
+    SELECT p.status::text, p.abort_requested INTO v_status, v_abort
+      FROM procrastinate_jobs p WHERE p.id = v_ext FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pgqueue: cannot replay job %: its procrastinate job % no longer exists', p_id, v_ext
             USING ERRCODE = 'PQ002';
@@ -437,6 +439,12 @@ BEGIN
     IF v_status <> 'failed' THEN
         RAISE EXCEPTION 'pgqueue: cannot replay job %: procrastinate retries only failed jobs, and its job % is %',
             p_id, v_ext, v_status USING ERRCODE = 'PQ002';
+    END IF;
+    IF v_abort THEN
+        -- cancelled while it ran, then failed by procrastinate (a task with a
+        -- retry strategy): the abort request was for that attempt, and
+        -- procrastinate refuses to queue a job still asked to abort
+        UPDATE procrastinate_jobs SET abort_requested = false WHERE id = v_ext;
     END IF;
     PERFORM procrastinate_retry_job_v2(v_ext, clock_timestamp(), NULL, NULL, NULL);
     RETURN (SELECT j.status FROM pgqueue.jobs j WHERE j.id = p_id);

@@ -858,13 +858,6 @@ def test_sigterm_of_a_worker_running_long_jobs_leaves_no_mirror_running(env: Bri
     env.finish()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge bug: pgqueue_procrastinate.replay (sql/procrastinate.sql) calls "
-    "procrastinate_retry_job_v2 on a failed job whose abort_requested is still true, "
-    "which violates procrastinate's check_not_todo_abort_requested: "
-    "the API answers 500 (InvariantViolation) instead of replaying or refusing with 409",
-)
 def test_replaying_a_job_cancelled_while_it_ran_with_a_retry_strategy(env: Bridge) -> None:
     server = env.serve()
     env.worker("w1")

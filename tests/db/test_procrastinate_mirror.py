@@ -629,3 +629,23 @@ def test_reinstalling_draws_no_job_ids_and_a_mirror_wakes_no_pgqueue_worker(pc: 
     pc.execute("SELECT pgqueue.enqueue('t', '{}'::jsonb, 'native')")
     heard = [n.payload for n in pc.notifies(timeout=1.0, stop_after=2)]
     assert heard == ["native"]
+
+
+def test_replay_of_a_job_cancelled_while_it_ran_then_failed_by_its_retry_strategy(
+    pc: Conn,
+) -> None:
+    """procrastinate fails (rather than aborts) a job with a retry strategy that
+    was asked to abort, and keeps the abort request; a replay clears it."""
+    p = Procrastinate(pc)
+    job = _abort_requested(p)
+    p.retry(job)  # procrastinate's retry of an aborting job: failed
+    assert p.status(job) == "failed"
+    m = mirror(pc, job)
+    assert m["status"] == "cancelled"
+    assert scalar(pc, "SELECT pgqueue.replay(%s)::text", (m["id"],)) == "pending"
+    assert pc.execute(
+        "SELECT status::text, abort_requested FROM procrastinate_jobs WHERE id = %s", (job,)
+    ).fetchone() == ("todo", False)
+    assert p.fetch() == job
+    p.finish(job, "succeeded")
+    assert mirror(pc, job)["status"] == "completed"
