@@ -43,6 +43,29 @@ def procrastinate_dsn(pg_server: str, procrastinate_template: str) -> Iterator[s
         yield dsn
 
 
+@pytest.fixture(scope="session")
+def bridged_template(pg_server: str, procrastinate_template: str) -> Iterator[str]:
+    """The procrastinate template with the bridge installed (its SQL run as
+    `pgqueue procrastinate install` runs it)."""
+    from importlib import resources
+
+    name = f"pgqueue_btpl_{uuid.uuid4().hex[:10]}"
+    dsn = create_database(pg_server, name, template=procrastinate_template)
+    try:
+        with psycopg.connect(dsn) as conn:
+            conn.execute(resources.files("pgqueue.sql").joinpath("procrastinate.sql").read_text())  # type: ignore[arg-type]
+        yield name
+    finally:
+        drop_database(pg_server, name)
+
+
+@pytest.fixture
+def bridged_db(pg_server: str, bridged_template: str) -> Iterator[str]:
+    """A fresh database: pgqueue migrated, procrastinate's schema, the bridge."""
+    with scratch_database(pg_server, "pgqueue_b", template=bridged_template) as dsn:
+        yield dsn
+
+
 @pytest.fixture
 async def bridged_dsn(procrastinate_dsn: str) -> str:
     """:func:`procrastinate_dsn` with the bridge installed."""

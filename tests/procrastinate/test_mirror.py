@@ -20,23 +20,11 @@ import pytest
 
 from tests.db._helpers import WRONG_STATE, Conn, rows, scalar
 
-procrastinate = pytest.importorskip("procrastinate")
-
-
-def install_procrastinate_and_bridge(dsn: str) -> None:
-    """procrastinate's schema, as `procrastinate schema --apply` installs it,
-    then the bridge, as `pgqueue procrastinate install` does."""
-    schema = resources.files("procrastinate.sql").joinpath("schema.sql").read_text()
-    bridge = resources.files("pgqueue.sql").joinpath("procrastinate.sql").read_text()
-    with psycopg.connect(dsn) as conn:
-        conn.execute(schema)  # type: ignore[arg-type]
-        conn.execute(bridge)  # type: ignore[arg-type]
-
 
 @pytest.fixture
-def pc(db_dsn: str) -> Iterator[Conn]:
-    install_procrastinate_and_bridge(db_dsn)
-    with psycopg.connect(db_dsn, autocommit=True) as conn:
+def pc(bridged_db: str) -> Iterator[Conn]:
+    """A session on a fresh database with procrastinate's schema and the bridge."""
+    with psycopg.connect(bridged_db, autocommit=True) as conn:
         yield conn
         bad = rows(
             conn,
@@ -549,10 +537,8 @@ def test_the_trigger_never_raises_into_fetch_or_finish(pc: Conn) -> None:
     assert (m["status"], m["result"], outcomes(pc, m["id"])) == ("completed", "ok", ["completed"])
 
 
-def test_jobs_deferred_before_install_are_mirrored_by_install(db_dsn: str) -> None:
-    schema = resources.files("procrastinate.sql").joinpath("schema.sql").read_text()
-    with psycopg.connect(db_dsn, autocommit=True) as conn:
-        conn.execute(schema)  # type: ignore[arg-type]
+def test_jobs_deferred_before_install_are_mirrored_by_install(procrastinate_dsn: str) -> None:
+    with psycopg.connect(procrastinate_dsn, autocommit=True) as conn:
         p = Procrastinate(conn)
         waiting, running = p.defer(), p.defer()
         assert p.fetch() == waiting
