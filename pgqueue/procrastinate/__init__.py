@@ -24,12 +24,12 @@ procrastinate.
 
 from __future__ import annotations
 
+from .._extras import procrastinate as require
 from ._attach import RECOVERY_TASK, attach, recover_stalled
 from ._defer import DeferredBatch, defer, defer_async, defer_batch, defer_batch_async
 from ._install import EXPECTED_CATALOG, Catalog
 from ._middleware import Middleware, middleware
 from ._progress import progress
-from ._require import require
 
 __all__ = [
     "EXPECTED_CATALOG",

@@ -17,9 +17,9 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 
+from .._extras import procrastinate as require
 from .._queue import DEFAULT_MAX_PAYLOAD_BYTES, PayloadRefused, json_text
 from ..errors import ConfigurationError, InvalidJobError, PgQueueError, translate
-from ._require import require
 
 OWNER_SETTING = "pgqueue_procrastinate.owner"
 BATCH_SETTING = "pgqueue_procrastinate.batch"

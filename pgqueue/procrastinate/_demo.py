@@ -21,12 +21,12 @@ import psycopg
 
 from .. import _connect, _extras, _migrate
 from .._demo import _describe
+from .._extras import procrastinate as require
 from .._job import Job
 from .._queue import Queue
 from .._status import JobStatus
 from ..errors import ConfigurationError, PgQueueError, translate
 from . import _install
-from ._require import require
 
 APP = "pgqueue.procrastinate.example.app"
 # procrastinate's CLI, as `procrastinate --app ... worker` runs it. Four jobs at
