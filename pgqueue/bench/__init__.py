@@ -1,4 +1,5 @@
-"""``pgqueue bench``: pgqueue beside PgQueuer, procrastinate and raw SQL.
+"""``pgqueue bench``: pgqueue beside PgQueuer, procrastinate (with and without
+pgqueue's bridge) and raw SQL.
 
 Not part of the library's API. The modules:
 
@@ -6,5 +7,6 @@ Not part of the library's API. The modules:
 - ``_systems``: each system under test behind one interface (enqueue, drain, latency);
 - ``_app``: the pgqueue app the bench workers run; ``_probe``: timing inside workers;
 - ``_sustained``: ``pgqueue bench --sustained N``;
-- ``peer``: ``python -m pgqueue.bench.peer {procrastinate,pgqueuer} ...`` runs a peer's worker.
+- ``peer``: ``python -m pgqueue.bench.peer {procrastinate,pgqueuer} ...`` runs a peer's worker
+  (``procrastinate --bridge``: with pgqueue's procrastinate bridge attached).
 """

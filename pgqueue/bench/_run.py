@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -45,7 +46,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from .._connect import resolve_dsn
-from ._systems import ENQUEUE_CHUNK, SYSTEMS, Client, Config, System, _version
+from ._systems import ENQUEUE_CHUNK, SYSTEMS, Client, Config, Procrastinate, System, _version
 
 NOT_INSTALLED = "not installed"
 SETTINGS = (
@@ -266,7 +267,7 @@ async def _measure_system(
         {"system": system.name, "config": c.label, "version": system.version(), "status": "ok"}
         for c in system.configs
     ]
-    with _scratch(server, system.name.lower()) as dsn:
+    with _scratch(server, re.sub(r"[^a-z0-9]+", "_", system.name.lower())) as dsn:
         progress.step(f"{system.name}: schema in a fresh database")
         await system.setup(dsn)
         client = await system.client(dsn)
@@ -469,6 +470,29 @@ def _ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return ratios
 
 
+BRIDGED, PLAIN = "procrastinate + bridge", "procrastinate"
+BRIDGE_GOAL = 0.8
+
+
+def _bridge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each procrastinate + bridge row divided by plain procrastinate's row of
+    the same settings, per metric (the bridge's cost: below 1 = slower; for
+    latency, above 1 = slower)."""
+    plain = {r["config"]: r for r in _find(rows, PLAIN)}
+    entries = []
+    for row in _find(rows, BRIDGED):
+        other = plain.get(row["config"])
+        if other is None:
+            continue
+        entry: dict[str, Any] = {"config": row["config"]}
+        for key, _, _ in METRICS:
+            mine, theirs = _value(rows, row, key), _value(rows, other, key)
+            if mine and theirs:
+                entry[key] = mine / theirs
+        entries.append(entry)
+    return entries
+
+
 def _find(rows: list[dict[str, Any]], system: str, default: bool | None = None) -> list[Any]:
     return [
         r
@@ -513,6 +537,22 @@ def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     add("single enqueue >= 0.9x raw single-row INSERT", ratio("single_enqueue", raw), 0.9)
     pq_any = pq_best or pq_default
     add("bulk enqueue >= 1.5x PgQueuer's bulk", ratio("bulk_enqueue", pq_any), 1.5)
+
+    # The bridge's cost per job: procrastinate with it over procrastinate without
+    # it, at the same settings (concurrency 100), both measured in this run.
+    settings = Procrastinate.configs[0].label
+    tuned = next((e for e in _bridge(rows) if e["config"] == settings), {})
+    add(
+        f"procrastinate bridge: bridged drain / plain drain, 1 process ({settings})"
+        f" >= {BRIDGE_GOAL:g}x",
+        tuned.get("drain_1"),
+        BRIDGE_GOAL,
+    )
+    add(
+        f"procrastinate bridge: bridged single enqueue / plain >= {BRIDGE_GOAL:g}x",
+        tuned.get("single_enqueue"),
+        BRIDGE_GOAL,
+    )
     return targets
 
 
@@ -568,8 +608,17 @@ def _print_report(report: dict[str, Any]) -> None:
             print(f"  backlog of {int(key.split('_')[1]):>9,} jobs: {value:>10,.0f}")
         if not report["results"][0].get("backlog_checkpointed", True):
             print("  (not checkpointed before the drains: the role may not run CHECKPOINT)")
+    if report.get("bridge"):
+        print()
+        print(f"{BRIDGED} / {PLAIN}, same settings (the bridge's cost; latency: above 1 = slower)")
+        for entry in report["bridge"]:
+            cells = "".join(
+                f"{(format(entry[key], '.2f') + 'x') if key in entry else '-':>{COLUMN}}"
+                for key, _, _ in METRICS
+            )
+            print(f"{entry['config']:<{width}}{cells}")
     print()
-    print("targets (issue 6):")
+    print("targets (issue 6; the procrastinate bridge's):")
     for target in report["targets"]:
         if "met" not in target:
             print(f"  [ ? ] {target['target']}: {target['status']}")
@@ -628,6 +677,7 @@ async def run_bench(
         },
         "results": results,
         "ratios": _ratios(results),
+        "bridge": _bridge(results),
         "targets": _targets(results),
     }
     if as_json:

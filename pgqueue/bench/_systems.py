@@ -18,9 +18,15 @@ documentation recommends for throughput, and again at its defaults:
   (default) and ``batch_size=100``; tables stay durable (logged), like pgqueue's.
 - procrastinate: ``PsycopgConnector``, worker ``concurrency=1`` (default) and
   ``concurrency=100``; finished jobs kept (its default, like pgqueue).
+- procrastinate + bridge: the same, in a database where pgqueue's schema and
+  the procrastinate bridge (``pgqueue procrastinate install``) are installed
+  too, and with the worker's app given to :func:`pgqueue.procrastinate.attach`:
+  every defer, fetch and finish also moves the job's mirror in pgqueue.jobs,
+  so its rows divided by procrastinate's are the bridge's cost.
 
 ``python -m pgqueue.bench.peer {procrastinate,pgqueuer} ...`` runs a peer's
-bench worker process (:func:`main`).
+bench worker process (:func:`main`); ``procrastinate --bridge`` attaches the
+bridge.
 """
 
 from __future__ import annotations
@@ -219,8 +225,45 @@ class Procrastinate(System):
         return command + list(config.options) + (["--drain"] if drain else [])
 
 
-async def _procrastinate_worker(dsn: str, concurrency: int, drain: bool) -> None:
+class ProcrastinateBridge(Procrastinate):
+    """procrastinate with pgqueue's bridge: the same client (procrastinate's own
+    defer, which the bridge's triggers mirror), worker settings and task, and
+    the worker's app attached (the middleware; no stalled-worker recovery,
+    whose periodic job would be one more job in the drain)."""
+
+    name = "procrastinate + bridge"
+    job_tables = (
+        "procrastinate_jobs, procrastinate_events, pgqueue.jobs, pgqueue.attempts,"
+        " pgqueue_procrastinate.outcomes, pgqueue_procrastinate.errors"
+    )
+    # A job counts once procrastinate finished it and its mirror completed:
+    # the triggers swallow their errors, and a mirror left behind is no bridge.
+    finished_sql = (
+        "SELECT LEAST("
+        "(SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'),"
+        " (SELECT count(*) FROM pgqueue.jobs"
+        " WHERE executor = 'procrastinate' AND status = 'completed'))"
+    )
+
+    async def setup(self, dsn: str) -> None:
+        from .. import _connect, _migrate
+        from ..procrastinate import _install
+
+        await super().setup(dsn)
+        await asyncio.to_thread(_migrate.upgrade, dsn)
+        async with await _connect.connect(dsn) as conn:
+            await _install.install(conn)
+
+    def worker_command(self, config: Config, *, drain: bool) -> list[str]:
+        return [*super().worker_command(config, drain=drain), "--bridge"]
+
+
+async def _procrastinate_worker(dsn: str, concurrency: int, drain: bool, bridge: bool) -> None:
     app = _procrastinate_app(dsn)
+    if bridge:
+        from ..procrastinate import attach
+
+        attach(app, stalled_after=0)  # 0: no recovery task
     async with app.open_async():
         # wait=False: exit once no job is left, like pgqueue's --until-idle.
         await app.run_worker_async(concurrency=concurrency, wait=not drain)
@@ -312,7 +355,9 @@ async def _pgqueuer_worker(dsn: str, batch_size: int, drain: bool) -> None:
         await conn.close()
 
 
-SYSTEMS: tuple[System, ...] = (Pgqueue(), Pgqueuer(), Procrastinate())
+# The bridge right after plain procrastinate: the two rows it is read against
+# are measured one after the other.
+SYSTEMS: tuple[System, ...] = (Pgqueue(), Pgqueuer(), Procrastinate(), ProcrastinateBridge())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -322,10 +367,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--drain", action="store_true")
+    parser.add_argument(
+        "--bridge", action="store_true", help="procrastinate: attach pgqueue's bridge"
+    )
     args = parser.parse_args(argv)
+    if args.bridge and args.system != "procrastinate":
+        parser.error("--bridge is for procrastinate")
     dsn = os.environ["PGQUEUE_DSN"]
     if args.system == "procrastinate":
-        asyncio.run(_procrastinate_worker(dsn, args.concurrency, args.drain))
+        asyncio.run(_procrastinate_worker(dsn, args.concurrency, args.drain, args.bridge))
     else:
         import uvloop  # what `pgq run` uses when it is installed
 

@@ -1,5 +1,8 @@
 """``pgqueue bench --quick --json`` end to end on the test server: every row of
-the table is there, with positive figures, or says its peer is not installed."""
+the table is there, with positive figures, or says its peer is not installed;
+with procrastinate installed, also procrastinate + bridge, read against plain
+procrastinate of the same run (no timing is asserted: a quick run's figures
+mean nothing)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pgqueue.bench._systems import SYSTEMS
+from pgqueue.bench._systems import SYSTEMS, Procrastinate, ProcrastinateBridge
 
 from .helpers import run_cli
 
@@ -22,7 +25,7 @@ def _positive(row: dict[str, Any], keys: tuple[str, ...]) -> None:
 
 
 def test_quick_bench_reports_every_row(pg_server: str) -> None:
-    result = run_cli("bench", "--quick", "--json", dsn=pg_server, timeout=240)
+    result = run_cli("bench", "--quick", "--json", dsn=pg_server, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = result.json()
 
@@ -46,9 +49,42 @@ def test_quick_bench_reports_every_row(pg_server: str) -> None:
     assert not rows, f"unexpected rows: {list(rows)}"
 
     assert len(report["ratios"]) == len(report["results"]) - 1
-    assert len(report["targets"]) == 7
+    assert len(report["targets"]) == 9
     for target in report["targets"]:
         assert "met" in target or target["status"] == "peer not installed"
+    _check_bridge(report)
+
+
+def _check_bridge(report: dict[str, Any]) -> None:
+    """The bridge's rows, its ratios to plain procrastinate per configuration,
+    and its two targets: measured when procrastinate is installed (a bridged
+    drain also checks that every mirror completed), else reported as such."""
+    bridge = ProcrastinateBridge()
+    assert bridge.name == "procrastinate + bridge"
+    assert bridge.configs == Procrastinate.configs  # the same settings as plain procrastinate
+    targets = {
+        t["target"]: t for t in report["targets"] if t["target"].startswith("procrastinate bridge")
+    }
+    assert sorted(targets) == [
+        "procrastinate bridge: bridged drain / plain drain, 1 process (concurrency 100) >= 0.8x",
+        "procrastinate bridge: bridged single enqueue / plain >= 0.8x",
+    ]
+    if not bridge.installed():
+        assert all(t["status"] == "peer not installed" for t in targets.values())
+        assert report["bridge"] == []
+        return
+    for target in targets.values():
+        assert target["goal"] == 0.8
+        assert isinstance(target["value"], float) and target["value"] > 0
+        assert isinstance(target["met"], bool)
+    entries = {e["config"]: e for e in report["bridge"]}
+    assert sorted(entries) == sorted(c.label for c in bridge.configs)
+    for entry in entries.values():
+        for key in PER_SYSTEM + PER_CONFIG:
+            assert isinstance(entry[key], float) and entry[key] > 0, (entry["config"], key)
+    tuned = entries["concurrency 100"]
+    drain, enqueue = (targets[name]["value"] for name in sorted(targets))
+    assert drain == tuned["drain_1"] and enqueue == tuned["single_enqueue"]
 
 
 def test_sustained_bench_reports_tenths_and_sizes(pg_server: str) -> None:
@@ -128,3 +164,45 @@ def test_a_backlog_is_settled_and_a_missing_checkpoint_privilege_is_reported(
         finally:
             admin.execute(f"REVOKE USAGE ON SCHEMA pgqueue FROM {role}")
             admin.execute(f"DROP ROLE {role}")
+
+
+def test_the_bridge_is_read_against_plain_procrastinate_of_the_same_run() -> None:
+    """The bridge's ratios and targets divide its rows by plain procrastinate's
+    rows of the same settings, from the rows given; without them (procrastinate
+    not installed) the targets say so instead of failing."""
+    from pgqueue.bench._run import _bridge, _targets
+
+    def row(system: str, config: str, **figures: float) -> dict[str, Any]:
+        return {"system": system, "config": config, "status": "ok", **figures}
+
+    pgqueue_row = row("pgqueue", "concurrency 100", drain_1=1000.0, latency_p99_ms=5.0)
+    rows = [
+        pgqueue_row,
+        row("procrastinate", "concurrency 100", single_enqueue=500.0, drain_1=400.0),
+        row("procrastinate", "defaults: concurrency 1", drain_1=200.0),
+        row("procrastinate + bridge", "concurrency 100", single_enqueue=450.0, drain_1=100.0),
+        row("procrastinate + bridge", "defaults: concurrency 1", drain_1=180.0),
+    ]
+    entries = {e["config"]: e for e in _bridge(rows)}
+    assert entries["concurrency 100"]["drain_1"] == pytest.approx(0.25)
+    assert entries["concurrency 100"]["single_enqueue"] == pytest.approx(0.9)
+    # enqueue figures are per system (first row), so the defaults row shares them
+    assert entries["defaults: concurrency 1"]["single_enqueue"] == pytest.approx(0.9)
+    assert entries["defaults: concurrency 1"]["drain_1"] == pytest.approx(0.9)
+
+    targets = {t["target"]: t for t in _targets(rows)}
+    drain = targets[
+        "procrastinate bridge: bridged drain / plain drain, 1 process (concurrency 100) >= 0.8x"
+    ]
+    assert (drain["value"], drain["goal"], drain["met"]) == (pytest.approx(0.25), 0.8, False)
+    enqueue = targets["procrastinate bridge: bridged single enqueue / plain >= 0.8x"]
+    assert (enqueue["value"], enqueue["met"]) == (pytest.approx(0.9), True)
+
+    missing = [pgqueue_row] + [
+        {"system": s, "config": c.label, "status": "not installed"}
+        for s in ("procrastinate", "procrastinate + bridge")
+        for c in Procrastinate.configs
+    ]
+    assert _bridge(missing) == []
+    bridge_targets = [t for t in _targets(missing) if t["target"].startswith("procrastinate")]
+    assert [t["status"] for t in bridge_targets] == ["peer not installed"] * 2
