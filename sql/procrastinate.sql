@@ -79,9 +79,11 @@ END $$;
 
 -- Mirrors for the procrastinate jobs p_ids that have none, each in the state
 -- its job is in now.
+-- Its statement is planned once per session (generic plan): planned again
+-- for each defer, it cost more than the insert.
 CREATE OR REPLACE FUNCTION pgqueue_procrastinate.add_mirrors(
     p_ids bigint[], p_owner text, p_batch bigint
-) RETURNS integer LANGUAGE plpgsql AS $$
+) RETURNS integer LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_now timestamptz := clock_timestamp();
     v_n   integer;

@@ -452,3 +452,28 @@ BEGIN
               WHERE n.run_at <= now() AND n.executor IS NULL) AS q;
     RETURN NULL;
 END $$;
+
+-- complete: one lease's completion planned once per session (the bridge
+-- completes one job per call).
+CREATE OR REPLACE FUNCTION pgqueue.complete(p_id bigint, p_attempt integer, p_result jsonb DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    WITH ts AS (SELECT clock_timestamp() AS now),
+    done AS (
+        UPDATE pgqueue.jobs j
+           SET status = 'completed',
+               result = p_result,
+               progress = 100,
+               started_at = COALESCE(j.started_at, GREATEST(ts.now, j.created_at)),
+               completed_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at)
+          FROM ts
+         WHERE j.id = p_id AND j.attempts = p_attempt AND j.status = 'running'
+        RETURNING j.id, j.attempts, j.worker_id, j.leased_at, j.completed_at
+    )
+    INSERT INTO pgqueue.attempts (job_id, attempt, worker_id, started_at, ended_at, outcome)
+    SELECT done.id, done.attempts, done.worker_id, done.leased_at, done.completed_at, 'completed'
+      FROM done;
+    IF NOT FOUND THEN
+        PERFORM pgqueue.raise_lease_error(p_id, p_attempt, 'complete');
+    END IF;
+END $$;

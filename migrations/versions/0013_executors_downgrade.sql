@@ -376,4 +376,13 @@ BEGIN
     RETURN NULL;
 END $$;
 
+CREATE OR REPLACE FUNCTION pgqueue.complete(p_id bigint, p_attempt integer, p_result jsonb DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM pgqueue.complete_many(ARRAY[p_id], ARRAY[p_attempt], ARRAY[p_result]);
+    IF NOT FOUND THEN
+        PERFORM pgqueue.raise_lease_error(p_id, p_attempt, 'complete');
+    END IF;
+END $$;
+
 DROP FUNCTION pgqueue.end_cancelled(bigint, text);
