@@ -1113,7 +1113,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_bench,
         "pgqueue beside PgQueuer, procrastinate and raw SQL, in scratch databases",
     )
-    p.add_argument("--jobs", type=int, help="jobs per drain (default 20000; 500 with --quick)")
+    p.add_argument("--jobs", type=int, help="jobs per drain (default 20000; 200 with --quick)")
     p.add_argument("--quick", action="store_true", help="small runs: a smoke test, not figures")
     p.add_argument(
         "--backlog", action="store_true", help="also drain 10k jobs from 10k and 1M backlogs"
