@@ -427,3 +427,44 @@ async def test_attach_passes_its_attempt_limit_to_the_periodic_recovery(
     _, external = _stalled_job(bridged_dsn)
     result = await app.tasks[bridge.RECOVERY_TASK].func(timestamp=0)
     assert result == {"recovered": [{"job_id": external, "action": "failed"}]}
+
+
+async def test_pgqueues_reads_cover_mirrors_wait_wait_batch_and_gauges(
+    app: Any, bridged_dsn: str
+) -> None:
+    """Queue.wait and wait_batch return a mirror's result as for pgqueue's own
+    jobs, and the gauges behind /metrics count mirrors by queue and state."""
+    import pgqueue
+
+    bridge.attach(app, stalled_after=0)
+
+    @app.task(name="double", queue="reads")
+    async def double(x: int) -> int:
+        return 2 * x
+
+    @app.task(name="refuse", queue="reads")
+    def refuse() -> None:
+        raise ValueError("refused on purpose")
+
+    single = await bridge.defer_async(double, owner="erin", x=21)
+    failing = await bridge.defer_async(refuse, owner="erin")
+    batch = await bridge.defer_batch_async(double, [{"x": 1}, {"x": 2}], owner="erin")
+    queue = pgqueue.Queue(bridged_dsn)
+    try:
+        gauges = {g["queue"]: g["counts"] for g in await queue.queue_gauges()}
+        assert gauges["reads"] == {"pending": 4}
+        waiters = asyncio.gather(
+            queue.wait(single, timeout=WAIT), queue.wait_batch(batch.id, timeout=WAIT)
+        )
+        await run_worker(app, queues=["reads"])
+        assert await waiters == [42, [2, 4]]
+        with pytest.raises(pgqueue.JobFailed) as info:
+            await queue.wait(failing, timeout=WAIT)
+        assert info.value.status == "failed"
+        assert "refused on purpose" in (info.value.error or "")
+        job = await queue.get_job(single)
+        assert job is not None and (job.executor, job.owner) == ("procrastinate", "erin")
+        gauges = {g["queue"]: g["counts"] for g in await queue.queue_gauges()}
+        assert gauges.get("reads", {}) == {}  # nothing unfinished
+    finally:
+        await queue.close()
