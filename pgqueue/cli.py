@@ -720,9 +720,31 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         return await run_sustained(
             _connect.resolve_dsn(args.dsn), args.sustained, as_json=args.json
         )
+    if args.scale is not None:
+        from .bench._scale import run_scale
+
+        stray = [
+            name for name, given in (("--quick", args.quick), ("--backlog", args.backlog)) if given
+        ]
+        if stray:
+            raise CommandError(f"bench --scale takes no {', '.join(stray)}")
+        return await run_scale(
+            dsn=args.dsn, processes=args.scale, jobs=args.jobs, as_json=args.json
+        )
     return await run_bench(
         dsn=args.dsn, jobs=args.jobs, as_json=args.json, quick=args.quick, backlog=args.backlog
     )
+
+
+def _process_counts(text: str) -> list[int]:
+    """``1,2,4,8``: worker process counts, each 1 to 64."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of process counts: {text!r}") from None
+    if not counts or any(not 1 <= n <= 64 for n in counts):
+        raise argparse.ArgumentTypeError(f"process counts must be 1 to 64: {text!r}")
+    return counts
 
 
 async def cmd_embedded(args: argparse.Namespace) -> int:
@@ -1123,6 +1145,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="instead: N jobs through one worker with retention on (throughput, sizes)",
+    )
+    p.add_argument(
+        "--scale",
+        type=_process_counts,
+        metavar="1,2,4,8",
+        help="instead: drain throughput against worker processes, and where the server's "
+        "time goes (docs/scaling.md)",
     )
     json_option(p)
 

@@ -206,3 +206,24 @@ def test_the_bridge_is_read_against_plain_procrastinate_of_the_same_run() -> Non
     assert _bridge(missing) == []
     bridge_targets = [t for t in _targets(missing) if t["target"].startswith("procrastinate")]
     assert [t["status"] for t in bridge_targets] == ["peer not installed"] * 2
+
+
+def test_scale_bench_drains_with_each_process_count(pg_server: str) -> None:
+    """``bench --scale``: one drain per process count, each with where the
+    server's time went (no timing asserted)."""
+    result = run_cli("bench", "--scale", "1,2", "--jobs", "200", "--json", dsn=pg_server)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = result.json()
+    assert report["jobs"] == 200
+    assert [p["processes"] for p in report["points"]] == [1, 2]
+    for point in report["points"]:
+        assert point["drain"] > 0
+        assert point["waits"] and abs(sum(point["waits"].values()) - 1) < 0.05
+    assert report["points"][0]["per_process_vs_first"] == 1.0
+
+
+@pytest.mark.parametrize("scale", ["0", "1,x", "", "65"])
+def test_scale_bench_refuses_bad_process_counts(pg_server: str, scale: str) -> None:
+    result = run_cli("bench", "--scale", scale, dsn=pg_server)
+    assert result.returncode == 2
+    assert "--scale" in result.stderr
