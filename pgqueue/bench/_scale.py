@@ -95,9 +95,10 @@ async def run_scale(
         point["per_process_vs_first"] = (
             round(point["drain"] / point["processes"] / base, 2) if base else None
         )
+    machine: dict[str, Any] = await asyncio.to_thread(_machine, server)
     report = {
         "date": datetime.date.today().isoformat(),
-        "machine": await asyncio.to_thread(_machine, server),
+        "machine": machine,
         "versions": _versions(),
         "jobs": n,
         "points": points,
@@ -107,7 +108,6 @@ async def run_scale(
         return 0
     print()
     print(f"pgqueue drain of {n:,} no-op jobs against worker processes (concurrency 100 each)")
-    machine = report["machine"]
     settings = ", ".join(f"{k}={v}" for k, v in machine.get("settings", {}).items())
     print(
         f"PostgreSQL {machine.get('postgresql')}, {machine.get('cpus')} CPUs on the bench's "
