@@ -374,6 +374,7 @@ class Queue:
         """Largest JSON text accepted for a job's arguments, metadata or result."""
         self._dsn: str | None = None
         self._pool_size = pool_size
+        self._pool_timeout: float | None = None
         self._pool: AsyncConnectionPool | None = None
         self._pool_lock: asyncio.Lock | None = None
         self._sync_pool: ConnectionPool | None = None
@@ -564,9 +565,45 @@ class Queue:
                     pool = _connect.async_pool(
                         dsn, min_size=1, max_size=self._pool_size, name="pgqueue-client"
                     )
+                    if self._pool_timeout is not None:
+                        pool.timeout = self._pool_timeout
                     await pool.open()
                     self._pool = pool
         return self._pool
+
+    @property
+    def pool_timeout(self) -> float | None:
+        """Seconds a call waits for a pooled connection before it fails (None:
+        psycopg_pool's default, 30 s). A web process sets it short, so that
+        during an outage a request fails fast instead of hanging."""
+        return self._pool_timeout
+
+    @pool_timeout.setter
+    def pool_timeout(self, seconds: float | None) -> None:
+        self._pool_timeout = seconds
+        if self._pool is not None and seconds is not None:
+            self._pool.timeout = seconds
+
+    async def schema_status(self, release: str, *, timeout: float = 2.0) -> tuple[str | None, bool]:
+        """The schema's revision (None: pgqueue is not installed), and whether
+        it serves the release whose head revision is ``release``: it is at
+        that revision, or newer and says so (``pgqueue.served_revisions``, a
+        rolling deploy). Raises if no connection comes within ``timeout``."""
+        pool = await self.pool()
+        try:
+            async with pool.connection(timeout=timeout) as conn:
+                try:
+                    row = await (await conn.execute(query("schema_revision"))).fetchone()
+                except psycopg.errors.UndefinedTable:
+                    return None, False
+                revision = None if row is None else str(row[0])
+                if revision is None or revision == release:
+                    return revision, revision is not None
+                cur = await conn.execute(query("serves_revision"), {"revision": release})
+                answer = await cur.fetchone()
+                return revision, bool(answer and answer[0])
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
 
     def sync_pool(self) -> ConnectionPool:
         """The blocking pool used by the ``*_sync`` methods, opened on first use."""

@@ -143,10 +143,10 @@ def create_app(
     app.router.add_get("/static/{filename}", static_file)
 
     async def database_pool(app: web.Application) -> AsyncIterator[None]:
-        pool = await queue.pool()
         # A request waits this long for a connection (psycopg_pool's default is
         # 30 s), so during an outage it answers 503 instead of hanging.
-        pool.timeout = settings.db_timeout
+        queue.pool_timeout = settings.db_timeout
+        await queue.pool()
         yield
         if close_queue:
             await queue.close()

@@ -11,7 +11,6 @@ import psycopg
 from aiohttp import web
 
 import pgqueue
-from pgqueue._sql import query
 
 from .. import _keys, _metrics
 from .._auth import Principal
@@ -47,18 +46,10 @@ async def readyz(request: web.Request) -> web.Response:
     served = False
     head = await asyncio.to_thread(_head_revision)
     with contextlib.suppress(pgqueue.PgQueueError, psycopg.Error, OSError, TimeoutError):
-        pool = await request.app[_keys.QUEUE].pool()
-        async with pool.connection(timeout=2) as conn:
-            database = True
-            row = await (await conn.execute(query("schema_revision"))).fetchone()
-            revision = None if row is None else str(row[0])
-            # A newer schema (migrated first in a rolling deploy) still serves
-            # this release if it says so; an older one never does.
-            served = revision == head
-            if not served and revision is not None:
-                cur = await conn.execute(query("serves_revision"), {"revision": head})
-                answer = await cur.fetchone()
-                served = bool(answer and answer[0])
+        # A newer schema (migrated first in a rolling deploy) still serves
+        # this release if it says so; an older one never does.
+        revision, served = await request.app[_keys.QUEUE].schema_status(head, timeout=2)
+        database = True
     listener = request.app[_keys.BROADCASTER].connected
     ready = database and listener and served
     body = Readiness(
