@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -32,16 +31,8 @@ import pytest
 
 import pgqueue
 from pgqueue import _migrate, _sql
-from tests.conftest import scratch_database
 
 from . import catalog
-
-
-@pytest.fixture
-def second_empty_db_dsn(pg_server: str) -> Iterator[str]:
-    """Another fresh database without any schema (for two-route comparisons)."""
-    with scratch_database(pg_server, "pgqueue_e2") as dsn:
-        yield dsn
 
 
 def _execute_script(dsn: str, script: str) -> None:
