@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -24,16 +25,25 @@ def apply_procrastinate_schema(dsn: str) -> None:
         conn.execute(SchemaManager.get_schema())
 
 
-@pytest.fixture(scope="session")
-def procrastinate_template(pg_server: str, template_db: str) -> Iterator[str]:
-    """A database cloned from the migrated template, with procrastinate's schema."""
-    name = f"pgqueue_ptpl_{uuid.uuid4().hex[:10]}"
-    dsn = create_database(pg_server, name, template=template_db)
+@contextmanager
+def _template(
+    pg_server: str, base: str, prefix: str, prepare: Callable[[str], None]
+) -> Iterator[str]:
+    """A session template: ``base`` cloned and prepared; yields its name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    dsn = create_database(pg_server, name, template=base)
     try:
-        apply_procrastinate_schema(dsn)
+        prepare(dsn)
         yield name
     finally:
         drop_database(pg_server, name)
+
+
+@pytest.fixture(scope="session")
+def procrastinate_template(pg_server: str, template_db: str) -> Iterator[str]:
+    """A database cloned from the migrated template, with procrastinate's schema."""
+    with _template(pg_server, template_db, "pgqueue_ptpl", apply_procrastinate_schema) as name:
+        yield name
 
 
 @pytest.fixture
@@ -49,14 +59,13 @@ def bridged_template(pg_server: str, procrastinate_template: str) -> Iterator[st
     `pgqueue procrastinate install` runs it)."""
     from importlib import resources
 
-    name = f"pgqueue_btpl_{uuid.uuid4().hex[:10]}"
-    dsn = create_database(pg_server, name, template=procrastinate_template)
-    try:
+    def install(dsn: str) -> None:
+        bridge = resources.files("pgqueue.sql").joinpath("procrastinate.sql").read_text()
         with psycopg.connect(dsn) as conn:
-            conn.execute(resources.files("pgqueue.sql").joinpath("procrastinate.sql").read_text())  # type: ignore[arg-type]
+            conn.execute(bridge)  # type: ignore[arg-type]
+
+    with _template(pg_server, procrastinate_template, "pgqueue_btpl", install) as name:
         yield name
-    finally:
-        drop_database(pg_server, name)
 
 
 @pytest.fixture
