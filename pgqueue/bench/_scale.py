@@ -32,7 +32,7 @@ def _sample_waits(server_dsn: str, dbname: str, stop: threading.Event) -> collec
     """What the workers' backends are doing, sampled until ``stop``."""
     seen: collections.Counter[str] = collections.Counter()
     with psycopg.connect(server_dsn, autocommit=True) as conn:
-        while not stop.wait(SAMPLE_EVERY):
+        while True:
             rows = conn.execute(
                 "SELECT COALESCE(wait_event_type || ':' || wait_event, 'CPU')"
                 "  FROM pg_stat_activity"
@@ -40,7 +40,8 @@ def _sample_waits(server_dsn: str, dbname: str, stop: threading.Event) -> collec
                 (dbname,),
             ).fetchall()
             seen.update(r[0] for r in rows)
-    return seen
+            if stop.wait(SAMPLE_EVERY):
+                return seen
 
 
 def _one(server: str, jobs: int, processes: int) -> dict[str, Any]:
@@ -115,7 +116,7 @@ async def run_scale(
     )
     print(f"{'processes':>9}  {'jobs/s':>9}  {'per process':>11}  where the server's time goes")
     for p in points:
-        waits = ", ".join(f"{k} {v:.0%}" for k, v in p["waits"].items())
+        waits = ", ".join(f"{k} {v:.0%}" for k, v in p["waits"].items()) or "(too short to sample)"
         ratio = p["per_process_vs_first"]
         print(f"{p['processes']:>9}  {p['drain']:>9,.0f}  {ratio:>10.2f}x  {waits}")
     return 0

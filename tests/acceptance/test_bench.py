@@ -218,7 +218,11 @@ def test_scale_bench_drains_with_each_process_count(pg_server: str) -> None:
     assert [p["processes"] for p in report["points"]] == [1, 2]
     for point in report["points"]:
         assert point["drain"] > 0
-        assert point["waits"] and abs(sum(point["waits"].values()) - 1) < 0.05
+        # shares of the samples, the five largest (a drain of 200 jobs may
+        # end between two samples, every 50 ms: then there are none)
+        assert len(point["waits"]) <= 5
+        assert all(0 < share <= 1 for share in point["waits"].values())
+        assert sum(point["waits"].values()) <= 1.005
     assert report["points"][0]["per_process_vs_first"] == 1.0
 
 
