@@ -293,24 +293,40 @@ async def test_oversized_arguments_are_refused_naming_the_limit(db_dsn: str) -> 
 # -- connections the server ended ---------------------------------------------------------
 
 
-async def _end_other_sessions(conn: Conn) -> None:
+async def _end_other_sessions(conn: Conn, *, expect: int | None = None) -> None:
     """End every other session on the test database, as a restart or a
-    failover of the server would, and wait until they are gone."""
+    failover of the server would, and wait until those sessions are gone.
+
+    ``expect``: first wait until that many other sessions are connected. A
+    pool that grew for a burst of calls may still be connecting when the
+    burst ends; a connection that arrived after the others were ended would
+    be a live one (and used to make the wait below time out)."""
     # client sessions only: an autovacuum worker on the database is not one of
     # the pool's and comes back on its own
     others = (
         "datname = current_database() AND pid <> pg_backend_pid()"
         " AND backend_type = 'client backend'"
     )
-    ended = scalar(
-        conn, f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {others}"
-    )
-    assert ended >= 1
     for _ in range(200):
-        if scalar(conn, f"SELECT count(*) FROM pg_stat_activity WHERE {others}") == 0:
+        if (
+            expect is None
+            or scalar(conn, f"SELECT count(*) FROM pg_stat_activity WHERE {others}") >= expect
+        ):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the pool did not connect its {expect} sessions")
+    # the pids first: in one WHERE the planner may call pg_terminate_backend
+    # before the filters that spare this session and other databases
+    ended = [row[0] for row in conn.execute(f"SELECT pid FROM pg_stat_activity WHERE {others}")]
+    for pid in ended:
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    assert ended
+    for _ in range(200):
+        if scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (ended,)) == 0:
             return
         await asyncio.sleep(0.05)
-    raise AssertionError("the other sessions did not end")
+    raise AssertionError(f"the ended sessions {ended} did not exit")
 
 
 async def test_enqueue_passes_over_pooled_connections_the_server_ended(
@@ -321,8 +337,9 @@ async def test_enqueue_passes_over_pooled_connections_the_server_ended(
     t = register(queue)
     await asyncio.gather(*(queue.enqueue(t, {"x": i}) for i in range(8)))
     pool = await queue.pool()
-    assert pool.get_stats()["pool_size"] >= 2  # several idle connections to pass over
-    await _end_other_sessions(conn)
+    size = pool.get_stats()["pool_size"]
+    assert size >= 2  # several idle connections to pass over
+    await _end_other_sessions(conn, expect=size)
 
     first = await queue.enqueue(t, {"x": 100})
     more = await asyncio.gather(*(queue.enqueue(t, {"x": 101 + i}) for i in range(8)))
