@@ -701,6 +701,22 @@ async def cmd_token(args: argparse.Namespace) -> int:
 async def cmd_bench(args: argparse.Namespace) -> int:
     from .bench._run import run_bench
 
+    if args.profile:
+        from .bench._profile import run_profile
+
+        stray = [
+            name
+            for name, given in (
+                ("--jobs", args.jobs is not None),
+                ("--backlog", args.backlog),
+                ("--scale", args.scale is not None),
+                ("--sustained", args.sustained is not None),
+            )
+            if given
+        ]
+        if stray:
+            raise CommandError(f"bench --profile takes no {', '.join(stray)}")
+        return await run_profile(dsn=args.dsn, calls=200 if args.quick else None, as_json=args.json)
     if args.sustained is not None:
         from .bench._sustained import run_sustained
 
@@ -1152,6 +1168,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="1,2,4,8",
         help="instead: drain throughput against worker processes, and where the server's "
         "time goes (docs/scaling.md)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead: where one enqueue's and one idle claim's time goes, client and server "
+        "(docs/performance.md)",
     )
     json_option(p)
 

@@ -12,6 +12,7 @@ import pytest
 
 from pgqueue.bench._systems import SYSTEMS, Procrastinate, ProcrastinateBridge
 
+from ..db._helpers import Conn
 from .helpers import run_cli
 
 PER_SYSTEM = ("single_enqueue", "bulk_enqueue")  # measured once, on a system's first row
@@ -231,3 +232,41 @@ def test_scale_bench_refuses_bad_process_counts(pg_server: str, scale: str) -> N
     result = run_cli("bench", "--scale", scale, dsn=pg_server)
     assert result.returncode == 2
     assert "--scale" in result.stderr
+
+
+def test_profile_bench_reports_every_part_of_an_enqueue_and_an_idle_claim(
+    pg_server: str, conn: Conn
+) -> None:
+    """``bench --profile``: the client's, the server's and the commit's parts
+    of one enqueue, every CHECK constraint of pgqueue.jobs on its own, and an
+    idle claim's parts (figures are positive; none is compared to a time)."""
+    result = run_cli("bench", "--profile", "--quick", "--json", dsn=pg_server)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = result.json()
+    assert report["calls"] == 200
+    client = report["enqueue_client"]
+    for part in ("whole", "python", "checkout", "round_trip", "statement"):
+        assert client[part] > 0, part
+    server = report["enqueue_server"]
+    for part in ("bare", "checks", "indexes", "jobs_untriggered", "jobs", "function"):
+        assert server[part] > 0, part
+    checks = {name.removeprefix("check:") for name in server if name.startswith("check:")}
+    expected = {
+        row[0]
+        for row in conn.execute(
+            "SELECT conname FROM pg_constraint"
+            " WHERE conrelid = 'pgqueue.jobs'::regclass AND contype = 'c'"
+        )
+    }
+    assert checks == expected
+    assert set(report["commit"]) == {"insert", "insert_notify", "insert_unsynced"}
+    assert all(value > 0 for value in report["commit"].values())
+    assert set(report["idle_claim"]) == {"claim", "complete", "statement", "server"}
+    assert all(value > 0 for value in report["idle_claim"].values())
+
+
+@pytest.mark.parametrize("stray", [["--jobs", "10"], ["--backlog"], ["--sustained", "10"]])
+def test_profile_bench_refuses_options_it_would_ignore(pg_server: str, stray: list[str]) -> None:
+    result = run_cli("bench", "--profile", *stray, dsn=pg_server)
+    assert result.returncode != 0
+    assert f"bench --profile takes no {stray[0]}" in result.stderr
