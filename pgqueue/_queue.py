@@ -1437,10 +1437,17 @@ def _options(options: EnqueueOptions | None, values: Mapping[str, Any]) -> Enque
         raise InvalidJobError("pass options= or option keywords, not both")
     if options is not None:
         return options
-    try:
-        return EnqueueOptions(**values)
-    except TypeError as exc:
-        raise InvalidJobError(str(exc).replace("__init__()", "enqueue()")) from None
+    unknown = sorted(set(values) - _OPTION_NAMES)
+    if unknown:
+        raise InvalidJobError(
+            f"enqueue() got unknown option(s) {', '.join(map(repr, unknown))}; the options are "
+            f"{', '.join(sorted(_OPTION_NAMES))}",
+            field=unknown[0],
+        )
+    return EnqueueOptions(**values)
+
+
+_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(EnqueueOptions))
 
 
 def _valid_seconds(value: object, *, allow_zero: bool) -> bool:

@@ -168,7 +168,7 @@ def _unavailable(exc: psycopg.Error) -> bool:
 
 
 def translate(exc: psycopg.Error) -> Exception:
-    """Map a database error from a pgqueue function to the matching exception.
+    """Map a database error from a pgqueue statement to the matching exception.
 
     Errors pgqueue does not own are returned unchanged; a lost connection or
     a session the server ended becomes :class:`DatabaseUnavailable`; a CHECK
@@ -181,7 +181,9 @@ def translate(exc: psycopg.Error) -> Exception:
         psycopg.errors.InvalidSchemaName,
         psycopg.errors.UndefinedObject,
     )
-    if isinstance(exc, missing) and "pgqueue" in str(exc):
+    # The statements translated here are pgqueue's own: whatever object they
+    # miss is pgqueue's.
+    if isinstance(exc, missing):
         return ConfigurationError(
             "the pgqueue schema is missing or outdated in this database: run `pgqueue migrate`"
         )

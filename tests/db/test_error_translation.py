@@ -86,3 +86,20 @@ async def test_a_check_on_a_value_the_caller_passed_is_bad_input_naming_it(
     translated = errors.translate(raised.value)
     assert type(translated) is pgqueue.InvalidJobError
     assert translated.field == "owner"
+
+
+async def test_a_database_without_pgqueue_schema_says_to_migrate(empty_db_dsn: str) -> None:
+    async with pgqueue.Queue(empty_db_dsn) as queue:
+        t = register(queue)
+        with pytest.raises(pgqueue.ConfigurationError, match="run `pgqueue migrate`"):
+            await t.enqueue()
+        with pytest.raises(pgqueue.ConfigurationError, match="run `pgqueue migrate`"):
+            await queue.get_job(1)
+
+
+async def test_an_unknown_enqueue_option_is_named(queue: pgqueue.Queue) -> None:
+    t = register(queue)
+    with pytest.raises(pgqueue.InvalidJobError, match="unknown option\\(s\\) 'prio'") as exc:
+        await queue.enqueue(t, {}, prio=3)
+    assert exc.value.field == "prio"
+    assert "priority" in str(exc.value)
