@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -13,7 +14,6 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Generic, Literal, LiteralString, TypeVar, overload
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -22,6 +22,7 @@ from . import _connect, _migrate
 from ._connect import live_connection, live_connection_sync, resolve_dsn
 from ._context import JobContext
 from ._job import Attempt, Batch, Job, ProgressEntry
+from ._notifier import listen_forever, wait_event
 from ._periodic import Periodic, SchedulePass, make_periodic, schedule_due, schedule_status
 from ._sql import query
 from ._status import BatchStatus, JobStatus
@@ -1075,8 +1076,8 @@ class Queue:
         with its error if it ended any other way. Woken by NOTIFY, with a
         slow re-check as backstop. Raises ``TimeoutError`` after ``timeout`` s."""
 
-        async def check(conn: psycopg.AsyncConnection[Any]) -> tuple[bool, Any]:
-            rows = await self._fetch("get_job_status", {"id": job_id}, conn)
+        async def check() -> tuple[bool, Any]:
+            rows = await self._fetch("get_job_status", {"id": job_id})
             if not rows:
                 raise JobNotFound(f"job {job_id} does not exist")
             status = JobStatus(rows[0]["status"])
@@ -1101,16 +1102,16 @@ class Queue:
         cancelled. Woken by NOTIFY on the batch's status change, not by polling.
         Raises ``TimeoutError`` after ``timeout`` s."""
 
-        async def check(conn: psycopg.AsyncConnection[Any]) -> tuple[bool, Any]:
-            rows = await self._fetch("get_batch", {"id": batch_id}, conn)
+        async def check() -> tuple[bool, Any]:
+            rows = await self._fetch("get_batch", {"id": batch_id})
             if not rows:
                 raise BatchNotFound(f"batch {batch_id} does not exist")
             batch = Batch.from_row(rows[0])
             if batch.status is BatchStatus.COMPLETED:
-                results = await self._fetch("batch_results", {"id": batch_id}, conn)
+                results = await self._fetch("batch_results", {"id": batch_id})
                 return True, [r["result"] for r in results]
             if batch.is_final:
-                errors = await self._fetch("batch_errors", {"id": batch_id}, conn)
+                errors = await self._fetch("batch_errors", {"id": batch_id})
                 raise BatchFailed(
                     batch_id,
                     batch.status.value,
@@ -1131,33 +1132,43 @@ class Queue:
         self,
         channel: LiteralString,
         relevant: Callable[[str], bool],
-        check: Callable[[psycopg.AsyncConnection[Any]], Awaitable[tuple[bool, Any]]],
+        check: Callable[[], Awaitable[tuple[bool, Any]]],
         what: str,
         timeout: float | None,
+        *,
+        recheck: float = 5.0,
     ) -> Any:
-        """LISTEN on ``channel``, then run ``check`` until it says done: at
-        once, on every relevant notification, and every 5 s as a backstop
-        (LISTEN goes to :attr:`listen_dsn`; through a pooler in transaction
-        mode without one, notifications may never come and the backstop
-        alone ends the wait)."""
+        """Run ``check`` until it says done: at once, on every relevant
+        notification on ``channel``, each time LISTEN is (again) in place, and
+        every ``recheck`` seconds as a backstop. LISTEN runs through the
+        notifier every part of pgqueue uses (:func:`listen_forever`: one
+        reconnect policy) on :attr:`listen_dsn`; through a pooler in
+        transaction mode without one, notifications may never come and the
+        backstop alone ends the wait."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        wake = asyncio.Event()
+
+        def on_notify(_channel: str, payload: str) -> None:
+            if relevant(payload):
+                wake.set()
+
+        listener = asyncio.create_task(
+            listen_forever(self.listen_connection, [channel], on_notify, on_connect=wake.set)
+        )
         try:
-            conn = await self.listen_connection()
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-        async with conn:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             while True:
-                done, value = await check(conn)
+                wake.clear()  # before the check: a change during it wakes the next wait
+                done, value = await check()
                 if done:
                     return value
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"{what} is still {value} after {timeout} s")
-                recheck = 5.0 if remaining is None else min(5.0, remaining)
-                async for note in conn.notifies(timeout=recheck):
-                    if relevant(note.payload):
-                        break
+                await wait_event(wake, recheck if remaining is None else min(recheck, remaining))
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
 
     # -- batches -----------------------------------------------------------------------
 

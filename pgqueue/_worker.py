@@ -45,7 +45,7 @@ from ._completer import Completer, Outcome, Stopped, Success, format_error
 from ._context import JobContext
 from ._database import ClaimedJob, Failure, Lease, Release, WorkerDatabase
 from ._maintenance import Tally, jitter, memory, pruner, rescuer, scheduler, vacuumer
-from ._notifier import listen_forever
+from ._notifier import listen_forever, wait_event
 from ._queue import Queue, Task, encode_json
 from .errors import (
     ConfigurationError,
@@ -579,7 +579,7 @@ class Worker:
                     sleep = jitter(settings.poll_interval)
                     if not claimed or self._rate_limited is not False:
                         sleep = min(sleep, await self._rate_wait())
-                    await _wait(self._wakeup, sleep)
+                    await wait_event(self._wakeup, sleep)
             except Exception:
                 if self._stopping:
                     return
@@ -1008,7 +1008,7 @@ class Worker:
             and not self._hard_stop
         ):
             self._slot_freed.clear()
-            await _wait(self._slot_freed, 0.1)
+            await wait_event(self._slot_freed, 0.1)
         phases.mark("grace")
         for lease in list(self._leases.values()):
             if not lease.finished and lease.body is not None:
@@ -1070,19 +1070,6 @@ class _Phases:
 
     def __str__(self) -> str:
         return ", ".join(f"{name} {took:.2f}s" for name, took in self._took)
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> bool:
-    """Wait for ``event`` at most ``timeout`` seconds; whether it was set."""
-    if math.isinf(timeout):
-        await event.wait()
-        return True
-    try:
-        async with asyncio.timeout(timeout):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True
 
 
 async def _stop_tasks(

@@ -320,32 +320,29 @@ async def _follow_job(queue: Queue, job: Job, *, quiet: bool) -> Job:
     changes, re-checked every few seconds); return its final row."""
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
-    conn = await queue.listen_connection()
     columns = (
         TextColumn(f"job {job.id} {job.task}"),
         BarColumn(),
         TaskProgressColumn(),
         TextColumn("{task.fields[status]} {task.fields[message]}"),
     )
-    async with conn:
-        await conn.execute("LISTEN pgqueue_job")
-        with Progress(*columns, disable=quiet, transient=False) as bar:
-            task = bar.add_task("job", total=100, status="", message="")
-            current: Job | None = job
-            while current is not None and not current.status.is_terminal:
-                bar.update(
-                    task,
-                    completed=current.progress,
-                    status=current.status.value,
-                    message=(current.progress_message or "")[:60],
-                )
-                async for note in conn.notifies(timeout=5.0):
-                    if _notified_id(note.payload) == job.id:
-                        break
-                current = await queue.get_job(job.id)
+    with Progress(*columns, disable=quiet, transient=False) as bar:
+        task = bar.add_task("job", total=100, status="", message="")
+
+        async def check() -> tuple[bool, Job]:
+            current = await queue.get_job(job.id)
             if current is None:
                 raise CommandError(f"job {job.id} no longer exists")
-            bar.update(task, completed=current.progress, status=current.status.value, message="")
+            final = current.status.is_terminal
+            message = "" if final else (current.progress_message or "")[:60]
+            bar.update(
+                task, completed=current.progress, status=current.status.value, message=message
+            )
+            return final, current
+
+        current: Job = await queue._wait_for(
+            "pgqueue_job", lambda payload: _notified_id(payload) == job.id, check, "", None
+        )
     return current
 
 
@@ -564,28 +561,32 @@ async def _follow_batch(queue: Queue, batch: Batch, *, quiet: bool) -> Batch:
     """A live progress bar of the batch's finished children until it is final."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    conn = await queue.listen_connection()
-    async with conn:
-        await conn.execute("LISTEN pgqueue_batch")
-        columns = (
-            TextColumn(f"batch {batch.id} {batch.task}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-        )
-        with Progress(*columns, disable=quiet) as bar:
-            task = bar.add_task("batch", total=batch.total, status=batch.status.value)
-            current: Batch | None = batch
-            while current is not None and not current.is_final:
-                bar.update(task, completed=current.finished, status=current.status.value)
-                # Children finishing do not notify the batch channel: refresh
-                # the bar every half second, wake at once on a status change.
-                async for _ in conn.notifies(timeout=0.5):
-                    break
-                current = await queue.get_batch(batch.id)
+    columns = (
+        TextColumn(f"batch {batch.id} {batch.task}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
+    with Progress(*columns, disable=quiet) as bar:
+        task = bar.add_task("batch", total=batch.total, status=batch.status.value)
+
+        async def check() -> tuple[bool, Batch]:
+            current = await queue.get_batch(batch.id)
             if current is None:
                 raise CommandError(f"batch {batch.id} no longer exists")
             bar.update(task, completed=current.finished, status=current.status.value)
+            return current.is_final, current
+
+        # Children finishing do not notify the batch channel: refresh the bar
+        # every half second, wake at once on a status change.
+        current: Batch = await queue._wait_for(
+            "pgqueue_batch",
+            lambda payload: _notified_id(payload) == batch.id,
+            check,
+            "",
+            None,
+            recheck=0.5,
+        )
     return current
 
 
