@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -173,6 +174,33 @@ class _AsyncPool(AsyncConnectionPool[Any]):
         await super()._add_connection(
             attempt or _CappedAttempt(timeout=self.reconnect_timeout), growing
         )
+
+    # psycopg_pool takes a cancelled connect for a failed one: a worker task of
+    # the pool that was connecting when it was cancelled carries on. asyncio.run()
+    # cancels and then awaits every task at exit, so a Queue left open while its
+    # pool connected made the program hang at exit. A pool closes itself when
+    # its event loop cancels its tasks; closing stops the workers.
+    _closer: asyncio.Task[None] | None = None
+
+    async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        await super().open(wait=wait, timeout=timeout)
+        if self._closer is None:
+            self._closer = asyncio.create_task(self._close_when_cancelled())
+
+    async def _close_when_cancelled(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if self._closer is not None and not self.closed:
+                self._closer = None
+                await super().close(timeout=1.0)
+            raise
+
+    async def close(self, timeout: float = 5.0) -> None:
+        closer, self._closer = self._closer, None
+        if closer is not None and closer is not asyncio.current_task():
+            closer.cancel()
+        await super().close(timeout=timeout)
 
 
 class _Pool(ConnectionPool[Any]):
