@@ -181,9 +181,10 @@ def translate(exc: psycopg.Error) -> Exception:
         psycopg.errors.InvalidSchemaName,
         psycopg.errors.UndefinedObject,
     )
-    # The statements translated here are pgqueue's own: whatever object they
-    # miss is pgqueue's.
-    if isinstance(exc, missing):
+    # PostgreSQL names the missing object only in the message. The CLI's last
+    # resort also translates errors of statements that are not pgqueue's (the
+    # bench's peers): their missing tables are not a reason to migrate.
+    if isinstance(exc, missing) and "pgqueue" in str(exc):
         return ConfigurationError(
             "the pgqueue schema is missing or outdated in this database: run `pgqueue migrate`"
         )

@@ -12,7 +12,8 @@ import logging
 
 import pytest
 
-from pgqueue._worker import _stop_tasks, _wait
+from pgqueue._notifier import wait_event
+from pgqueue._worker import _stop_tasks
 
 
 async def test_a_loop_that_swallows_a_cancel_is_cancelled_again() -> None:
@@ -73,6 +74,6 @@ async def test_a_failed_loop_is_logged_at_shutdown(caplog: pytest.LogCaptureFixt
 
 async def test_wait_reports_whether_the_event_was_set() -> None:
     event = asyncio.Event()
-    assert await _wait(event, 0.01) is False
+    assert await wait_event(event, 0.01) is False
     asyncio.get_running_loop().call_later(0.01, event.set)
-    assert await _wait(event, 5) is True
+    assert await wait_event(event, 5) is True
