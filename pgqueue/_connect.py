@@ -18,8 +18,11 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from psycopg_pool.base import AttemptWithBackoff
+from psycopg_pool.pool_async import StopWorker
 
 from .errors import ConfigurationError, DatabaseUnavailable
+
+_log = logging.getLogger("psycopg.pool")
 
 DEFAULT_DATA_DIR = Path(".pgqueue") / "pgdata"
 
@@ -175,32 +178,26 @@ class _AsyncPool(AsyncConnectionPool[Any]):
             attempt or _CappedAttempt(timeout=self.reconnect_timeout), growing
         )
 
-    # psycopg_pool takes a cancelled connect for a failed one: a worker task of
-    # the pool that was connecting when it was cancelled carries on. asyncio.run()
-    # cancels and then awaits every task at exit, so a Queue left open while its
-    # pool connected made the program hang at exit. A pool closes itself when
-    # its event loop cancels its tasks; closing stops the workers.
-    _closer: asyncio.Task[None] | None = None
-
-    async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
-        await super().open(wait=wait, timeout=timeout)
-        if self._closer is None:
-            self._closer = asyncio.create_task(self._close_when_cancelled())
-
-    async def _close_when_cancelled(self) -> None:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            if self._closer is not None and not self.closed:
-                self._closer = None
-                await super().close(timeout=1.0)
-            raise
-
-    async def close(self, timeout: float = 5.0) -> None:
-        closer, self._closer = self._closer, None
-        if closer is not None and closer is not asyncio.current_task():
-            closer.cancel()
-        await super().close(timeout=timeout)
+    @classmethod
+    async def worker(cls, q: Any) -> None:
+        """psycopg_pool's maintenance worker, except that it stops when it is
+        cancelled. psycopg_pool takes a cancelled connect for a failed one and
+        retries it: its worker outlived its cancellation, and asyncio.run(),
+        which cancels and then awaits every task at exit, hung forever for a
+        program that ended with a Queue open while its pool was connecting."""
+        current = asyncio.current_task()
+        while True:
+            task = await q.get()
+            if isinstance(task, StopWorker):
+                return
+            try:
+                await task.run()
+            except (Exception, asyncio.CancelledError) as exc:
+                if current is not None and current.cancelling():
+                    raise
+                _log.warning("pool task %s failed: %s: %s", task, type(exc).__name__, exc)
+            if current is not None and current.cancelling():
+                raise asyncio.CancelledError
 
 
 class _Pool(ConnectionPool[Any]):

@@ -17,6 +17,7 @@ PROGRAM = textwrap.dedent(
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen()
+    silent.setblocking(False)
     port = silent.getsockname()[1]
 
     async def main():
@@ -24,8 +25,10 @@ PROGRAM = textwrap.dedent(
             f"postgresql://nobody@127.0.0.1:{port}/none?connect_timeout=60",
             min_size=1, max_size=2, name="left-open",
         )
-        await pool.open()  # without waiting: the connect is under way
-        await asyncio.sleep(0.3)
+        await pool.open()  # without waiting
+        # the pool's connect reached the server and waits for its answer
+        accepted, _ = await asyncio.get_running_loop().sock_accept(silent)
+        await asyncio.sleep(0.1)
 
     asyncio.run(main())
     print("exited")
