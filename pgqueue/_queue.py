@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import inspect
 import json
@@ -1140,12 +1139,26 @@ class Queue:
     ) -> Any:
         """Run ``check`` until it says done: at once, on every relevant
         notification on ``channel``, each time LISTEN is (again) in place, and
-        every ``recheck`` seconds as a backstop. LISTEN runs through the
+        every ``recheck`` seconds as a backstop. The first LISTEN session
+        failing to open fails the wait; a session lost later is reopened. LISTEN runs through the
         notifier every part of pgqueue uses (:func:`listen_forever`: one
         reconnect policy) on :attr:`listen_dsn`; through a pooler in
         transaction mode without one, notifications may never come and the
         backstop alone ends the wait."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        done, value = await check()
+        if done:
+            return value
+        # The first session is opened here, so that a listen DSN that cannot
+        # be reached fails the wait at once; later sessions are the notifier's.
+        try:
+            first: list[psycopg.AsyncConnection[Any]] = [await self.listen_connection()]
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+        async def connect() -> psycopg.AsyncConnection[Any]:
+            return first.pop() if first else await self.listen_connection()
+
         wake = asyncio.Event()
 
         def on_notify(_channel: str, payload: str) -> None:
@@ -1153,22 +1166,27 @@ class Queue:
                 wake.set()
 
         listener = asyncio.create_task(
-            listen_forever(self.listen_connection, [channel], on_notify, on_connect=wake.set)
+            listen_forever(connect, [channel], on_notify, on_connect=wake.set),
+            name=f"pgqueue-wait-{channel}",
         )
         try:
             while True:
-                wake.clear()  # before the check: a change during it wakes the next wait
-                done, value = await check()
-                if done:
-                    return value
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"{what} is still {value} after {timeout} s")
                 await wait_event(wake, recheck if remaining is None else min(recheck, remaining))
+                wake.clear()  # before the check: a change during it wakes the next wait
+                done, value = await check()
+                if done:
+                    return value
         finally:
             listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await listener
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the wait itself is being cancelled
 
     # -- batches -----------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 import pgqueue
 from pgqueue._queue import _notified_id
 
@@ -62,3 +64,23 @@ async def test_a_wait_rides_through_a_lost_listen_session(queue: pgqueue.Queue, 
     assert checks == 3 and not waiting.done()
     await queue.cancel(job_id)
     assert await asyncio.wait_for(waiting, 60) == "cancelled"
+
+
+async def test_a_wait_whose_listen_dsn_cannot_be_reached_fails_at_once(db_dsn: str) -> None:
+    """The first LISTEN session is opened by the wait itself: a listen DSN that
+    refuses connections is an error for the caller, not a silent poll."""
+    async with pgqueue.Queue(db_dsn, listen_dsn="postgresql://nobody@127.0.0.1:1/none") as queue:
+        t = register(queue)
+        job_id = await t.enqueue()
+        with pytest.raises(pgqueue.DatabaseUnavailable):
+            await queue.wait(job_id, timeout=60)
+
+
+async def test_a_wait_for_a_job_already_ended_opens_no_listen_session(db_dsn: str) -> None:
+    # a listen DSN that cannot be reached: the wait must not need it
+    async with pgqueue.Queue(db_dsn, listen_dsn="postgresql://nobody@127.0.0.1:1/none") as queue:
+        t = register(queue)
+        job_id = await t.enqueue()
+        await queue.cancel(job_id)
+        with pytest.raises(pgqueue.JobFailed):
+            await queue.wait(job_id, timeout=60)
