@@ -208,10 +208,10 @@ def _app_connector(task: Any) -> Any:
 
 
 def _database_error(exc: psycopg.Error) -> Exception:
-    # Every statement translated here calls the bridge's functions (directly,
-    # or through its triggers on procrastinate_jobs): what they miss is the bridge.
+    # the missing object's name is only in the message (as in translate):
+    # pgqueue's own missing functions are translate's "run pgqueue migrate"
     missing = (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName)
-    if isinstance(exc, missing):
+    if isinstance(exc, missing) and "pgqueue_procrastinate" in str(exc):
         return ConfigurationError(NOT_INSTALLED)
     return translate(exc)
 
