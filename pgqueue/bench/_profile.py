@@ -29,12 +29,13 @@ round trip and the server's share); docs/performance.md reads them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -66,16 +67,22 @@ _ASYNCPG_ENQUEUE = (
 )
 
 
-async def _median_us(n: int, call: Callable[[], Awaitable[Any]]) -> float:
-    """Median microseconds of ``n`` calls of ``call``, after 20 untimed ones."""
+async def _medians_us(
+    n: int, calls: Mapping[str, Callable[[], Awaitable[Any]]]
+) -> dict[str, float]:
+    """Median microseconds per call of each of ``calls``, timed in turns (one
+    call of each per round, so a slow moment of the machine spreads over all
+    of them alike), after 20 untimed rounds."""
     for _ in range(20):
-        await call()
-    samples = []
+        for call in calls.values():
+            await call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(n):
-        t0 = time.perf_counter()
-        await call()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples) * 1e6
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            await call()
+            samples[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(values) * 1e6 for name, values in samples.items()}
 
 
 # -- the server's parts ------------------------------------------------------------------
@@ -115,7 +122,6 @@ def _insert(table: str) -> str:
 def _server_parts(dsn: str, n: int, rounds: int) -> dict[str, Any]:
     """Microseconds per INSERT of each variant, and per CHECK constraint."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(_SETUP)
         checks = conn.execute(
             "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
             " WHERE conrelid = 'pgqueue.jobs'::regclass AND contype = 'c' ORDER BY conname"
@@ -156,83 +162,79 @@ def _server_parts(dsn: str, n: int, rounds: int) -> dict[str, Any]:
     return {variant: statistics.median(values) for variant, values in samples.items()}
 
 
-async def _commit_parts(dsn: str, n: int) -> dict[str, float]:
-    """Microseconds of an autocommit INSERT into the bare copy: with
-    ``synchronous_commit`` on and off, and with a NOTIFY beside it."""
-    insert = _insert("profile.bare")
-    notify = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify('pgqueue_profile', 'x') FROM i"
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        synced = await _median_us(n, lambda: conn.execute(insert))
-        notified = await _median_us(n, lambda: conn.execute(notify))
-        await conn.execute("SET synchronous_commit = off")
-        unsynced = await _median_us(n, lambda: conn.execute(insert))
-    return {"insert": synced, "insert_notify": notified, "insert_unsynced": unsynced}
-
-
-# -- the client's parts ------------------------------------------------------------------
+# -- the client's parts and the commit ---------------------------------------------------
 
 
 async def _client_parts(dsn: str, n: int) -> dict[str, float | None]:
+    """The parts of ``Queue.enqueue`` on the client, the same round trip and
+    statement through asyncpg (if installed), and the commit: an autocommit
+    INSERT into the bare copy with ``synchronous_commit`` on and off, and with
+    a NOTIFY beside it. All timed in turns."""
     queue = Queue(dsn)
 
     @queue.task(name="noop", queue="profile")
     async def noop(ctx: JobContext) -> None:
         """Never run: only enqueued."""
 
-    parts: dict[str, float | None] = {}
-    try:
-        parts["whole"] = await _median_us(n, lambda: noop.enqueue())
-        params = queue._row(noop, {}, _options(None, {})).params()
+    insert = _insert("profile.bare")
+    notify = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify('pgqueue_profile', 'x') FROM i"
+    statement = query("enqueue")
+    params = queue._row(noop, {}, _options(None, {})).params()
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(queue.close)
+        pool = await queue.pool()
+        held = await stack.enter_async_context(live_connection(pool))
+        synced = await stack.enter_async_context(await connect(dsn))
+        unsynced = await stack.enter_async_context(await connect(dsn))
+        await unsynced.execute("SET synchronous_commit = off")
 
         async def prepare() -> None:
             queue._row(noop, {}, _options(None, {})).params()
-
-        parts["python"] = await _median_us(n, prepare)
-        pool = await queue.pool()
 
         async def checkout() -> None:
             async with live_connection(pool):
                 pass
 
-        parts["checkout"] = await _median_us(n, checkout)
-        async with live_connection(pool) as conn:
-            parts["round_trip"] = await _median_us(n, lambda: conn.execute("SELECT 1"))
-            statement = query("enqueue")
-            parts["statement"] = await _median_us(n, lambda: conn.execute(statement, params))
-    finally:
-        await queue.close()
-    parts.update(await _asyncpg_parts(dsn, n))
+        calls: dict[str, Callable[[], Awaitable[Any]]] = {
+            "whole": noop.enqueue,
+            "python": prepare,
+            "checkout": checkout,
+            "round_trip": lambda: held.execute("SELECT 1"),
+            "statement": lambda: held.execute(statement, params),
+            "insert": lambda: synced.execute(insert),
+            "insert_notify": lambda: synced.execute(notify),
+            "insert_unsynced": lambda: unsynced.execute(insert),
+        }
+        asyncpg_conn = await _asyncpg_connect(dsn)
+        if asyncpg_conn is not None:
+            stack.push_async_callback(asyncpg_conn.close)
+            args = ("noop", "{}", "profile", 0, None, 1, None, None, "{}", *([None] * 5))
+            calls["asyncpg_round_trip"] = lambda: asyncpg_conn.execute("SELECT 1")
+            calls["asyncpg_statement"] = lambda: asyncpg_conn.fetch(_ASYNCPG_ENQUEUE, *args)
+        parts: dict[str, float | None] = {"asyncpg_round_trip": None, "asyncpg_statement": None}
+        parts.update(await _medians_us(n, calls))
     return parts
 
 
-async def _asyncpg_parts(dsn: str, n: int) -> dict[str, float | None]:
-    """The round trip and the enqueue statement through asyncpg, if installed."""
+async def _asyncpg_connect(dsn: str) -> Any:
+    """An asyncpg connection to ``dsn``, or None if asyncpg is not installed
+    or cannot take the DSN as given (its rows are then n/a)."""
     try:
         import asyncpg
     except ImportError:
-        return {"asyncpg_round_trip": None, "asyncpg_statement": None}
+        return None
     info = conninfo_to_dict(dsn)
     try:
-        conn = await asyncpg.connect(
+        return await asyncpg.connect(
             host=info.get("host"),
             port=int(info.get("port") or 5432),
             user=info.get("user"),
             password=info.get("password"),
             database=info.get("dbname"),
         )
-    except Exception as exc:  # a DSN asyncpg cannot take as given: the rest still counts
-        print(
-            f"bench --profile: asyncpg could not connect ({exc}); its rows are n/a", file=sys.stderr
-        )
-        return {"asyncpg_round_trip": None, "asyncpg_statement": None}
-    args = ("noop", "{}", "profile", 0, None, 1, None, None, "{}", *([None] * 5))
-    try:
-        return {
-            "asyncpg_round_trip": await _median_us(n, lambda: conn.execute("SELECT 1")),
-            "asyncpg_statement": await _median_us(n, lambda: conn.fetch(_ASYNCPG_ENQUEUE, *args)),
-        }
-    finally:
-        await conn.close()
+    except Exception as exc:
+        print(f"bench --profile: asyncpg could not connect ({exc}): n/a", file=sys.stderr)
+        return None
 
 
 async def _idle_claim(dsn: str, rounds: int) -> dict[str, float]:
@@ -294,10 +296,13 @@ async def run_profile(*, dsn: str | None, calls: int | None, as_json: bool) -> i
     n = calls or 2000
     with _scratch(server, "profile") as scratch:
         await asyncio.to_thread(_migrate.upgrade, scratch)
-        server_parts = await asyncio.to_thread(_server_parts, scratch, n, 5)
-        commit = await _commit_parts(scratch, n)
-        client = await _client_parts(scratch, n)
+        with psycopg.connect(scratch, autocommit=True) as conn:
+            conn.execute(_SETUP)
+        # in this order: the claim on a table without dead rows, then the
+        # client's parts, then the server's loops (rolled back, so dead rows)
         claim = await _idle_claim(scratch, max(20, n // 20))
+        client = await _client_parts(scratch, n)
+        server_parts = await asyncio.to_thread(_server_parts, scratch, n, 9)
     report = {
         "date": datetime.date.today().isoformat(),
         "machine": await asyncio.to_thread(_machine, server),
@@ -305,7 +310,7 @@ async def run_profile(*, dsn: str | None, calls: int | None, as_json: bool) -> i
         "calls": n,
         "enqueue_client": client,
         "enqueue_server": server_parts,
-        "commit": commit,
+        "commit": {k: client.pop(k) for k in ("insert", "insert_notify", "insert_unsynced")},
         "idle_claim": claim,
     }
     if as_json:
