@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -23,6 +24,7 @@ _never = threading.Event()
 @queue.task(queue="stubborn")
 async def deaf(ctx: pgqueue.JobContext, seconds: float = 3600) -> None:
     """Swallows every cancel and ignores ``ctx.should_stop``."""
+    print("deaf: the body is running", file=sys.stderr, flush=True)
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
     while loop.time() < end:
@@ -38,8 +40,14 @@ def deaf_sync(ctx: pgqueue.JobContext, seconds: float = 60) -> None:
 
 @queue.task(queue="stubborn")
 async def offload(ctx: pgqueue.JobContext) -> None:
-    """Waits on a thread of the event loop's default executor that never returns."""
-    await asyncio.to_thread(_never.wait)
+    """Waits on a thread of the event loop's default executor that never returns
+    (and says so in the log once the thread runs, for the test to wait on)."""
+
+    def stuck() -> None:
+        print("offload: the thread is running", file=sys.stderr, flush=True)
+        _never.wait()
+
+    await asyncio.to_thread(stuck)
 
 
 async def _deaf_loop(*args: Any, **kwargs: Any) -> None:

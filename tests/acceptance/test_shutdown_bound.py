@@ -63,9 +63,11 @@ def _running(dsn: str, job_id: int) -> bool:
 def test_a_job_that_swallows_its_cancel_does_not_hold_the_exit(
     db_dsn: str, procs: Processes
 ) -> None:
-    job_id = _enqueue(db_dsn, "deaf")
+    _enqueue(db_dsn, "deaf")
     worker = _start(procs, db_dsn)
-    wait_until(lambda: _running(db_dsn, job_id), timeout=30, what="the job to start")
+    # the body itself, not only the job's row: a task cancelled before its
+    # first step never gets to swallow the cancel
+    worker.wait_for_log("deaf: the body is running")
     code, took = _sigterm_and_time(worker)
     log = worker.log()
     assert code == 0, log
@@ -89,7 +91,9 @@ def test_a_thread_that_never_returns_ends_in_a_stack_dump_at_the_bound(
 ) -> None:
     job_id = _enqueue(db_dsn, "offload")
     worker = _start(procs, db_dsn)
-    wait_until(lambda: _running(db_dsn, job_id), timeout=30, what="the job to start")
+    # the thread itself, not only the job's row: a SIGTERM sent before the
+    # thread ran stopped a worker that had nothing stuck (exit 0)
+    worker.wait_for_log("offload: the thread is running")
     code, took = _sigterm_and_time(worker)
     log = worker.log()
     assert code == 1, log
