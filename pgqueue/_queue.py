@@ -1140,11 +1140,11 @@ class Queue:
         """Run ``check`` until it says done: at once, on every relevant
         notification on ``channel``, each time LISTEN is (again) in place, and
         every ``recheck`` seconds as a backstop. The first LISTEN session
-        failing to open fails the wait; a session lost later is reopened. LISTEN runs through the
-        notifier every part of pgqueue uses (:func:`listen_forever`: one
-        reconnect policy) on :attr:`listen_dsn`; through a pooler in
-        transaction mode without one, notifications may never come and the
-        backstop alone ends the wait."""
+        failing to open fails the wait; a session lost later is reopened.
+        LISTEN runs through the notifier every part of pgqueue uses
+        (:func:`listen_forever`: one reconnect policy) on :attr:`listen_dsn`;
+        through a pooler in transaction mode without one, notifications may
+        never come and the backstop alone ends the wait."""
         deadline = None if timeout is None else time.monotonic() + timeout
         done, value = await check()
         if done:
@@ -1152,12 +1152,14 @@ class Queue:
         # The first session is opened here, so that a listen DSN that cannot
         # be reached fails the wait at once; later sessions are the notifier's.
         try:
-            first: list[psycopg.AsyncConnection[Any]] = [await self.listen_connection()]
+            first: psycopg.AsyncConnection[Any] | None = await self.listen_connection()
         except psycopg.Error as exc:
             raise translate(exc) from exc
 
         async def connect() -> psycopg.AsyncConnection[Any]:
-            return first.pop() if first else await self.listen_connection()
+            nonlocal first
+            conn, first = first, None
+            return conn if conn is not None else await self.listen_connection()
 
         wake = asyncio.Event()
 
@@ -1187,6 +1189,9 @@ class Queue:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise  # the wait itself is being cancelled
+            finally:
+                if first is not None:  # the wait ended before the listener took it
+                    await first.close()
 
     # -- batches -----------------------------------------------------------------------
 
