@@ -705,52 +705,40 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     if args.profile:
         from .bench._profile import run_profile
 
-        stray = [
-            name
-            for name, given in (
-                ("--jobs", args.jobs is not None),
-                ("--backlog", args.backlog),
-                ("--scale", args.scale is not None),
-                ("--sustained", args.sustained is not None),
-            )
-            if given
-        ]
-        if stray:
-            raise CommandError(f"bench --profile takes no {', '.join(stray)}")
+        _refuse_stray(
+            "--profile",
+            jobs=args.jobs is not None,
+            backlog=args.backlog,
+            scale=args.scale is not None,
+            sustained=args.sustained is not None,
+        )
         return await run_profile(dsn=args.dsn, calls=200 if args.quick else None, as_json=args.json)
     if args.sustained is not None:
         from .bench._sustained import run_sustained
 
-        # a sustained run has its own fixed shape: refuse what it would ignore
-        stray = [
-            name
-            for name, given in (
-                ("--jobs", args.jobs is not None),
-                ("--quick", args.quick),
-                ("--backlog", args.backlog),
-            )
-            if given
-        ]
-        if stray:
-            raise CommandError(f"bench --sustained takes no {', '.join(stray)}")
-
+        _refuse_stray(
+            "--sustained", jobs=args.jobs is not None, quick=args.quick, backlog=args.backlog
+        )
         return await run_sustained(
             _connect.resolve_dsn(args.dsn), args.sustained, as_json=args.json
         )
     if args.scale is not None:
         from .bench._scale import run_scale
 
-        stray = [
-            name for name, given in (("--quick", args.quick), ("--backlog", args.backlog)) if given
-        ]
-        if stray:
-            raise CommandError(f"bench --scale takes no {', '.join(stray)}")
+        _refuse_stray("--scale", quick=args.quick, backlog=args.backlog)
         return await run_scale(
             dsn=args.dsn, processes=args.scale, jobs=args.jobs, as_json=args.json
         )
     return await run_bench(
         dsn=args.dsn, jobs=args.jobs, as_json=args.json, quick=args.quick, backlog=args.backlog
     )
+
+
+def _refuse_stray(mode: str, **given: bool) -> None:
+    """``bench <mode>`` runs a shape of its own: refuse the options it would ignore."""
+    stray = [f"--{name}" for name, present in given.items() if present]
+    if stray:
+        raise CommandError(f"bench {mode} takes no {', '.join(stray)}")
 
 
 def _process_counts(text: str) -> list[int]:
