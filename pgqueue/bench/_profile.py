@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import re
 import statistics
 import sys
 import time
@@ -60,11 +61,21 @@ _ENQUEUE_CALL = (
     "pgqueue.enqueue('noop', '{}'::jsonb, 'profile', 0, NULL, 1, NULL, NULL, '{}'::jsonb,"
     " NULL, NULL, NULL, NULL, NULL)"
 )
-_ASYNCPG_ENQUEUE = (
-    "SELECT pgqueue.enqueue($1::text, $2::jsonb, $3::text, $4::int, $5::timestamptz, $6::int,"
-    " $7::interval, $8::text, $9::jsonb, $10::text, $11::text, $12::interval, $13::text,"
-    " $14::int) AS id"
-)
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def _numbered(statement: str, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """A named query in asyncpg's form: ``$1, $2…`` placeholders in the order
+    they appear, and the values in that order (JSON as its text)."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        names.append(match.group(1))
+        return f"${len(names)}"
+
+    numbered = _PLACEHOLDER.sub(number, statement)
+    values = [params[name] for name in names]
+    return numbered, [json.dumps(v.obj) if isinstance(v, Jsonb) else v for v in values]
 
 
 async def _medians_us(
@@ -208,9 +219,9 @@ async def _client_parts(dsn: str, n: int) -> dict[str, float | None]:
         asyncpg_conn = await _asyncpg_connect(dsn)
         if asyncpg_conn is not None:
             stack.push_async_callback(asyncpg_conn.close)
-            args = ("noop", "{}", "profile", 0, None, 1, None, None, "{}", *([None] * 5))
+            numbered, args = _numbered(statement, params)
             calls["asyncpg_round_trip"] = lambda: asyncpg_conn.execute("SELECT 1")
-            calls["asyncpg_statement"] = lambda: asyncpg_conn.fetch(_ASYNCPG_ENQUEUE, *args)
+            calls["asyncpg_statement"] = lambda: asyncpg_conn.fetch(numbered, *args)
         parts: dict[str, float | None] = {"asyncpg_round_trip": None, "asyncpg_statement": None}
         parts.update(await _medians_us(n, calls))
     return parts
