@@ -13,6 +13,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+import pgqueue
+
 Conn = psycopg.Connection[Any]
 
 TERMINAL = ("completed", "failed", "timeout", "zombie", "dead_letter", "cancelled")
@@ -296,3 +298,12 @@ def job_in_state(conn: Conn, status: str, worker: str = "w1") -> int:
         raise AssertionError(f"unknown status {status}")
     assert job(conn, job_id)["status"] == status
     return job_id
+
+
+def noop_task(q: pgqueue.Queue) -> pgqueue.Task[None]:
+    """Register a task ``t(ctx)`` that does nothing on ``q``."""
+
+    async def t(ctx: pgqueue.JobContext) -> None:
+        return None
+
+    return q.task(t)

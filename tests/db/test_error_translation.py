@@ -12,20 +12,13 @@ import pytest
 import pgqueue
 from pgqueue import errors
 
-from ._helpers import Conn, scalar
-
-
-def register(q: pgqueue.Queue) -> pgqueue.Task[None]:
-    async def t(ctx: pgqueue.JobContext) -> None:
-        return None
-
-    return q.task(t)
+from ._helpers import Conn, noop_task, scalar
 
 
 async def test_a_caller_connection_the_server_ended_is_database_unavailable(
     queue: pgqueue.Queue, db_dsn: str, conn: Conn
 ) -> None:
-    t = register(queue)
+    t = noop_task(queue)
     async with await psycopg.AsyncConnection.connect(db_dsn) as aconn:
         pid = aconn.info.backend_pid
         assert scalar(conn, "SELECT pg_terminate_backend(%s)", [pid])
@@ -38,7 +31,7 @@ async def test_a_session_the_server_ends_mid_call_is_database_unavailable(
 ) -> None:
     """cancel waits on a row lock another transaction holds; the server ends
     the waiting session: the caller gets DatabaseUnavailable, not AdminShutdown."""
-    t = register(queue)
+    t = noop_task(queue)
     job_id = await t.enqueue()
     with psycopg.connect(db_dsn) as holder:
         holder.execute("SELECT 1 FROM pgqueue.jobs WHERE id = %s FOR UPDATE", [job_id])
@@ -66,7 +59,7 @@ async def test_a_session_the_server_ends_mid_call_is_database_unavailable(
 async def test_a_check_on_pgqueue_state_is_an_invariant_violation_not_bad_input(
     queue: pgqueue.Queue, conn: Conn
 ) -> None:
-    job_id = await register(queue).enqueue()
+    job_id = await noop_task(queue).enqueue()
     with pytest.raises(psycopg.errors.CheckViolation) as raised:
         conn.execute(
             "UPDATE pgqueue.jobs SET status = 'completed', completed_at = NULL WHERE id = %s",
@@ -80,7 +73,7 @@ async def test_a_check_on_pgqueue_state_is_an_invariant_violation_not_bad_input(
 async def test_a_check_on_a_value_the_caller_passed_is_bad_input_naming_it(
     queue: pgqueue.Queue, conn: Conn
 ) -> None:
-    job_id = await register(queue).enqueue()
+    job_id = await noop_task(queue).enqueue()
     with pytest.raises(psycopg.errors.CheckViolation) as raised:
         conn.execute("UPDATE pgqueue.jobs SET owner = '' WHERE id = %s", [job_id])
     translated = errors.translate(raised.value)
@@ -90,7 +83,7 @@ async def test_a_check_on_a_value_the_caller_passed_is_bad_input_naming_it(
 
 async def test_a_database_without_pgqueue_schema_says_to_migrate(empty_db_dsn: str) -> None:
     async with pgqueue.Queue(empty_db_dsn) as queue:
-        t = register(queue)
+        t = noop_task(queue)
         with pytest.raises(pgqueue.ConfigurationError, match="run `pgqueue migrate`"):
             await t.enqueue()
         with pytest.raises(pgqueue.ConfigurationError, match="run `pgqueue migrate`"):
@@ -98,7 +91,7 @@ async def test_a_database_without_pgqueue_schema_says_to_migrate(empty_db_dsn: s
 
 
 async def test_an_unknown_enqueue_option_is_named(queue: pgqueue.Queue) -> None:
-    t = register(queue)
+    t = noop_task(queue)
     with pytest.raises(pgqueue.InvalidJobError, match="unknown option\\(s\\) 'prio'") as exc:
         await queue.enqueue(t, {}, prio=3)
     assert exc.value.field == "prio"

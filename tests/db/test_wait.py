@@ -10,21 +10,14 @@ import pytest
 import pgqueue
 from pgqueue._queue import _notified_id
 
-from ._helpers import Conn, scalar
-
-
-def register(q: pgqueue.Queue) -> pgqueue.Task[None]:
-    async def t(ctx: pgqueue.JobContext) -> None:
-        return None
-
-    return q.task(t)
+from ._helpers import Conn, noop_task, scalar
 
 
 async def test_a_wait_rides_through_a_lost_listen_session(queue: pgqueue.Queue, conn: Conn) -> None:
     """Queue.wait listens through the notifier: when the server ends its LISTEN
     session it listens again and still wakes on the job's change (the backstop
     re-check is set to an hour here, so only a notification can end the wait)."""
-    t = register(queue)
+    t = noop_task(queue)
     job_id = await t.enqueue()
     checks = 0
 
@@ -70,7 +63,7 @@ async def test_a_wait_whose_listen_dsn_cannot_be_reached_fails_at_once(db_dsn: s
     """The first LISTEN session is opened by the wait itself: a listen DSN that
     refuses connections is an error for the caller, not a silent poll."""
     async with pgqueue.Queue(db_dsn, listen_dsn="postgresql://nobody@127.0.0.1:1/none") as queue:
-        t = register(queue)
+        t = noop_task(queue)
         job_id = await t.enqueue()
         with pytest.raises(pgqueue.DatabaseUnavailable):
             await queue.wait(job_id, timeout=60)
@@ -79,7 +72,7 @@ async def test_a_wait_whose_listen_dsn_cannot_be_reached_fails_at_once(db_dsn: s
 async def test_a_wait_for_a_job_already_ended_opens_no_listen_session(db_dsn: str) -> None:
     # a listen DSN that cannot be reached: the wait must not need it
     async with pgqueue.Queue(db_dsn, listen_dsn="postgresql://nobody@127.0.0.1:1/none") as queue:
-        t = register(queue)
+        t = noop_task(queue)
         job_id = await t.enqueue()
         await queue.cancel(job_id)
         with pytest.raises(pgqueue.JobFailed):
