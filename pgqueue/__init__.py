@@ -24,8 +24,9 @@ from ._job import Attempt, Batch, Job, ProgressEntry
 from ._migrate import current_revision, head_revision
 from ._migrate import upgrade as migrate
 from ._queue import BoundTask, EnqueueOptions, Queue, Task
+from ._settings import WorkerSettings
 from ._status import TERMINAL_STATUSES, BatchStatus, JobStatus
-from ._worker import Worker, WorkerSettings, run_worker
+from ._worker import Worker, run_worker
 from .errors import (
     BatchFailed,
     BatchNotFound,

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 
 from . import _extras, _migrate
 from ._queue import Queue
+from ._settings import WorkerSettings
 from ._status import JobStatus
-from ._worker import Worker, WorkerSettings
+from ._worker import Worker
 from .errors import ConfigurationError
 
 

@@ -1,28 +1,27 @@
-"""The worker: claims jobs, runs their tasks, reports outcomes, keeps leases alive.
+"""The worker: the producer that claims jobs into free slots, and the parts it runs.
 
-Design notes (the why; the what is in docs/operations.md):
+A worker is made of small parts, each in its own module:
 
-- Claims are sized to free slots and run as one statement (``pgqueue.claim``).
-- Successful outcomes are buffered and flushed with one ``complete_many`` call;
-  while one flush is in flight the next batch accumulates, so the batch grows
-  with load and latency stays low when idle.
-- One heartbeat statement refreshes every lease the worker holds, including
-  results still waiting to be flushed; a lease missing from its answer was
-  lost (rescued, cancelled) and its task is stopped.
-- Idle workers wait on NOTIFY ``pgqueue_enqueue`` with a jittered poll as the
-  backstop; the LISTEN connection reconnects after a database restart.
-- Every worker with periodic tasks runs the scheduler (``pgqueue/_periodic.py``):
-  it wakes at the next tick by the database's clock (at most every
-  ``periodic_interval``), and the database lets one worker enqueue each tick.
-- All database calls go through :meth:`Worker._call`, which retries connection
-  failures with backoff; refusals (stale lease) are final and logged.
+- the producer (here): sizes each claim to the free slots and runs it as one
+  statement (``pgqueue.claim``); idle, it waits on NOTIFY ``pgqueue_enqueue``
+  with a jittered poll as the backstop; it also owns the shutdown;
+- the executor (``_executor.py``): runs one attempt and returns its outcome;
+- the completer (``_completer.py``): writes outcomes, successes batched into
+  one ``complete_many`` call that grows with load;
+- the lease keeper (``_leases.py``): heartbeat, fence, progress writes;
+- the maintenance duties (``_maintenance/``): rescue, prune, vacuum, periodic
+  ticks, the memory limit;
+- the notifier (``_notifier.py``): the LISTEN session and its reconnects.
+
+Every database call goes through the seam ``WorkerDatabase``
+(``_database.py``), which retries lost connections with backoff; refusals
+(a stale lease) are final. The what is in docs/operations.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -33,32 +32,24 @@ import socket
 import time
 import uuid
 from collections.abc import Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from . import _connect, _metrics
-from ._completer import Completer, Outcome, Stopped, Success, format_error
+from ._completer import Completer
 from ._context import JobContext
-from ._database import ClaimedJob, Failure, Lease, Release, WorkerDatabase
+from ._database import ClaimedJob, Lease, Release, WorkerDatabase
+from ._executor import Executor
+from ._leases import HeldLease, LeaseKeeper
 from ._maintenance import Tally, jitter, memory, pruner, rescuer, scheduler, vacuumer
 from ._notifier import listen_forever, wait_event
-from ._queue import Queue, Task, encode_json
-from .errors import (
-    ConfigurationError,
-    DatabaseUnavailable,
-    MemoryLimitExceeded,
-    NonRetryableError,
-    StaleLease,
-)
+from ._queue import Queue
+from ._settings import WorkerSettings
+from .errors import DatabaseUnavailable, MemoryLimitExceeded, StaleLease
 
 log = logging.getLogger("pgqueue.worker")
-
-# What a task that returns None stores (JSON null), made once, not per job.
-_NULL_RESULT = Jsonb(None, dumps=lambda _value: "null")
 
 CLAIM_GATHER = 0.002
 """Seconds a busy worker waits for more free slots before a small claim."""
@@ -70,206 +61,6 @@ OUTCOME_DEADLINE = 10.0
 THREAD_RELEASE_DELAY = 2.0
 """Seconds before a job whose sync thread could not be stopped at shutdown
 becomes claimable again."""
-
-
-@dataclasses.dataclass(eq=False)
-class _Lease:
-    """A job this worker holds: id + attempt, its context and its running body."""
-
-    job_id: int
-    attempt: int
-    task_name: str
-    ctx: JobContext
-    timeout: float | None
-    # When the server last renewed this lease, by this worker's clock: the
-    # sending of the claim that took it or of the last heartbeat it answered.
-    renewed: float
-    body: asyncio.Future[Any] | None = None
-    thread: concurrent.futures.Future[Any] | None = None  # a sync task's thread
-    stop: str | None = None  # why the worker stopped it: lost, cancelled, shutdown
-    finished: bool = False  # the task body has ended; its outcome may be unflushed
-    # one progress write at a time, so the last report is written after the others
-    progress_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
-
-    @property
-    def key(self) -> Lease:
-        return Lease(self.job_id, self.attempt)
-
-
-def _flag(
-    name: str, help_text: str, *, type: type[Any], metavar: str | None = None
-) -> dict[str, Any]:
-    """The ``pgqueue worker`` option of a setting (pgqueue.cli builds the
-    worker's options from these, so a new setting gets its flag here)."""
-    return {"flag": name, "help": help_text, "type": type, "metavar": metavar}
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerSettings:
-    """Tuning knobs of :class:`Worker`; every default suits production."""
-
-    concurrency: int = dataclasses.field(
-        default=10, metadata=_flag("--concurrency", "jobs at once (default 10)", type=int)
-    )
-    """Jobs run at once (async tasks on the loop, sync tasks in as many threads)."""
-    poll_interval: float = dataclasses.field(
-        default=1.0, metadata=_flag("--poll-interval", "idle poll seconds", type=float)
-    )
-    """Seconds between claims when idle and no NOTIFY arrives (jittered +/-20 %)."""
-    heartbeat_interval: float = dataclasses.field(
-        default=5.0, metadata=_flag("--heartbeat-interval", "seconds (default 5)", type=float)
-    )
-    """Seconds between heartbeats of all leases (one statement)."""
-    stale_after: float = dataclasses.field(
-        default=20.0, metadata=_flag("--stale-after", "lease lost after (20 s)", type=float)
-    )
-    """Seconds without heartbeat after which another worker rescues a lease."""
-    rescue_interval: float = dataclasses.field(
-        default=5.0, metadata=_flag("--rescue-interval", "rescue pass every (5 s)", type=float)
-    )
-    """Seconds between rescue passes (one worker at a time runs one)."""
-    shutdown_grace: float = dataclasses.field(
-        default=30.0, metadata=_flag("--shutdown-grace", "seconds (default 30)", type=float)
-    )
-    """Seconds running jobs get to finish after SIGTERM before being handed back."""
-    listen: bool = dataclasses.field(
-        default=True, metadata=_flag("--no-listen", "poll only, no LISTEN/NOTIFY", type=bool)
-    )
-    """Wake on LISTEN/NOTIFY; False polls only (e.g. behind a transaction pooler)."""
-    progress_interval: float = 0.25
-    """Seconds between progress writes of one job (reports in between coalesce)."""
-    progress_history: int = dataclasses.field(
-        default=100,
-        metadata=_flag("--progress-history", "progress reports kept per job (100)", type=int),
-    )
-    """Progress reports kept per job in ``pgqueue.progress_history`` (0: none)."""
-    retain_completed: float = dataclasses.field(
-        default=86400.0,
-        metadata=_flag("--retain-completed", "keep completed jobs (1 day)", type=float),
-    )
-    """Seconds a completed job (and its history) is kept before it is pruned."""
-    retain_failed: float = dataclasses.field(
-        default=7 * 86400.0,
-        metadata=_flag("--retain-failed", "keep other ended jobs (7 days)", type=float),
-    )
-    """Seconds a job that ended any other way is kept (errors are kept longer)."""
-    prune_interval: float = dataclasses.field(
-        default=60.0,
-        metadata=_flag("--prune-interval", "retention pass every (60 s; 0: off)", type=float),
-    )
-    """Seconds between retention passes (one worker at a time); 0 disables them."""
-    vacuum_interval: float = dataclasses.field(
-        default=5.0,
-        metadata=_flag(
-            "--vacuum-interval",
-            "VACUUM pgqueue's tables when full of dead rows, checked every (5 s; 0: off)",
-            type=float,
-        ),
-    )
-    """Seconds between checks of pgqueue's tables for dead rows; one worker at a
-    time VACUUMs those with at least 10,000 (and a tenth of their live rows).
-    Every claim, completion and prune leaves dead row versions, and autovacuum
-    visits a database about once a minute: under heavy load the table would
-    bloat in between and claims slow down. 0 leaves it all to autovacuum (a
-    role that does not own the tables is left to it anyway)."""
-    periodic_interval: float = dataclasses.field(
-        default=5.0,
-        metadata=_flag(
-            "--periodic-interval",
-            "periodic scheduler: longest sleep between passes (5 s; 0: off in this worker)",
-            type=float,
-        ),
-    )
-    """Longest sleep of the periodic scheduler between passes (it wakes at each
-    due tick anyway, by the database's clock); 0 disables it in this worker."""
-    max_memory_mb: float = dataclasses.field(
-        default=0.0,
-        metadata=_flag(
-            "--max-memory",
-            "resident memory limit: over it, running attempts fail and the worker exits 1",
-            metavar="MIB",
-            type=float,
-        ),
-    )
-    """Resident memory (MiB) above which the worker stops: its running attempts
-    fail (charged, so a leaking job ends ``dead_letter`` instead of taking down
-    worker after worker) and :meth:`Worker.run` raises
-    :class:`MemoryLimitExceeded` so the process can be restarted. 0: no limit."""
-    pool_size: int = 4
-    """Database connections for claims, outcomes and heartbeats (tasks use none)."""
-    startup_timeout: float = dataclasses.field(
-        default=60.0,
-        metadata=_flag("--startup-timeout", "wait for the database (60 s)", type=float),
-    )
-    """Seconds to wait for the database at start before giving up (once running,
-    a worker rides out outages of any length)."""
-    metrics_port: int | None = dataclasses.field(
-        default=None,
-        metadata=_flag(
-            "--metrics-port",
-            "serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
-            metavar="PORT",
-            type=int,
-        ),
-    )
-    """Serve this worker's metrics in Prometheus text format at ``/metrics`` on
-    this TCP port (0: any free port, see :attr:`Worker.metrics_address`);
-    None: no metrics endpoint."""
-    metrics_host: str = dataclasses.field(
-        default="127.0.0.1",
-        metadata=_flag(
-            "--metrics-host", "address the metrics endpoint binds (default 127.0.0.1)", type=str
-        ),
-    )
-    """Address the metrics endpoint binds (``0.0.0.0`` to scrape it from elsewhere)."""
-
-    def __post_init__(self) -> None:
-        positive = (
-            "startup_timeout",
-            "poll_interval",
-            "heartbeat_interval",
-            "stale_after",
-            "rescue_interval",
-            "progress_interval",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigurationError(f"{name} must be positive, not {getattr(self, name)!r}")
-        if self.concurrency < 1:
-            raise ConfigurationError("concurrency must be at least 1")
-        if self.pool_size < 2:
-            raise ConfigurationError("pool_size must be at least 2")
-        if self.shutdown_grace < 0:
-            raise ConfigurationError("shutdown_grace must not be negative")
-        for name in (
-            "progress_history",
-            "retain_completed",
-            "retain_failed",
-            "prune_interval",
-            "vacuum_interval",
-            "periodic_interval",
-            "max_memory_mb",
-        ):
-            if getattr(self, name) < 0:
-                raise ConfigurationError(
-                    f"{name} must not be negative, not {getattr(self, name)!r}"
-                )
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            raise ConfigurationError(f"metrics_port must be 0..65535, not {self.metrics_port!r}")
-        if self.stale_after <= self.heartbeat_interval * 2:
-            raise ConfigurationError("stale_after must exceed two heartbeat intervals")
-
-
-def _failure(
-    error: str, retryable: bool, timed_out: bool = False, retry_delay: float | None = None
-) -> Failure:
-    """A failed attempt as ``pgqueue.fail`` takes it: a task's fixed
-    ``retry_delay`` becomes the delay of its next attempt (None: the
-    database's default backoff)."""
-    retry_in = None
-    if retryable and retry_delay is not None:
-        retry_in = timedelta(seconds=max(0.0, retry_delay))
-    return Failure(error, retryable, timed_out, retry_in)
 
 
 class Worker:
@@ -299,7 +90,7 @@ class Worker:
         self.worker_id = f"{prefix}:{uuid.uuid4().hex[:6]}"
         base = settings or WorkerSettings()
         self.settings = dataclasses.replace(base, **overrides) if overrides else base
-        self._leases: dict[Lease, _Lease] = {}
+        self.keeper = LeaseKeeper(lambda: self.db, self.worker_id, self.settings)
         self._running = 0  # leases whose body has not ended
         self._until_idle = False
         self._stopping = False
@@ -307,24 +98,27 @@ class Worker:
         self._hard_stop = False
         self._wakeup = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._progress_ready = asyncio.Event()
         self._outcomes_pending: set[asyncio.Task[None]] = set()
-        self._abandoned: list[concurrent.futures.Future[Any]] = []
-        self._release_at_exit: list[_Lease] = []
+        self._release_at_exit: list[HeldLease] = []
         self._rate_limited: bool | None = None  # was a queue held back by its rate limit?
-        self._last_beat = time.monotonic()  # when the last heartbeat that got through was sent
         self._database_class = database
         self._db: WorkerDatabase | None = None
-        self._threads: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._memory_error: str | None = None
         self._metrics_server: asyncio.Server | None = None
+        self.executor = Executor(
+            queue,
+            self.worker_id,
+            finished=self._finish,
+            last_progress=self.keeper.last_progress,
+            thread_returned=self._thread_returned,
+        )
         self.jobs_done = 0
         """Attempts this worker finished (any outcome); for tests and the demo."""
         self.completer = Completer(
             lambda: self.db,
             forget=self._forget,
-            held=lambda key: key in self._leases,
+            held=lambda key: key in self.keeper.leases,
             giving_up=lambda: self._hard_stop,
             retry_for=self.settings.stale_after,
         )
@@ -365,9 +159,8 @@ class Worker:
             give_up_now=self._gives_up,
         )
         await self._db.open()
-        self._threads = ThreadPoolExecutor(
-            max_workers=self.settings.concurrency, thread_name_prefix="pgqueue-task"
-        )
+        self.executor.open(self.settings.concurrency)
+        self.keeper.bind(self._loop)
         if self.settings.metrics_port is not None:
             self._metrics_server = await _metrics.serve(
                 self.render_metrics, self.settings.metrics_host, self.settings.metrics_port
@@ -386,9 +179,9 @@ class Worker:
         )
         helpers = [
             asyncio.create_task(self.completer.run(), name="pgqueue-complete"),
-            asyncio.create_task(self._heartbeat_loop(), name="pgqueue-heartbeat"),
-            asyncio.create_task(self._fence_loop(), name="pgqueue-fence"),
-            asyncio.create_task(self._progress_loop(), name="pgqueue-progress"),
+            asyncio.create_task(self.keeper.heartbeat_loop(), name="pgqueue-heartbeat"),
+            asyncio.create_task(self.keeper.fence_loop(), name="pgqueue-fence"),
+            asyncio.create_task(self.keeper.progress_loop(), name="pgqueue-progress"),
         ]
         helpers += [
             asyncio.create_task(duty, name=f"pgqueue-{name}")
@@ -412,7 +205,7 @@ class Worker:
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     self._loop.remove_signal_handler(sig)
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self.executor.close()
             if self.abandoned_threads:
                 log.warning(
                     "%d sync task(s) ignored should_stop and still hold a thread; their jobs "
@@ -474,7 +267,7 @@ class Worker:
             "pgqueue_worker_leases",
             "gauge",
             "Leases held (running jobs and results not yet written).",
-            [({}, len(self._leases))],
+            [({}, len(self.keeper.leases))],
         )
         out.metric(
             "pgqueue_worker_running_jobs",
@@ -495,8 +288,7 @@ class Worker:
         """Threads of stopped sync tasks that are still running (Python cannot
         stop a thread). Each holds a slot; after :meth:`run` returns, a
         process should exit rather than wait for them, as ``pgqueue worker`` does."""
-        self._abandoned = [f for f in self._abandoned if not f.done()]
-        return len(self._abandoned)
+        return self.executor.abandoned_threads
 
     @property
     def db(self) -> WorkerDatabase:
@@ -547,7 +339,7 @@ class Worker:
             free = (
                 min(
                     settings.concurrency - self._running,
-                    2 * settings.concurrency - len(self._leases),
+                    2 * settings.concurrency - len(self.keeper.leases),
                 )
                 - self.abandoned_threads
             )
@@ -573,7 +365,7 @@ class Worker:
                     # committed rows this worker never saw. Hand them back.
                     await self._release_orphans(time.monotonic() - claim_started)
                 if len(claimed) < free:
-                    idle = not claimed and not self._leases and not self.completer.busy
+                    idle = not claimed and not self.keeper.leases and not self.completer.busy
                     if self._until_idle and idle and not await self._has_unfinished():
                         return
                     sleep = jitter(settings.poll_interval)
@@ -602,7 +394,7 @@ class Worker:
         was lost, so nobody runs them."""
         held = await self.db.held_by_worker(self.worker_id, timedelta(seconds=within + 1))
         for lease in held:
-            if lease not in self._leases:
+            if lease not in self.keeper.leases:
                 log.warning(
                     "job %s attempt %s was claimed but never seen; handing it back",
                     lease.job_id,
@@ -625,10 +417,10 @@ class Worker:
             task_name=job.task,
             queue=job.queue,
             args=job.args,
-            on_progress=self._progress_reported,
+            on_progress=self.keeper.progress_reported,
         )
-        lease = _Lease(job_id, attempt, job.task, ctx, job.timeout, renewed=job.leased)
-        self._leases[lease.key] = lease
+        lease = HeldLease(job_id, attempt, job.task, ctx, job.timeout, renewed=job.leased)
+        self.keeper.leases[lease.key] = lease
         self._running += 1
         runner = asyncio.create_task(self._execute(lease), name=f"pgqueue-job-{job_id}")
         self._outcomes_pending.add(runner)
@@ -636,152 +428,24 @@ class Worker:
 
     # -- running a job -----------------------------------------------------------------
 
-    async def _execute(self, lease: _Lease) -> None:
+    async def _execute(self, lease: HeldLease) -> None:
         """Run one attempt and hand its outcome to the completer."""
-        outcome = await self._attempt(lease)
-        if outcome is not None:
-            await self.completer.record(lease.key, outcome)
-
-    async def _attempt(self, lease: _Lease) -> Outcome | None:
-        """Run one attempt; its outcome, or None when there is none to write
-        now (a shutdown holds a thread that cannot be stopped: its job is
-        handed back just before the process exits)."""
-        task = self.queue.tasks.get(lease.task_name)
-        # no timeout, no timer: asyncio.timeout(None) would still cost its setup
-        timeout_cm = None if lease.timeout is None else asyncio.timeout(lease.timeout)
-        timed_out = False
-        try:
-            if task is None:  # claim filters by task name; kept as a safety net
-                raise NonRetryableError(
-                    f"unknown task {lease.task_name!r}: "
-                    f"worker {self.worker_id} does not register it"
-                )
-            lease.body = self._body(task, lease)
-            if timeout_cm is None:
-                result = await lease.body
-            else:
-                async with timeout_cm:
-                    result = await lease.body
-            payload = self._result_payload(task, result)
-        except asyncio.CancelledError as exc:
-            if lease.stop is not None:
-                return self._stopped(lease)
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                self._finish(lease)
-                raise  # this runner itself is being cancelled
-            # The task raised CancelledError on its own (say, a future some
-            # library cancelled): an ordinary error of this attempt.
-            error, retryable = format_error(exc), True
-        except TimeoutError as exc:
-            if timeout_cm is not None and timeout_cm.expired():
-                lease.ctx.request_stop("timeout")
-                if not await self._join_thread(lease):
-                    return self._stopped(lease)
-                error = f"attempt {lease.attempt} exceeded its timeout of {lease.timeout} s"
-                retryable, timed_out = True, True
-            else:
-                error, retryable = format_error(exc), True
-        except NonRetryableError as exc:
-            error, retryable = format_error(exc), False
-        except Exception as exc:
-            error, retryable = format_error(exc), True
+        outcome = await self.executor.run(lease)
+        if outcome is None:
+            # A stopped sync task's thread still runs: its job is handed back
+            # as the very last step of shutdown.
+            self._release_at_exit.append(lease)
         else:
-            await self._last_progress(lease)
-            self._finish(lease)
-            return Success(payload)
-        await self._last_progress(lease)
-        self._finish(lease)
-        retry_delay = task.retry_delay if task is not None else None
-        return _failure(error, retryable, timed_out, retry_delay)
-
-    async def _last_progress(self, lease: _Lease) -> None:
-        """Write a progress report the task made just before it ended and the
-        progress loop has not written yet, so the history keeps the last step;
-        wait for a write of this lease still under way. Most tasks report none
-        (the body has ended, so no new report can come): nothing to await."""
-        if lease.ctx.progress_unwritten or lease.progress_lock.locked():
-            await self._write_progress_of(lease)
-
-    async def _join_thread(self, lease: _Lease) -> bool:
-        """After a sync task's timeout: Python cannot interrupt its thread, so keep
-        the lease (heartbeats go on) and its slot until the thread returns; the
-        next attempt then cannot run beside it. False if the worker stopped the
-        attempt meanwhile (lost, cancelled, shutdown)."""
-        if lease.stop is not None:  # stopped while the timeout was being handled
-            return False
-        if lease.thread is None or lease.thread.done():
-            return True
-        log.warning(
-            "job %s attempt %s timed out; waiting for its thread to return",
-            lease.job_id,
-            lease.attempt,
-        )
-        lease.body = asyncio.wrap_future(lease.thread)
-        try:
-            await lease.body
-        except asyncio.CancelledError:
-            if lease.stop is None:
-                raise
-            return False
-        except Exception:
-            pass  # it failed after its time was up: the outcome is the timeout
-        return True
-
-    def _stopped(self, lease: _Lease) -> Outcome | None:
-        """The outcome of an attempt the worker stopped (``lease.stop`` says why)."""
-        self._finish(lease)
-        thread_alive = lease.thread is not None and not lease.thread.done()
-        if thread_alive:
-            assert lease.thread is not None
-            self._abandon(lease.thread)
-        if lease.stop == "memory":
-            return _failure(self._memory_error or "memory limit exceeded", retryable=True)
-        if lease.stop == "shutdown":
-            if thread_alive:
-                # Released as the very last step of shutdown, just before the
-                # process exits (pgqueue.cli), so no other worker runs the job
-                # while this thread still does.
-                self._release_at_exit.append(lease)
-                return None
-            return Release()
-        return Stopped(lease.stop or "stopped")
-
-    def _abandon(self, thread: concurrent.futures.Future[Any]) -> None:
-        """A stopped sync task's thread runs on; it holds a slot until it returns."""
-        self._abandoned.append(thread)
-        loop = self._loop
-        if loop is not None:
-            thread.add_done_callback(lambda _: loop.call_soon_threadsafe(self._slot_freed.set))
-
-    def _body(self, task: Task[Any], lease: _Lease) -> asyncio.Future[Any]:
-        if task.is_async:
-            coroutine: Coroutine[Any, Any, Any] = task.fn(lease.ctx, **lease.ctx.args)
-            return asyncio.ensure_future(coroutine)
-        assert self._threads is not None
-        lease.thread = self._threads.submit(task.fn, lease.ctx, **lease.ctx.args)
-        return asyncio.wrap_future(lease.thread)
-
-    def _result_payload(self, task: Task[Any], result: Any) -> Jsonb:
-        if result is None:
-            return _NULL_RESULT
-        try:
-            return encode_json(
-                result, f"the result of task {task.name!r}", self.queue.max_payload_bytes
-            )
-        except (TypeError, ValueError) as exc:
-            raise NonRetryableError(
-                f"task {task.name!r} returned a value that cannot be stored as JSON: {exc}"
-            ) from None
+            await self.completer.record(lease.key, outcome)
 
     def _forget(self, key: Lease) -> None:
         """Forget a lease whose outcome is written (or refused, or left for rescue)."""
-        self._leases.pop(key, None)
+        self.keeper.leases.pop(key, None)
         self._slot_freed.set()
-        if self._until_idle and not self._leases:
+        if self._until_idle and not self.keeper.leases:
             self._wakeup.set()  # the idle check may be waiting for the last outcome
 
-    def _finish(self, lease: _Lease) -> None:
+    def _finish(self, lease: HeldLease) -> None:
         """The body ended: free its slot (the lease stays until its outcome is written)."""
         if lease.finished:
             return
@@ -790,77 +454,13 @@ class Worker:
         self.jobs_done += 1
         self._slot_freed.set()
 
+    def _thread_returned(self) -> None:
+        """An abandoned thread returned (called from it): its slot is free."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._slot_freed.set)
+
     # -- background loops ------------------------------------------------------------
-
-    async def _heartbeat_loop(self) -> None:
-        settings = self.settings
-        while True:
-            await asyncio.sleep(settings.heartbeat_interval)
-            leases = list(self._leases.values())
-            sent = time.monotonic()
-            if not leases:
-                self._last_beat = sent
-                continue
-            try:
-                # Bounded, so a hung connection cannot hold back the next beat.
-                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a
-                # cancel that arrives as the call completes, and this loop would
-                # then outlive the worker's shutdown.)
-                async with asyncio.timeout(settings.heartbeat_interval):
-                    held = await self.db.heartbeat(
-                        self.worker_id,
-                        [lease.key for lease in leases],
-                        give_up=settings.heartbeat_interval,
-                    )
-            except Exception as exc:
-                log.warning(
-                    "heartbeat failed (%s); none for %.0fs",
-                    str(exc) or type(exc).__name__,  # a timeout's text is empty
-                    time.monotonic() - self._last_beat,
-                )
-                continue
-            self._last_beat = sent
-            for lease in leases:
-                if lease.key in held:
-                    lease.renewed = max(lease.renewed, sent)
-                elif not lease.finished:
-                    self._lost(lease, "lost")
-
-    async def _fence_loop(self) -> None:
-        """Self-fencing: once a lease's last renewal that got through is nearly
-        a lease timeout old, other workers may soon rescue and re-run its job,
-        so stop its task now rather than run it twice at once. Each lease counts
-        from its own renewal: one claimed after an outage is as fresh as its claim."""
-        settings = self.settings
-        limit = settings.stale_after - settings.heartbeat_interval
-        while True:
-            await asyncio.sleep(settings.heartbeat_interval / 4)
-            now = time.monotonic()
-            stale = [
-                lease
-                for lease in self._leases.values()
-                if not lease.finished and now - lease.renewed > limit
-            ]
-            if stale:
-                log.error(
-                    "no heartbeat for %.0fs: stopping %d tasks before their leases are rescued",
-                    now - min(lease.renewed for lease in stale),
-                    len(stale),
-                )
-                for lease in stale:
-                    self._lost(lease, "lost")
-
-    def _lost(self, lease: _Lease, reason: str) -> None:
-        """The lease is gone (cancelled or rescued): stop the task, report nothing."""
-        if lease.finished or lease.key not in self._leases:
-            return
-        log.warning(
-            "job %s attempt %s: lease %s; stopping its task", lease.job_id, lease.attempt, reason
-        )
-        lease.stop = reason
-        lease.ctx.request_stop(reason)
-        if lease.body is not None:
-            lease.body.cancel()
 
     def _maintenance_duties(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
         """The maintenance loops this worker runs (pgqueue/_maintenance/), by name."""
@@ -909,63 +509,16 @@ class Worker:
         """The memory limit was crossed: fail the running attempts (they are
         the suspects, and an attempt is charged, as an OOM kill would) and stop."""
         limit = self.settings.max_memory_mb
-        running = [lease for lease in self._leases.values() if not lease.finished]
+        running = self.keeper.running()
         self._memory_error = (
             f"worker {self.worker_id} exceeded its memory limit of {limit:.0f} MiB "
             f"(resident {resident:.0f} MiB) while this attempt ran"
         )
         log.error("%s; failing %d running attempts and stopping", self._memory_error, len(running))
         for lease in running:
-            lease.stop = "memory"
-            lease.ctx.request_stop("memory")
-            if lease.body is not None:
-                lease.body.cancel()
+            lease.stop_task("memory", self._memory_error)
         self.stop()
         self._hard_stop = True
-
-    def _progress_reported(self, ctx: JobContext) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._progress_ready.set()
-        else:  # a sync task in a worker thread
-            loop.call_soon_threadsafe(self._progress_ready.set)
-
-    async def _progress_loop(self) -> None:
-        while True:
-            await self._progress_ready.wait()
-            self._progress_ready.clear()
-            await self._write_progress()
-            await asyncio.sleep(self.settings.progress_interval)
-
-    async def _write_progress(self) -> None:
-        for lease in list(self._leases.values()):
-            if not lease.finished:
-                await self._write_progress_of(lease)
-
-    async def _write_progress_of(self, lease: _Lease) -> None:
-        async with lease.progress_lock:
-            report = lease.ctx.take_progress()
-            if report is None:
-                return
-            pct, message = report
-            try:
-                await self.db.progress(
-                    lease.key,
-                    pct,
-                    message,
-                    history=self.settings.progress_history,
-                    give_up=self.settings.heartbeat_interval,
-                )
-            except StaleLease:
-                self._lost(lease, "lost")
-            except Exception:
-                log.exception("could not record progress of job %s", lease.job_id)
 
     async def _listen_loop(self) -> None:
         await listen_forever(
@@ -982,16 +535,14 @@ class Worker:
                 self._wakeup.set()
         elif channel == "pgqueue_cancel":
             with contextlib.suppress(ValueError):
-                job_id = int(payload)
-                for lease in [lease for lease in self._leases.values() if lease.job_id == job_id]:
-                    self._lost(lease, "cancelled")
+                self.keeper.cancelled(int(payload))
 
     # -- shutdown ----------------------------------------------------------------------
 
     async def _drain(self, phases: _Phases) -> None:
         """Stop: let running jobs finish within the grace period, hand back the
         rest, and write every outcome before returning."""
-        running = sum(1 for lease in self._leases.values() if not lease.finished)
+        running = len(self.keeper.running())
         if running:
             log.info(
                 "stopping: waiting up to %.0fs for %d running jobs",
@@ -1002,21 +553,16 @@ class Worker:
         # ending (waiting for a connection in an outage) is not added to them.
         begin = self._stop_requested or time.monotonic()
         deadline = begin + self.settings.shutdown_grace
-        while (
-            any(not lease.finished for lease in self._leases.values())
-            and time.monotonic() < deadline
-            and not self._hard_stop
-        ):
+        while self.keeper.running() and time.monotonic() < deadline and not self._hard_stop:
             self._slot_freed.clear()
             await wait_event(self._slot_freed, 0.1)
         phases.mark("grace")
-        for lease in list(self._leases.values()):
-            if not lease.finished and lease.body is not None:
+        for lease in self.keeper.running():
+            if lease.body is not None:
                 # Async bodies are cancelled; a thread cannot be interrupted, so
-                # only its future is. Either way _execute hands the job back.
-                lease.stop = lease.stop or "shutdown"
-                lease.ctx.request_stop(lease.stop)
-                lease.body.cancel()
+                # only its future is. Either way the job is handed back (a
+                # stop already under way keeps its reason).
+                lease.stop_task(lease.stop or "shutdown", lease.stop_error)
         # Outcomes take milliseconds to write; the deadline only matters when
         # the database is unreachable, and then waiting longer does not help.
         deadline = begin + self.settings.shutdown_grace + OUTCOME_DEADLINE

@@ -26,8 +26,9 @@ import psycopg
 from . import _connect, _extras, _migrate
 from ._job import Batch, Job
 from ._queue import Queue, _notified_id
+from ._settings import WorkerSettings
 from ._status import BatchStatus, JobStatus
-from ._worker import OUTCOME_DEADLINE, Worker, WorkerSettings, _stop_tasks
+from ._worker import OUTCOME_DEADLINE, Worker, _stop_tasks
 from .errors import ConfigurationError, MemoryLimitExceeded, PgQueueError, translate
 
 log = logging.getLogger("pgqueue.cli")

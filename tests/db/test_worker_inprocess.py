@@ -409,7 +409,7 @@ async def test_cancel_running_async_job_stops_the_task(queue: pgqueue.Queue) -> 
 async def _no_lease(worker: pgqueue.Worker, job_id: int) -> bool:
     """No lease of any attempt of ``job_id`` is held (leases are keyed by
     (job id, attempt))."""
-    return all(key.job_id != job_id for key in worker._leases)
+    return all(key.job_id != job_id for key in worker.keeper.leases)
 
 
 async def test_cancel_running_sync_job_sets_should_stop(queue: pgqueue.Queue) -> None:
