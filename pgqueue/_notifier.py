@@ -19,6 +19,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .errors import first_line
+
 log = logging.getLogger("pgqueue.notifier")
 
 
@@ -58,7 +60,7 @@ async def listen_forever(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            reason = str(exc).strip().partition("\n")[0] or repr(exc)
+            reason = first_line(exc)
             what = "lost" if listening else "could not be opened"
             logger.warning(
                 "LISTEN %s %s (%s); reconnecting in %.1f s", ",".join(channels), what, reason, delay

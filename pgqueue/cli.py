@@ -29,7 +29,7 @@ from ._queue import Queue, _notified_id
 from ._settings import WorkerSettings
 from ._status import BatchStatus, JobStatus
 from ._worker import OUTCOME_DEADLINE, Worker, _stop_tasks
-from .errors import ConfigurationError, MemoryLimitExceeded, PgQueueError, translate
+from .errors import ConfigurationError, MemoryLimitExceeded, PgQueueError, first_line, translate
 
 log = logging.getLogger("pgqueue.cli")
 
@@ -1220,11 +1220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except psycopg.Error as exc:
         translated = translate(exc)
-        print(f"pgqueue: error: {str(translated).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"pgqueue: error: {first_line(translated)}", file=sys.stderr)
         return 1
     except (PgQueueError, ValueError, OSError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"pgqueue: error: {message}", file=sys.stderr)
+        print(f"pgqueue: error: {first_line(exc)}", file=sys.stderr)
         return 1
 
 

@@ -124,6 +124,13 @@ _BY_SQLSTATE: dict[str, type[PgQueueError]] = {
 }
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's text (a server's error spans several), or
+    its repr when it has none: what a log line or a user's message shows."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
+
+
 def _message(exc: psycopg.Error) -> str:
     diag: Any = exc.diag
     text = str(diag.message_primary or exc).strip()
@@ -203,5 +210,5 @@ def translate(exc: psycopg.Error) -> Exception:
     if isinstance(exc, psycopg.errors.InvalidTextRepresentation):
         return InvalidJobError(_message(exc))
     if _unavailable(exc):
-        return DatabaseUnavailable(str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
+        return DatabaseUnavailable(first_line(exc))
     return exc

@@ -12,6 +12,7 @@ import psycopg
 from aiohttp import web
 
 import pgqueue
+from pgqueue.errors import first_line
 
 from . import _keys
 from ._config import Settings
@@ -59,7 +60,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
             "the database refused a value on %s %s: %s",
             request.method,
             request.path,
-            str(exc).strip().partition("\n")[0],
+            first_line(exc),
         )
         message = "a value is out of range or not representable in the database"
         return ApiError(422, "invalid_request", message).response()
@@ -67,7 +68,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         # Unreachable, restarting, or our connection was terminated
         # (AdminShutdown, 57P01), or no pooled connection within the pool's
         # timeout (PoolTimeout): the client may retry shortly.
-        log.warning("database unavailable: %s", str(exc).strip().partition("\n")[0])
+        log.warning("database unavailable: %s", first_line(exc))
         error = ApiError(503, "unavailable", "the database is unavailable")
         error.headers = {"Retry-After": "1"}
         return error.response()

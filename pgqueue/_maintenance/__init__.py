@@ -21,6 +21,8 @@ import dataclasses
 import logging
 import random
 
+from ..errors import first_line
+
 log = logging.getLogger("pgqueue.worker")
 
 
@@ -39,8 +41,7 @@ class Tally:
 
 def reason(exc: BaseException) -> str:
     """One line naming an error, for a log message."""
-    text = str(exc).strip().partition("\n")[0]
-    return f"{type(exc).__name__}: {text[:200]}" if text else repr(exc)
+    return f"{type(exc).__name__}: {first_line(exc)[:200]}" if str(exc).strip() else repr(exc)
 
 
 def jitter(seconds: float, spread: float = 0.2) -> float:
