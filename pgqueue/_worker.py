@@ -47,7 +47,7 @@ from ._maintenance import Tally, jitter, memory, pruner, rescuer, scheduler, vac
 from ._notifier import listen_forever, wait_event
 from ._queue import Queue
 from ._settings import WorkerSettings
-from .errors import DatabaseUnavailable, MemoryLimitExceeded, StaleLease
+from .errors import DatabaseUnavailable, MemoryLimitExceeded, StaleLease, first_line
 
 log = logging.getLogger("pgqueue.worker")
 
@@ -104,7 +104,7 @@ class Worker:
         self._database_class = database
         self._db: WorkerDatabase | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._memory_error: str | None = None
+        self._over_memory_limit: str | None = None  # what the memory guard saw, once it fired
         self._metrics_server: asyncio.Server | None = None
         self.executor = Executor(
             queue,
@@ -224,8 +224,8 @@ class Worker:
                 self.jobs_done,
                 phases,
             )
-        if self._memory_error is not None:
-            raise MemoryLimitExceeded(self._memory_error.split(" while ")[0])
+        if self._over_memory_limit is not None:
+            raise MemoryLimitExceeded(self._over_memory_limit)
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -311,7 +311,7 @@ class Worker:
             try:
                 conn = await _connect.connect(dsn, connect_timeout=5)
             except psycopg.Error as exc:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                reason = first_line(exc)
                 if time.monotonic() + delay > deadline:
                     raise DatabaseUnavailable(
                         f"database unreachable for {self.settings.startup_timeout:.0f}s: {reason}"
@@ -510,13 +510,15 @@ class Worker:
         the suspects, and an attempt is charged, as an OOM kill would) and stop."""
         limit = self.settings.max_memory_mb
         running = self.keeper.running()
-        self._memory_error = (
+        self._over_memory_limit = (
             f"worker {self.worker_id} exceeded its memory limit of {limit:.0f} MiB "
-            f"(resident {resident:.0f} MiB) while this attempt ran"
+            f"(resident {resident:.0f} MiB)"
         )
-        log.error("%s; failing %d running attempts and stopping", self._memory_error, len(running))
+        log.error(
+            "%s; failing %d running attempts and stopping", self._over_memory_limit, len(running)
+        )
         for lease in running:
-            lease.stop_task("memory", self._memory_error)
+            lease.stop_task("memory", f"{self._over_memory_limit} while this attempt ran")
         self.stop()
         self._hard_stop = True
 

@@ -387,12 +387,16 @@ def test_a_leaking_job_fails_its_attempts_and_ends_dead_letter(
         )  # fmt: skip
         assert worker.wait(timeout=60) == 1
         assert "exceeded its memory limit of 300 MiB" in worker.log()
+        # the exit names the worker's limit; only the attempt's error blames the attempt
+        last = worker.log().strip().splitlines()[-1]
+        assert last.startswith("pgqueue: error: worker ") and "while" not in last
     jobs = _jobs(runs_dsn)
     assert jobs[leak_id] == ("dead_letter", 2, 2)
     outcomes = attempt_outcomes(runs_dsn)
     assert outcomes == {leak_id: ["error", "error"]}
     error = scalar(runs_dsn, "SELECT error FROM pgqueue.jobs WHERE id = %s", (leak_id,))
     assert "exceeded its memory limit of 300 MiB" in error
+    assert error.endswith("while this attempt ran")
     # nothing left for a fresh worker: it goes idle and exits cleanly
     idle = procs.worker(runs_dsn, "--queues", "crash", "--until-idle", name="idle")
     assert idle.wait(timeout=30) == 0
