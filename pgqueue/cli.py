@@ -1219,7 +1219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except psycopg.Error as exc:
-        translated = translate(exc)
+        # pgqueue's own statements translate their errors where they run; what
+        # reaches here may come from any statement (the bench runs its peers').
+        translated = translate(exc, ours=False)
         print(f"pgqueue: error: {first_line(translated)}", file=sys.stderr)
         return 1
     except (PgQueueError, ValueError, OSError) as exc:

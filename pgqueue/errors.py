@@ -174,24 +174,30 @@ def _unavailable(exc: psycopg.Error) -> bool:
     return state in _UNAVAILABLE_STATES or state.startswith("08")
 
 
-def translate(exc: psycopg.Error) -> Exception:
+MISSING_OBJECT = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.InvalidSchemaName,
+    psycopg.errors.UndefinedObject,
+)
+"""What a statement raises when an object it names does not exist."""
+
+
+def translate(exc: psycopg.Error, *, ours: bool = True) -> Exception:
     """Map a database error from a pgqueue statement to the matching exception.
 
-    Errors pgqueue does not own are returned unchanged; a lost connection or
-    a session the server ended becomes :class:`DatabaseUnavailable`; a CHECK
+    A lost connection or a session the server ended becomes
+    :class:`DatabaseUnavailable`. For a statement of pgqueue's own (``ours``),
+    a missing object means the schema is missing or outdated, and a CHECK
     violation is :class:`InvalidJobError` when the constraint guards a value
-    the caller passed, :class:`InvariantViolation` otherwise.
+    the caller passed, :class:`InvariantViolation` otherwise. Errors pgqueue
+    does not own, and every error of a statement that is not pgqueue's
+    (``ours=False``: the CLI's last resort also sees the bench's peers), are
+    returned unchanged.
     """
-    missing = (
-        psycopg.errors.UndefinedTable,
-        psycopg.errors.UndefinedFunction,
-        psycopg.errors.InvalidSchemaName,
-        psycopg.errors.UndefinedObject,
-    )
-    # PostgreSQL names the missing object only in the message. The CLI's last
-    # resort also translates errors of statements that are not pgqueue's (the
-    # bench's peers): their missing tables are not a reason to migrate.
-    if isinstance(exc, missing) and "pgqueue" in str(exc):
+    if not ours:
+        return DatabaseUnavailable(first_line(exc)) if _unavailable(exc) else exc
+    if isinstance(exc, MISSING_OBJECT):
         return ConfigurationError(
             "the pgqueue schema is missing or outdated in this database: run `pgqueue migrate`"
         )

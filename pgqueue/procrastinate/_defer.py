@@ -19,7 +19,7 @@ from psycopg.rows import tuple_row
 
 from .._extras import procrastinate as require
 from .._queue import DEFAULT_MAX_PAYLOAD_BYTES, PayloadRefused, json_text
-from ..errors import ConfigurationError, InvalidJobError, PgQueueError, translate
+from ..errors import MISSING_OBJECT, ConfigurationError, InvalidJobError, PgQueueError, translate
 
 OWNER_SETTING = "pgqueue_procrastinate.owner"
 BATCH_SETTING = "pgqueue_procrastinate.batch"
@@ -47,8 +47,9 @@ _MIRRORS_AND_RESET: LiteralString = (
 )
 
 NOT_INSTALLED = (
-    "the pgqueue procrastinate bridge is not installed in this database: "
-    "run `pgqueue procrastinate install` (after `procrastinate schema --apply`)"
+    "the pgqueue procrastinate bridge is not installed in this database (or the pgqueue "
+    "schema under it is outdated): run `pgqueue migrate`, then `pgqueue procrastinate install` "
+    "(after `procrastinate schema --apply`); both are idempotent"
 )
 
 
@@ -208,10 +209,10 @@ def _app_connector(task: Any) -> Any:
 
 
 def _database_error(exc: psycopg.Error) -> Exception:
-    # the missing object's name is only in the message (as in translate):
-    # pgqueue's own missing functions are translate's "run pgqueue migrate"
-    missing = (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName)
-    if isinstance(exc, missing) and "pgqueue_procrastinate" in str(exc):
+    # The bridge's statements name the bridge's objects, which name pgqueue's:
+    # a missing one is the bridge not installed, or installed over a pgqueue
+    # schema since downgraded; the message says both remedies.
+    if isinstance(exc, MISSING_OBJECT):
         return ConfigurationError(NOT_INSTALLED)
     return translate(exc)
 

@@ -231,9 +231,15 @@ def test_translate_missing_schema_is_configuration_error() -> None:
         assert "pgqueue migrate" in str(translated)
 
 
-def test_translate_unrelated_undefined_table_is_unchanged() -> None:
-    exc = db_error("42P01", 'relation "public.orders" does not exist')
-    assert errors.translate(exc) is exc
+def test_translate_leaves_a_statement_not_of_pgqueue_unchanged_unless_unavailable() -> None:
+    for exc in (
+        db_error("42P01", 'relation "public.orders" does not exist'),
+        db_error("23514", "new row violates check constraint", "orders_total_positive"),
+        db_error("P0001", "raised by the application"),
+    ):
+        assert errors.translate(exc, ours=False) is exc
+    lost = db_error("57P01", "terminating connection due to administrator command")
+    assert isinstance(errors.translate(lost, ours=False), pgqueue.DatabaseUnavailable)
 
 
 def test_translate_connection_failure_is_database_unavailable() -> None:
