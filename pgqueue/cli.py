@@ -826,7 +826,10 @@ async def cmd_procrastinate(args: argparse.Namespace) -> int:
                     "policy": args.policy,
                     "max_attempts": args.max_attempts,
                 }
-                await cur.execute(_attach.RECOVER_QUERY, params)
+                try:
+                    await cur.execute(_attach.RECOVER_QUERY, params)
+                except psycopg.Error as exc:
+                    raise _install.bridge_error(exc) from exc
                 rows = await cur.fetchall()
             recovered = [{"job_id": int(j), "action": str(a)} for j, a in rows]
             report = {"recovered": recovered}

@@ -19,7 +19,8 @@ from psycopg.rows import tuple_row
 
 from .._extras import procrastinate as require
 from .._queue import DEFAULT_MAX_PAYLOAD_BYTES, PayloadRefused, json_text
-from ..errors import MISSING_OBJECT, ConfigurationError, InvalidJobError, PgQueueError, translate
+from ..errors import ConfigurationError, InvalidJobError, PgQueueError
+from ._install import bridge_error
 
 OWNER_SETTING = "pgqueue_procrastinate.owner"
 BATCH_SETTING = "pgqueue_procrastinate.batch"
@@ -44,12 +45,6 @@ _MIRRORS_AND_RESET: LiteralString = (
     " FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(id, n) ORDER BY t.n),"
     " set_config('pgqueue_procrastinate.owner', '', true),"
     " set_config('pgqueue_procrastinate.batch', '', true)"
-)
-
-NOT_INSTALLED = (
-    "the pgqueue procrastinate bridge is not installed in this database (or the pgqueue "
-    "schema under it is outdated): run `pgqueue migrate`, then `pgqueue procrastinate install` "
-    "(after `procrastinate schema --apply`); both are idempotent"
 )
 
 
@@ -208,22 +203,13 @@ def _app_connector(task: Any) -> Any:
     return connector
 
 
-def _database_error(exc: psycopg.Error) -> Exception:
-    # The bridge's statements name the bridge's objects, which name pgqueue's:
-    # a missing one is the bridge not installed, or installed over a pgqueue
-    # schema since downgraded; the message says both remedies.
-    if isinstance(exc, MISSING_OBJECT):
-        return ConfigurationError(NOT_INSTALLED)
-    return translate(exc)
-
-
 def _unwrap(exc: Exception) -> Exception:
     """procrastinate wraps database errors in ConnectorException: the trigger's
     refusals (an unknown batch, an invalid owner) are told apart by pgqueue's
     translation of the database error underneath."""
     cause = exc.__cause__
     if isinstance(cause, psycopg.Error):
-        translated = _database_error(cause)
+        translated = bridge_error(cause)
         if isinstance(translated, PgQueueError):
             return translated
     return exc
@@ -256,7 +242,7 @@ def _steps_sync(conn: psycopg.Connection[Any], plan: _Plan) -> tuple[int | None,
         try:
             cur.execute(query, params)
         except psycopg.Error as exc:
-            raise _database_error(exc) from exc
+            raise bridge_error(exc) from exc
         row = cur.fetchone()
         batch_id = int(row[1]) if plan.open_batch is not None and row else None
         try:
@@ -274,7 +260,7 @@ def _steps_sync(conn: psycopg.Connection[Any], plan: _Plan) -> tuple[int | None,
         try:
             cur.execute(_MIRRORS_AND_RESET, (ids,))
         except psycopg.Error as exc:
-            raise _database_error(exc) from exc
+            raise bridge_error(exc) from exc
         return batch_id, _mirrors(cur.fetchone(), ids)
 
 
@@ -295,7 +281,7 @@ async def _steps_async(
         try:
             await cur.execute(query, params)
         except psycopg.Error as exc:
-            raise _database_error(exc) from exc
+            raise bridge_error(exc) from exc
         row = await cur.fetchone()
         batch_id = int(row[1]) if plan.open_batch is not None and row else None
         try:
@@ -311,7 +297,7 @@ async def _steps_async(
         try:
             await cur.execute(_MIRRORS_AND_RESET, (ids,))
         except psycopg.Error as exc:
-            raise _database_error(exc) from exc
+            raise bridge_error(exc) from exc
         return batch_id, _mirrors(await cur.fetchone(), ids)
 
 

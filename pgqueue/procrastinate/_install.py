@@ -12,7 +12,23 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from .. import _sql
-from ..errors import ConfigurationError
+from ..errors import MISSING_OBJECT, ConfigurationError, translate
+
+NOT_INSTALLED = (
+    "the pgqueue procrastinate bridge is not installed in this database (or the pgqueue "
+    "schema under it is outdated): run `pgqueue migrate`, then `pgqueue procrastinate install` "
+    "(after `procrastinate schema --apply`); both are idempotent"
+)
+
+
+def bridge_error(exc: psycopg.Error) -> Exception:
+    """The error of a statement of the bridge's, as pgqueue reports it."""
+    # The bridge's statements name the bridge's objects, which name pgqueue's:
+    # a missing one is the bridge not installed, or installed over a pgqueue
+    # schema since downgraded; the message says both remedies.
+    if isinstance(exc, MISSING_OBJECT):
+        return ConfigurationError(NOT_INSTALLED)
+    return translate(exc)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -158,6 +158,15 @@ def test_install_refuses_without_procrastinate(
     assert "run `procrastinate schema --apply` first" in err
 
 
+def test_recover_without_the_bridge_says_to_install_it(
+    procrastinate_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _cli(procrastinate_dsn, "recover", capsys=capsys)
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "bridge is not installed" in err and "pgqueue procrastinate install" in err
+
+
 def test_install_refuses_without_pgqueue(
     empty_db_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
