@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Generic, Literal, LiteralString, TypeVar, overload
 
@@ -343,6 +344,16 @@ class BoundTask(Generic[R]):
         return self.task._queue.enqueue_sync(self.task, args, conn=conn, options=self.opts)
 
 
+async def fetch_dicts(
+    conn: psycopg.AsyncConnection[Any], statement: LiteralString, params: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Run ``statement`` on ``conn``: its rows as dicts (none for a statement
+    that returns no rows)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(statement, params)
+        return await cur.fetchall() if cur.description else []
+
+
 class Queue:
     """The entry point: registers tasks and talks to PostgreSQL.
 
@@ -643,6 +654,16 @@ class Queue:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection of the queue's pool (autocommit), passing over any the
+        server has ended: for reads of your own beside pgqueue's (the status
+        API runs its own on it). Its errors are psycopg's;
+        :func:`pgqueue.errors.translate` maps them to pgqueue's."""
+        pool = await self.pool()
+        async with live_connection(pool) as conn:
+            yield conn
+
     async def _fetch(
         self,
         name: str,
@@ -652,13 +673,9 @@ class Queue:
         """Run named query ``name`` and return its rows as dicts, translating errors."""
         try:
             if conn is not None:
-                async with conn.cursor(row_factory=dict_row) as cur:
-                    await cur.execute(query(name), params)
-                    return await cur.fetchall() if cur.description else []
-            pool = await self.pool()
-            async with live_connection(pool) as c, c.cursor(row_factory=dict_row) as cur:
-                await cur.execute(query(name), params)
-                return await cur.fetchall() if cur.description else []
+                return await fetch_dicts(conn, query(name), params)
+            async with self.connection() as c:
+                return await fetch_dicts(c, query(name), params)
         except psycopg.Error as exc:
             raise translate(exc) from exc
 
@@ -974,37 +991,6 @@ class Queue:
             rows = await self._fetch("list_owner_jobs", {**params, "owner": owner})
         return [Job.from_row(r) for r in rows]
 
-    async def active_jobs(
-        self,
-        owner: str | None,
-        *,
-        window: float = 300.0,
-        before_id: int | None = None,
-        limit: int = 100,
-    ) -> list[Job]:
-        """Unfinished jobs (pending, running, retrying) plus those that reached a
-        terminal state in the last ``window`` seconds, newest first; page with
-        ``before_id``. ``owner=None`` means every owner's (an operator's view)."""
-        if not 1 <= limit <= 1000:
-            raise ValueError(f"limit must be between 1 and 1000, not {limit}")
-        if not _valid_seconds(window, allow_zero=True):
-            raise ValueError(f"window must be a number of seconds >= 0, not {window!r}")
-        params = {
-            "owner": owner,
-            "window": timedelta(seconds=window),
-            "before_id": before_id,
-            "limit": limit,
-        }
-        rows = await self._fetch("active_jobs" if owner is None else "active_owner_jobs", params)
-        return [Job.from_row(r) for r in rows]
-
-    async def job_owners(self, job_ids: Sequence[int]) -> dict[int, str | None]:
-        """The owner of each existing job in ``job_ids`` (missing ids are left out)."""
-        if not job_ids:
-            return {}
-        rows = await self._fetch("job_owners", {"ids": list(job_ids)})
-        return {int(r["id"]): r["owner"] for r in rows}
-
     async def attempts(self, job_id: int) -> list[Attempt]:
         """The finished attempts of a job, oldest first."""
         rows = await self._fetch("list_attempts", {"id": job_id})
@@ -1052,17 +1038,6 @@ class Queue:
         ``rate_per`` seconds, None without one; ``rate_used``: jobs started in
         the last ``rate_per`` seconds)."""
         return await self._fetch("queue_stats", {})
-
-    async def queue_gauges(
-        self, owner: str | None = None, *, after: str | None = None, limit: int | None = None
-    ) -> list[dict[str, Any]]:
-        """Like :meth:`queue_stats` but counting only unfinished jobs (pending,
-        retrying, running), so it reads the small indexed part of the table and
-        is cheap enough to poll. With ``owner``, only that owner's jobs (and only
-        the queues where it has some). Queues by name; page with ``after`` = the
-        last name seen."""
-        params = {"owner": owner, "after": after, "limit": limit}
-        return await self._fetch("queue_gauges" if owner is None else "owner_queue_gauges", params)
 
     async def rescue(self, stale_after: float = 20.0) -> list[tuple[int, JobStatus]]:
         """Rescue running jobs whose worker stopped heartbeating (workers do this

@@ -19,6 +19,7 @@ from ._config import Settings
 from ._errors import ApiError, invalid
 from ._events import Broadcaster
 from ._metrics import GaugeCache
+from ._reads import Reads
 from ._routes import too_large
 from .handlers import ALL
 
@@ -130,9 +131,11 @@ def create_app(
     )
     app[_keys.QUEUE] = queue
     app[_keys.SETTINGS] = settings
-    app[_keys.GAUGES] = GaugeCache(queue, settings.metrics_cache)
+    reads = app[_keys.READS] = Reads(queue)
+    app[_keys.GAUGES] = GaugeCache(reads, settings.metrics_cache)
     app[_keys.BROADCASTER] = Broadcaster(
         queue,
+        reads,
         buffer_size=settings.event_buffer,
         subscriber_limit=settings.subscriber_queue,
         owner_cache=settings.owner_cache,

@@ -29,6 +29,7 @@ import pgqueue
 from pgqueue._notifier import listen_forever
 
 from ._auth import Principal
+from ._reads import Reads
 
 log = logging.getLogger("pgqueue.service.events")
 
@@ -114,6 +115,7 @@ class Broadcaster:
     def __init__(
         self,
         queue: pgqueue.Queue,
+        reads: Reads,
         *,
         buffer_size: int = 10_000,
         subscriber_limit: int = 1_000,
@@ -121,6 +123,7 @@ class Broadcaster:
         reconnect_delay: float = 1.0,
     ) -> None:
         self._queue = queue
+        self._reads = reads
         self._subscriber_limit = subscriber_limit
         self._reconnect_delay = reconnect_delay
         self.epoch = secrets.token_hex(4)
@@ -305,7 +308,7 @@ class Broadcaster:
 
     async def _look_up_owners(self, job_ids: list[int]) -> None:
         try:
-            owners = await self._queue.job_owners(sorted(set(job_ids)))
+            owners = await self._reads.job_owners(sorted(set(job_ids)))
         except (pgqueue.PgQueueError, psycopg.Error) as exc:
             # Unknown owners reach admins only; nothing is cached, so the next
             # change of those jobs tries again.

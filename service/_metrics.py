@@ -19,9 +19,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import pgqueue
-
 from ._events import Broadcaster
+from ._reads import Reads
 
 UNFINISHED = ("pending", "retrying", "running")
 
@@ -30,8 +29,8 @@ class GaugeCache:
     """The last ``queue_gauges()`` result, reused for ``ttl`` seconds; one
     query at a time however many scrapes arrive together."""
 
-    def __init__(self, queue: pgqueue.Queue, ttl: float) -> None:
-        self._queue = queue
+    def __init__(self, reads: Reads, ttl: float) -> None:
+        self._reads = reads
         self._ttl = ttl
         self._rows: list[dict[str, Any]] = []
         self._at = -math.inf
@@ -43,7 +42,7 @@ class GaugeCache:
     async def rows(self) -> list[dict[str, Any]]:
         async with self._lock:
             if time.monotonic() - self._at > self._ttl:
-                self._rows = await self._queue.queue_gauges()
+                self._rows = await self._reads.queue_gauges()
                 self._at = time.monotonic()
             return self._rows
 

@@ -75,7 +75,7 @@ async def events(
         await response.write(b"retry: 2000\n\n")
         if missed is None:
             try:
-                jobs = await app[_keys.QUEUE].active_jobs(
+                jobs = await app[_keys.READS].active_jobs(
                     None if principal.admin else principal.owner,
                     window=settings.active_window,
                     limit=settings.snapshot_limit,

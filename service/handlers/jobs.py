@@ -56,7 +56,7 @@ async def active_jobs(
     request: web.Request, *, principal: Principal, query: ActiveQuery
 ) -> web.Response:
     settings = request.app[_keys.SETTINGS]
-    jobs = await request.app[_keys.QUEUE].active_jobs(
+    jobs = await request.app[_keys.READS].active_jobs(
         None if principal.admin else principal.owner,
         window=settings.active_window,
         before_id=job_cursor_id(query.cursor),

@@ -45,7 +45,7 @@ async def list_queues(
     request: web.Request, *, principal: Principal, query: QueueListQuery
 ) -> web.Response:
     after = queue_cursor_name(query.cursor)
-    rows = await request.app[_keys.QUEUE].queue_gauges(
+    rows = await request.app[_keys.READS].queue_gauges(
         None if principal.admin else principal.owner, after=after, limit=query.limit
     )
     items = [queue_out(r) for r in rows]

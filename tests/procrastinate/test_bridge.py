@@ -449,9 +449,12 @@ async def test_pgqueues_reads_cover_mirrors_wait_wait_batch_and_gauges(
     single = await bridge.defer_async(double, owner="erin", x=21)
     failing = await bridge.defer_async(refuse, owner="erin")
     batch = await bridge.defer_batch_async(double, [{"x": 1}, {"x": 2}], owner="erin")
+    from pgqueue_service._reads import Reads  # the status API's gauges
+
     queue = pgqueue.Queue(bridged_dsn)
+    reads = Reads(queue)
     try:
-        gauges = {g["queue"]: g["counts"] for g in await queue.queue_gauges()}
+        gauges = {g["queue"]: g["counts"] for g in await reads.queue_gauges()}
         assert gauges["reads"] == {"pending": 4}
         waiters = asyncio.gather(
             queue.wait(single, timeout=WAIT), queue.wait_batch(batch.id, timeout=WAIT)
@@ -464,7 +467,7 @@ async def test_pgqueues_reads_cover_mirrors_wait_wait_batch_and_gauges(
         assert "refused on purpose" in (info.value.error or "")
         job = await queue.get_job(single)
         assert job is not None and (job.executor, job.owner) == ("procrastinate", "erin")
-        gauges = {g["queue"]: g["counts"] for g in await queue.queue_gauges()}
+        gauges = {g["queue"]: g["counts"] for g in await reads.queue_gauges()}
         assert gauges.get("reads", {}) == {}  # nothing unfinished
     finally:
         await queue.close()

@@ -290,7 +290,7 @@ async def test_an_event_stream_that_fails_after_it_started_just_ends(
     async def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("a row the server cannot read")
 
-    monkeypatch.setattr(api.queue, "active_jobs", broken)
+    monkeypatch.setattr(api.client.app[keys.READS], "active_jobs", broken)
     response = await api.call("GET", "/api/v1/events")
     assert response.status == 200
     text = (await response.read()).decode()

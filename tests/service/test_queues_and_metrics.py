@@ -104,15 +104,12 @@ async def test_metrics_gauges_and_counters(api: Api) -> None:
 async def test_metrics_queries_read_only_unfinished_rows(queue: pgqueue.Queue) -> None:
     """The gauge query must not scan the history: with sequential scans made
     expensive, its plan reads pgqueue.jobs through the partial indexes only."""
-    from pgqueue._sql import query
+    from pgqueue_service._reads import query
 
-    pool = await queue.pool()
-    async with pool.connection() as conn:
+    async with queue.connection() as conn:
         await conn.execute("SET enable_seqscan = off")
-        cur = await conn.execute(
-            "EXPLAIN " + query("queue_gauges"),  # type: ignore[operator]
-            {"after": None, "limit": None},
-        )
+        cur = await conn.execute("EXPLAIN " + query("queue_gauges"), {"after": None, "limit": None})
+        await conn.execute("RESET enable_seqscan")
         plan = "\n".join(r[0] for r in await cur.fetchall())
     assert "Seq Scan on jobs" not in plan, plan
     # unfinished rows only: the claim index, or the status index on its

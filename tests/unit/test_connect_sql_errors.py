@@ -77,25 +77,31 @@ def test_resolve_dsn_prefers_argument_then_env(monkeypatch: pytest.MonkeyPatch) 
 _NAMED = re.compile(r"""(?:\bquery|\._fetch|\._fetch_sync|\._run|\._run_timed)\(\s*["'](\w+)["']""")
 
 
-def _names_used_in_code() -> set[str]:
+def _names_used_in_code(root: Path) -> set[str]:
     used: set[str] = set()
-    sources = list(PACKAGE.rglob("*.py"))
-    service = PACKAGE.parent / "service"
-    if service.is_dir():
-        sources += list(service.rglob("*.py"))
-    for path in sources:
+    for path in root.rglob("*.py"):
         for match in _NAMED.finditer(path.read_text(encoding="utf-8")):
             used.add(match.group(1))
     return used
 
 
 def test_every_query_named_in_the_code_exists() -> None:
-    used = _names_used_in_code()
+    used = _names_used_in_code(PACKAGE)
     # guard against a regex that silently finds nothing
     assert {"enqueue", "claim", "complete_many", "fail", "release", "heartbeat"} <= used
     assert len(used) >= 15, used
     missing = sorted(used - set(_sql.queries()))
     assert missing == [], f"queries used in code but missing from sql/queries.sql: {missing}"
+
+
+def test_every_read_named_in_the_status_api_exists() -> None:
+    from pgqueue_service import _reads
+
+    used = _names_used_in_code(PACKAGE.parent / "service")
+    assert {"job_owners", "queue_gauges", "active_jobs"} <= used
+    assert sorted(used - set(_reads._queries())) == []
+    # the API's reads are its own: none shadows a library query
+    assert set(_reads._queries()).isdisjoint(_sql.queries())
 
 
 def test_query_names_are_unique_and_bodies_non_empty() -> None:
