@@ -10,6 +10,9 @@ The bench measures every queue the same way, inside its worker processes:
 - sustained load: with ``$PGQUEUE_BENCH_MARK`` = M, every M-th task start
   is also recorded (``marks`` in the JSON), so throughput can be read per
   stretch of the run;
+- held slots (keyed and rate-limited drains): a task that holds its slot
+  records when it started and ended (:func:`held`), written to
+  ``$PGQUEUE_BENCH_OUT/held-<pid>.txt`` at exit;
 - latency: a task given ``sample`` appends ``sample wall-clock-time`` to
   ``$PGQUEUE_BENCH_OUT/stamps-<pid>.txt`` as its body starts; the bench
   compares it with the time it called enqueue (same machine, same clock).
@@ -32,6 +35,7 @@ _first: float | None = None
 _last = 0.0
 _count = 0
 _marks: list[float] = []
+_held: list[tuple[float, float]] = []
 
 
 def job(sample: int | None = None) -> None:
@@ -49,7 +53,15 @@ def job(sample: int | None = None) -> None:
             f.write(f"{sample} {now!r}\n")
 
 
+def held(start: float, end: float) -> None:
+    """Call at the end of a task body that held its slot from ``start``."""
+    _held.append((start, end))
+
+
 def _write() -> None:
+    if _OUT and _held:
+        with open(os.path.join(_OUT, f"held-{os.getpid()}.txt"), "w") as f:
+            f.writelines(f"{start!r} {end!r}\n" for start, end in _held)
     if _OUT and _count:
         path = os.path.join(_OUT, f"{os.getpid()}.json")
         with open(path, "w") as f:

@@ -50,10 +50,28 @@ def test_quick_bench_reports_every_row(pg_server: str) -> None:
     assert not rows, f"unexpected rows: {list(rows)}"
 
     assert len(report["ratios"]) == len(report["results"]) - 1
-    assert len(report["targets"]) == 9
+    assert len(report["targets"]) == 12
     for target in report["targets"]:
         assert "met" in target or target["status"] == "peer not installed"
+    _check_constrained(rows_by_label(report)["pgqueue", "concurrency 100"], report)
     _check_bridge(report)
+
+
+def rows_by_label(report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["system"], r["config"]): r for r in report["results"]}
+
+
+def _check_constrained(row: dict[str, Any], report: dict[str, Any]) -> None:
+    """The keyed and rate-limited drains ran every job, and their figures
+    show the limits held: a key never had more jobs running than its limit
+    (busy share <= 1) and no window started more than the rate limit."""
+    keyed, rated = row["constrained"]["keyed"], row["constrained"]["rate_limited"]
+    assert (keyed["jobs"], keyed["limit"]) == (8, 2)
+    assert 0 < keyed["slots_busy"] <= 1.0
+    assert rated["limit_per_s"] == 50 and rated["jobs"] == 100
+    assert 0 < rated["of_limit"] <= 1.1
+    target = next(t for t in report["targets"] if t["target"].startswith("a key at limit 2"))
+    assert target["value"] == keyed["slots_busy"] and target["goal"] == 0.9
 
 
 def _check_bridge(report: dict[str, Any]) -> None:
