@@ -135,10 +135,8 @@ def create_app(
     app[_keys.GAUGES] = GaugeCache(reads, settings.metrics_cache)
     app[_keys.BROADCASTER] = Broadcaster(
         queue,
-        reads,
         buffer_size=settings.event_buffer,
         subscriber_limit=settings.subscriber_queue,
-        owner_cache=settings.owner_cache,
     )
     for routes in ALL:
         for endpoint in routes.endpoints:

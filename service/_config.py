@@ -31,8 +31,6 @@ class Settings:
     """Most jobs sent in an SSE snapshot."""
     metrics_cache: float = 2.0
     """Seconds a scrape's database gauges are reused by the next scrapes."""
-    owner_cache: int = 50_000
-    """Job id -> owner entries kept to route NOTIFY payloads without an owner."""
     db_timeout: float = 3.0
     """Seconds a request waits for a database connection before answering 503."""
     max_body_bytes: int = 2 * 1_048_576 + 65_536

@@ -29,12 +29,10 @@ import pgqueue
 from pgqueue._notifier import listen_forever
 
 from ._auth import Principal
-from ._reads import Reads
 
 log = logging.getLogger("pgqueue.service.events")
 
 CHANNEL = "pgqueue_job"
-_UNKNOWN = object()
 _TERMINAL = frozenset(s.value for s in pgqueue.TERMINAL_STATUSES)
 # The LISTEN connection: how long one connection attempt may take, and the
 # longest pause between attempts (so events resume soon after an outage).
@@ -115,23 +113,18 @@ class Broadcaster:
     def __init__(
         self,
         queue: pgqueue.Queue,
-        reads: Reads,
         *,
         buffer_size: int = 10_000,
         subscriber_limit: int = 1_000,
-        owner_cache: int = 50_000,
         reconnect_delay: float = 1.0,
     ) -> None:
         self._queue = queue
-        self._reads = reads
         self._subscriber_limit = subscriber_limit
         self._reconnect_delay = reconnect_delay
         self.epoch = secrets.token_hex(4)
         self.seq = 0
         self._buffer: collections.deque[JobEvent] = collections.deque(maxlen=buffer_size)
         self._subscriptions: set[Subscription] = set()
-        self._owners: collections.OrderedDict[int, str | None] = collections.OrderedDict()
-        self._owner_cache = owner_cache
         self._raw: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._listening = asyncio.Event()
@@ -200,12 +193,6 @@ class Broadcaster:
         if seq + 1 < oldest:
             return None  # some of the missed events were already dropped
         return [e for e in self._buffer if e.seq > seq and principal.may_see(e.owner)]
-
-    def remember_owner(self, job_id: int, owner: str | None) -> None:
-        self._owners[job_id] = owner
-        self._owners.move_to_end(job_id)
-        while len(self._owners) > self._owner_cache:
-            self._owners.popitem(last=False)
 
     # -- the loops ----------------------------------------------------------------------
 
@@ -276,21 +263,14 @@ class Broadcaster:
                         str(note["status"]),
                         int(note.get("progress") or 0),
                         str(note.get("queue") or ""),
-                        note.get("owner", _UNKNOWN),
+                        note.get("owner"),
                         note.get("batch_id"),
                     )
                 )
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring a malformed %s payload: %r", CHANNEL, payload[:200])
         self.notifications += len(notes)
-        for note in notes:
-            if note[4] is not _UNKNOWN:
-                self.remember_owner(note[0], note[4])
-        if self._subscriptions:
-            missing = [n[0] for n in notes if n[4] is _UNKNOWN and n[0] not in self._owners]
-            if missing:
-                await self._look_up_owners(missing)
-        for job_id, status, progress, queue, _owner, batch_id in notes:
+        for job_id, status, progress, queue, owner, batch_id in notes:
             self.seq += 1
             event = JobEvent(
                 seq=self.seq,
@@ -298,24 +278,13 @@ class Broadcaster:
                 status=status,
                 progress=progress,
                 queue=queue,
-                owner=self._owners.get(job_id),
+                owner=owner if isinstance(owner, str) else None,
                 batch_id=batch_id if isinstance(batch_id, int) else None,
             )
             self._count(event)
             self._buffer.append(event)
             for sub in list(self._subscriptions):
                 sub.push(event)
-
-    async def _look_up_owners(self, job_ids: list[int]) -> None:
-        try:
-            owners = await self._reads.job_owners(sorted(set(job_ids)))
-        except (pgqueue.PgQueueError, psycopg.Error) as exc:
-            # Unknown owners reach admins only; nothing is cached, so the next
-            # change of those jobs tries again.
-            log.warning("could not look up the owners of %d jobs: %s", len(job_ids), exc)
-            return
-        for job_id, owner in owners.items():
-            self.remember_owner(job_id, owner)
 
     def _count(self, event: JobEvent) -> None:
         # Progress changes only happen while running, so a notification with a

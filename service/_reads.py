@@ -1,5 +1,5 @@
-"""Reads only the status API makes: the dashboard's active jobs, the event
-stream's owner lookups and the queue gauges cheap enough to poll.
+"""Reads only the status API makes: the dashboard's active jobs and the
+queue gauges cheap enough to poll.
 
 They run on the library's pool (:meth:`pgqueue.Queue.connection`); their SQL
 is this package's ``sql/reads.sql``, one statement under each
@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import timedelta
 from importlib import resources
 from typing import Any, LiteralString, cast
@@ -81,13 +81,6 @@ class Reads:
         }
         rows = await self._fetch("active_jobs" if owner is None else "active_owner_jobs", params)
         return [pgqueue.Job.from_row(r) for r in rows]
-
-    async def job_owners(self, job_ids: Sequence[int]) -> dict[int, str | None]:
-        """The owner of each existing job in ``job_ids`` (missing ids are left out)."""
-        if not job_ids:
-            return {}
-        rows = await self._fetch("job_owners", {"ids": list(job_ids)})
-        return {int(r["id"]): r["owner"] for r in rows}
 
     async def queue_gauges(
         self, owner: str | None = None, *, after: str | None = None, limit: int | None = None

@@ -154,7 +154,6 @@ async def create_job(
         job_id = await queue.enqueue(body.task, body.args, owner=principal.owner, **options)
     except pgqueue.InvalidJobError as exc:
         raise _enqueue_error(exc) from None
-    request.app[_keys.BROADCASTER].remember_owner(job_id, principal.owner)
     job = await queue.get_job(job_id)
     if job is None:  # pragma: no cover - deleted between the two statements
         raise not_found(f"job {job_id}")

@@ -35,9 +35,6 @@ SELECT *
  ORDER BY id DESC
  LIMIT %(limit)s::int
 
--- name: job_owners
-SELECT id, owner FROM pgqueue.jobs WHERE id = ANY(%(ids)s::bigint[])
-
 -- name: queue_gauges
 -- Per queue: paused flag, counts of the unfinished states and the age of the
 -- oldest due job. Reads only unfinished rows (the partial claim index covers

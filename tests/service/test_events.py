@@ -127,3 +127,31 @@ async def test_the_token_may_come_as_access_token_on_events(api: Api) -> None:
     assert response.status == 200
     reader = EventReader(response)
     assert (await reader.next()).event == "snapshot"
+
+
+async def test_the_owner_comes_from_the_notification_and_one_without_reaches_admins_only(
+    api: Api,
+) -> None:
+    """Every pgqueue_job payload names the job's owner (the trigger writes it);
+    the stream routes on it with no lookup. A payload without one (not
+    pgqueue's trigger) is shown to admins only, never to an owner."""
+    alice = await _stream(api, "alice")
+    admin = await _stream(api, "root", admin=True)
+    for reader in (alice, admin):
+        assert (await reader.next()).event == "snapshot"
+    mine = await api.enqueue("alice")
+    pool = await api.queue.pool()
+    async with pool.connection() as conn:
+        await conn.execute(
+            "SELECT pg_notify('pgqueue_job', %s)",
+            ['{"id": 999999, "status": "pending", "progress": 0, "queue": "api"}'],
+        )
+    await api.claim(mine)  # announced after the owner-less payload
+    assert [
+        e.data["id"] for e in await admin.until(lambda e: _job(e, mine)) if e.event == "job"
+    ] == [
+        999999,
+        mine,
+    ]
+    seen_by_alice = await alice.until(lambda e: _job(e, mine, status="running"))
+    assert [e.data["id"] for e in seen_by_alice if e.event == "job"] == [mine]

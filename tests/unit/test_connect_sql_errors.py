@@ -98,7 +98,7 @@ def test_every_read_named_in_the_status_api_exists() -> None:
     from pgqueue_service import _reads
 
     used = _names_used_in_code(PACKAGE.parent / "service")
-    assert {"job_owners", "queue_gauges", "active_jobs"} <= used
+    assert {"queue_gauges", "active_jobs"} <= used
     assert sorted(used - set(_reads._queries())) == []
     # the API's reads are its own: none shadows a library query
     assert set(_reads._queries()).isdisjoint(_sql.queries())
