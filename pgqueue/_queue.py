@@ -674,7 +674,9 @@ class Queue:
         try:
             if conn is not None:
                 return await fetch_dicts(conn, query(name), params)
-            async with self.connection() as c:
+            # live_connection directly, not self.connection(): one context
+            # manager less on every call of the request path
+            async with live_connection(await self.pool()) as c:
                 return await fetch_dicts(c, query(name), params)
         except psycopg.Error as exc:
             raise translate(exc) from exc
