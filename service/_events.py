@@ -2,8 +2,9 @@
 SSE client, with a replay buffer for ``Last-Event-ID``.
 
 The database announces each status or progress change on channel
-``pgqueue_job`` (JSON ``{"id", "status", "progress", "queue"}``; newer schemas
-add ``"owner"`` and ``"batch_id"``). The :class:`Broadcaster` numbers the
+``pgqueue_job`` (JSON ``{"id", "status", "progress", "queue", "owner",
+"batch_id"}``); the owner decides who sees the change, and a payload without
+one reaches admins only. The :class:`Broadcaster` numbers the
 changes it receives ``<epoch>-<seq>``: ``epoch`` is random per process and per
 LISTEN session, ``seq`` counts up. The last ``event_buffer`` events are kept,
 so a client reconnecting with ``Last-Event-ID`` gets exactly the events it
