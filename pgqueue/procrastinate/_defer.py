@@ -19,7 +19,7 @@ from psycopg.rows import tuple_row
 
 from .._extras import procrastinate as require
 from .._queue import DEFAULT_MAX_PAYLOAD_BYTES, PayloadRefused, json_text
-from ..errors import ConfigurationError, InvalidJobError, PgQueueError
+from ..errors import MISSING_OBJECT, ConfigurationError, InvalidJobError, PgQueueError, translate
 from ._install import bridge_error
 
 OWNER_SETTING = "pgqueue_procrastinate.owner"
@@ -208,8 +208,10 @@ def _unwrap(exc: Exception) -> Exception:
     refusals (an unknown batch, an invalid owner) are told apart by pgqueue's
     translation of the database error underneath."""
     cause = exc.__cause__
-    if isinstance(cause, psycopg.Error):
-        translated = bridge_error(cause)
+    # procrastinate's own statement: a missing object is procrastinate's to
+    # report (its schema, say, older than its code), not the bridge's
+    if isinstance(cause, psycopg.Error) and not isinstance(cause, MISSING_OBJECT):
+        translated = translate(cause)
         if isinstance(translated, PgQueueError):
             return translated
     return exc

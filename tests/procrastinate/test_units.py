@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import pgqueue
 import pgqueue.procrastinate as bridge
 from pgqueue import cli
 from pgqueue.errors import ConfigurationError, InvalidJobError
@@ -543,3 +544,20 @@ def test_the_bridge_and_the_cli_import_without_procrastinate() -> None:
     ).stdout
     assert out.startswith("ConfigurationError ")
     assert "pip install 'pgqueue[procrastinate]'" in out
+
+
+def _wrapped(cause: Exception) -> Exception:
+    """An error as procrastinate raises it: its own exception over psycopg's."""
+    wrapper = RuntimeError("procrastinate's ConnectorException")
+    wrapper.__cause__ = cause
+    return wrapper
+
+
+def test_a_refusal_under_procrastinates_error_is_pgqueues_its_missing_objects_its_own() -> None:
+    from tests.unit.test_connect_sql_errors import db_error
+
+    refused = _wrapped(db_error("PQ004", "pgqueue: no batch 7"))
+    assert isinstance(_defer._unwrap(refused), pgqueue.PgQueueError)
+    # procrastinate's own statement: its schema, not the bridge, is behind it
+    missing = _wrapped(db_error("42883", "function procrastinate_defer_jobs_v2() does not exist"))
+    assert _defer._unwrap(missing) is missing
