@@ -782,61 +782,64 @@ async def cmd_procrastinate(args: argparse.Namespace) -> int:
         conn = await _connect.connect(dsn, connect_timeout=10)
     except psycopg.Error as exc:
         raise translate(exc) from exc
+    # These statements are the bridge's: its missing objects say to install it,
+    # and pgqueue's refusals read as elsewhere (the CLI's last resort would
+    # leave them raw).
     async with conn:
-        if action == "install":
-            version = await _install.install(conn)
-            report: dict[str, Any] = {"installed": version}
-            text = f"procrastinate bridge installed (version {version})"
-        elif action == "uninstall":
-            was = await _install.uninstall(conn)
-            report = {"uninstalled": was}
-            text = (
-                f"procrastinate bridge uninstalled (was version {was})"
-                if was is not None
-                else "procrastinate bridge was not installed (nothing left to remove)"
-            )
-        elif action == "check":
-            differences = await _install.catalog_differences(conn)
-            found = await _install.installed_version(conn)
-            caught = await _install.caught_errors(conn) if found is not None else []
-            report = {"differences": differences, "bridge_version": found, "errors": caught}
-            lines = [f"differs: {d}" for d in differences] or [
-                "procrastinate's schema is what the bridge expects"
-            ]
-            lines.append(
-                f"bridge: installed (version {found})"
-                if found is not None
-                else "bridge: not installed (pgqueue procrastinate install)"
-            )
-            lines.append(
-                f"bridge errors: {len(caught)} recorded (pgqueue_procrastinate.errors), newest:"
-                if caught
-                else "bridge errors: none recorded"
-            )
-            lines += [
-                f"  {e['at']}  job {e['job_id']}  {e['operation']}: {e['message']}"
-                f" ({e['sqlstate']})"
-                for e in caught[:10]
-            ]
-            text = "\n".join(lines)
-        else:
-            async with conn.cursor() as cur:
-                params = {
-                    "seconds": seconds,
-                    "policy": args.policy,
-                    "max_attempts": args.max_attempts,
-                }
-                try:
+        try:
+            if action == "install":
+                version = await _install.install(conn)
+                report: dict[str, Any] = {"installed": version}
+                text = f"procrastinate bridge installed (version {version})"
+            elif action == "uninstall":
+                was = await _install.uninstall(conn)
+                report = {"uninstalled": was}
+                text = (
+                    f"procrastinate bridge uninstalled (was version {was})"
+                    if was is not None
+                    else "procrastinate bridge was not installed (nothing left to remove)"
+                )
+            elif action == "check":
+                differences = await _install.catalog_differences(conn)
+                found = await _install.installed_version(conn)
+                caught = await _install.caught_errors(conn) if found is not None else []
+                report = {"differences": differences, "bridge_version": found, "errors": caught}
+                lines = [f"differs: {d}" for d in differences] or [
+                    "procrastinate's schema is what the bridge expects"
+                ]
+                lines.append(
+                    f"bridge: installed (version {found})"
+                    if found is not None
+                    else "bridge: not installed (pgqueue procrastinate install)"
+                )
+                lines.append(
+                    f"bridge errors: {len(caught)} recorded (pgqueue_procrastinate.errors), newest:"
+                    if caught
+                    else "bridge errors: none recorded"
+                )
+                lines += [
+                    f"  {e['at']}  job {e['job_id']}  {e['operation']}: {e['message']}"
+                    f" ({e['sqlstate']})"
+                    for e in caught[:10]
+                ]
+                text = "\n".join(lines)
+            else:
+                async with conn.cursor() as cur:
+                    params = {
+                        "seconds": seconds,
+                        "policy": args.policy,
+                        "max_attempts": args.max_attempts,
+                    }
                     await cur.execute(_attach.RECOVER_QUERY, params)
-                except psycopg.Error as exc:
-                    raise _install.bridge_error(exc) from exc
-                rows = await cur.fetchall()
-            recovered = [{"job_id": int(j), "action": str(a)} for j, a in rows]
-            report = {"recovered": recovered}
-            text = f"recovered {len(recovered)} procrastinate jobs of stalled workers"
-            if recovered:
-                rows_out = [[r["job_id"], r["action"]] for r in recovered]
-                text += "\n" + _table(["procrastinate job", "action"], rows_out)
+                    rows = await cur.fetchall()
+                recovered = [{"job_id": int(j), "action": str(a)} for j, a in rows]
+                report = {"recovered": recovered}
+                text = f"recovered {len(recovered)} procrastinate jobs of stalled workers"
+                if recovered:
+                    rows_out = [[r["job_id"], r["action"]] for r in recovered]
+                    text += "\n" + _table(["procrastinate job", "action"], rows_out)
+        except psycopg.Error as exc:
+            raise _install.bridge_error(exc) from exc
     if args.json:
         _print_json(report)
     else:
