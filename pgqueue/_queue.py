@@ -659,7 +659,8 @@ class Queue:
         """A connection of the queue's pool (autocommit), passing over any the
         server has ended: for reads of your own beside pgqueue's (the status
         API runs its own on it). Its errors are psycopg's;
-        :func:`pgqueue.errors.translate` maps them to pgqueue's."""
+        ``pgqueue.errors.translate(exc, ours=False)`` turns a lost connection
+        into :class:`DatabaseUnavailable` and leaves the rest as they are."""
         pool = await self.pool()
         async with live_connection(pool) as conn:
             yield conn

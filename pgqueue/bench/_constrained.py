@@ -16,6 +16,7 @@ Each task body records when it started and ended (``_probe.held``).
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import subprocess
@@ -74,6 +75,16 @@ def keyed_busy(spans: list[tuple[float, float]], limit: int) -> float:
     return held / (limit * max(last - first, 1e-6))
 
 
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most spans running at the same moment (a key's limit, if it held)."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = most = 0
+    for _, step in edges:  # at a tie an end (-1) sorts before a start: not overlapping
+        running += step
+        most = max(most, running)
+    return most
+
+
 def rate_after_first_window(starts: list[float], limit: int) -> float:
     """Starts per second after the first window's ``limit`` starts."""
     ordered = sorted(starts)
@@ -99,15 +110,17 @@ async def measure(dsn: str, sizes: Sizes) -> dict[str, Any]:
     finally:
         await queue.close()
     with tempfile.TemporaryDirectory(prefix="pgqueue-bench-") as out:
-        _drain(dsn, HOLD_QUEUE, out, concurrency=4 * KEY_LIMIT)
+        await asyncio.to_thread(_drain, dsn, HOLD_QUEUE, out, 4 * KEY_LIMIT)
         keyed = _spans(out)
     with tempfile.TemporaryDirectory(prefix="pgqueue-bench-") as out:
-        _drain(dsn, RATED_QUEUE, out, concurrency=100)
+        await asyncio.to_thread(_drain, dsn, RATED_QUEUE, out, 100)
         rated = _spans(out)
     drains = (("keyed", keyed, sizes.keyed_jobs), ("rated", rated, sizes.rated_jobs))
     for name, spans, jobs in drains:
         if len(spans) != jobs:
             raise RuntimeError(f"{name} drain: {jobs} jobs enqueued, {len(spans)} ran")
+    if most_at_once(keyed) > KEY_LIMIT:
+        raise RuntimeError(f"the key ran {most_at_once(keyed)} jobs at once, over {KEY_LIMIT}")
     rate = rate_after_first_window([start for start, _ in rated], RATE_LIMIT)
     return {
         "keyed": {
@@ -116,6 +129,7 @@ async def measure(dsn: str, sizes: Sizes) -> dict[str, Any]:
             "limit": KEY_LIMIT,
             "worker_concurrency": 4 * KEY_LIMIT,
             "slots_busy": keyed_busy(keyed, KEY_LIMIT),
+            "most_at_once": most_at_once(keyed),
         },
         "rate_limited": {
             "jobs": sizes.rated_jobs,

@@ -63,10 +63,11 @@ def rows_by_label(report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any
 
 def _check_constrained(row: dict[str, Any], report: dict[str, Any]) -> None:
     """The keyed and rate-limited drains ran every job, and their figures
-    show the limits held: a key never had more jobs running than its limit
-    (busy share <= 1) and no window started more than the rate limit."""
+    show the limits held: a key never had more jobs running than its limit,
+    and no window started more than the rate limit."""
     keyed, rated = row["constrained"]["keyed"], row["constrained"]["rate_limited"]
     assert (keyed["jobs"], keyed["limit"]) == (8, 2)
+    assert keyed["most_at_once"] == 2  # the limit, used and never passed
     assert 0 < keyed["slots_busy"] <= 1.0
     assert rated["limit_per_s"] == 50 and rated["jobs"] == 100
     assert 0 < rated["of_limit"] <= 1.1

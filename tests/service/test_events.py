@@ -132,9 +132,9 @@ async def test_the_token_may_come_as_access_token_on_events(api: Api) -> None:
 async def test_the_owner_comes_from_the_notification_and_one_without_reaches_admins_only(
     api: Api,
 ) -> None:
-    """Every pgqueue_job payload names the job's owner (the trigger writes it);
-    the stream routes on it with no lookup. A payload without one (not
-    pgqueue's trigger) is shown to admins only, never to an owner."""
+    """Every pgqueue_job payload names the job's owner (the trigger writes it)
+    and the stream routes on it. A payload without one (not pgqueue's
+    trigger) is shown to admins only, never to an owner."""
     alice = await _stream(api, "alice")
     admin = await _stream(api, "root", admin=True)
     for reader in (alice, admin):

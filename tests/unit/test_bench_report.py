@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pgqueue.bench._constrained import keyed_busy, rate_after_first_window
+from pgqueue.bench._constrained import keyed_busy, most_at_once, rate_after_first_window
 from pgqueue.bench._run import _print_report, _ratios, _targets
 
 
@@ -75,6 +75,9 @@ def test_busy_share_and_rate_after_the_first_window() -> None:
     assert keyed_busy([(0.0, 1.0), (0.0, 0.5)], limit=2) == 0.75
     # 50 starts at 0 s and 50 at 1 s: 50 starts in the second after the first window
     assert rate_after_first_window([0.0] * 50 + [1.0] * 50, limit=50) == 50.0
+    # one span ending as the next starts does not overlap it
+    assert most_at_once([(0.0, 1.0), (1.0, 2.0), (0.5, 1.5)]) == 2
+    assert most_at_once([(0.0, 1.0), (0.1, 0.9), (0.2, 0.8)]) == 3
 
 
 @pytest.mark.parametrize("checkpointed", [True, False])

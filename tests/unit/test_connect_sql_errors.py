@@ -74,14 +74,17 @@ def test_resolve_dsn_prefers_argument_then_env(monkeypatch: pytest.MonkeyPatch) 
 
 # Every way library code names a query: query("x"), _fetch("x"...), _fetch_sync("x"...),
 # _run("x"...) in the worker's database seam.
-_NAMED = re.compile(r"""(?:\bquery|\._fetch|\._fetch_sync|\._run|\._run_timed)\(\s*["'](\w+)["']""")
+_NAMED = re.compile(
+    r"""(?:\bquery|\._fetch|\._fetch_sync|\._run|\._run_timed)\(\s*["'](\w+)["']"""
+    r"""(?:\s+if\s[^"'()]*\selse\s+["'](\w+)["'])?"""  # "a" if ... else "b": both
+)
 
 
 def _names_used_in_code(root: Path) -> set[str]:
     used: set[str] = set()
     for path in root.rglob("*.py"):
         for match in _NAMED.finditer(path.read_text(encoding="utf-8")):
-            used.add(match.group(1))
+            used.update(name for name in match.groups() if name)
     return used
 
 
@@ -98,7 +101,7 @@ def test_every_read_named_in_the_status_api_exists() -> None:
     from pgqueue_service import _reads
 
     used = _names_used_in_code(PACKAGE.parent / "service")
-    assert {"queue_gauges", "active_jobs"} <= used
+    assert {"queue_gauges", "owner_queue_gauges", "active_jobs", "active_owner_jobs"} <= used
     assert sorted(used - set(_reads._queries())) == []
     # the API's reads are its own: none shadows a library query
     assert set(_reads._queries()).isdisjoint(_sql.queries())
