@@ -119,8 +119,9 @@ async def measure(dsn: str, sizes: Sizes) -> dict[str, Any]:
     for name, spans, jobs in drains:
         if len(spans) != jobs:
             raise RuntimeError(f"{name} drain: {jobs} jobs enqueued, {len(spans)} ran")
-    if most_at_once(keyed) > KEY_LIMIT:
-        raise RuntimeError(f"the key ran {most_at_once(keyed)} jobs at once, over {KEY_LIMIT}")
+    at_once = most_at_once(keyed)
+    if at_once > KEY_LIMIT:
+        raise RuntimeError(f"the key ran {at_once} jobs at once, over {KEY_LIMIT}")
     rate = rate_after_first_window([start for start, _ in rated], RATE_LIMIT)
     return {
         "keyed": {
@@ -129,7 +130,7 @@ async def measure(dsn: str, sizes: Sizes) -> dict[str, Any]:
             "limit": KEY_LIMIT,
             "worker_concurrency": 4 * KEY_LIMIT,
             "slots_busy": keyed_busy(keyed, KEY_LIMIT),
-            "most_at_once": most_at_once(keyed),
+            "most_at_once": at_once,
         },
         "rate_limited": {
             "jobs": sizes.rated_jobs,
