@@ -58,6 +58,26 @@ def error_text(exc: BaseException) -> str:
     return text.replace("\x00", "\\x00")
 
 
+def _forget_stale_abort(worker: Any, job_id: int) -> None:
+    """Drop an abort request an earlier attempt of this job left in the worker.
+
+    procrastinate's worker keeps abort requests by job id, not by attempt
+    (``Worker._job_ids_to_abort``), and clears the id's entry as the attempt
+    ends. An abort poll or notification handled after that clearing, while
+    the ended attempt is still among the running ones, writes the entry back,
+    and the job's next attempt (a replay of a job cancelled while it ran)
+    then aborts at its first ``should_abort``. An attempt that is starting has
+    no abort request of its own to lose: one made for it is still in the
+    database (``abort_requested``), and the worker's next poll applies it."""
+    requests = getattr(worker, "_job_ids_to_abort", None)
+    if not isinstance(requests, dict):
+        return
+    reason = requests.get(job_id)
+    # a shutdown's request (the other reason) is the worker's own, and current
+    if getattr(reason, "value", reason) == "user_request":
+        del requests[job_id]
+
+
 def _never_deletes(worker: Any) -> bool:
     condition = getattr(worker, "delete_jobs", None)
     return getattr(condition, "value", condition) == "never"
@@ -87,6 +107,7 @@ class Middleware:
         self, call_next: Callable[[], Awaitable[Any]], context: Any, worker: Any
     ) -> Any:
         job = context.job
+        _forget_stale_abort(worker, job.id)
         running = RunningJob(
             job_id=job.id,
             worker_id=worker.worker_id,

@@ -6,6 +6,7 @@ the acceptance tests' business.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from typing import Any
@@ -20,6 +21,7 @@ from pgqueue.errors import BatchNotFound, ConfigurationError, InvalidJobError
 from .conftest import run_worker
 
 WAIT = 10.0  # upper bound for what should happen "soon"
+_ACTIVE = ("todo", "doing", "pending", "running", "retrying")
 
 
 def _rows(dsn: str, query: str, params: Any = ()) -> list[dict[str, Any]]:
@@ -169,6 +171,67 @@ async def test_an_aborted_async_task_is_cancelled(app: Any, bridged_dsn: str) ->
     mirror = _mirror(bridged_dsn, job_id)
     assert mirror["status"] == "cancelled"
     assert _history(bridged_dsn, job_id) == [(5, "waiting")]
+
+
+async def test_a_replay_is_not_aborted_by_the_abort_of_the_attempt_before_it(
+    app: Any, bridged_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from procrastinate import worker as pworker
+
+    bridge.attach(app, stalled_after=0)
+    started = asyncio.Event()
+
+    @app.task(name="long_then_quick", pass_context=True, retry=1)
+    async def long_then_quick(context: Any) -> str:
+        started.set()
+        if context.job.attempts == 0:
+            await asyncio.sleep(60)
+        await asyncio.sleep(0.3)  # a few of the worker's abort polls
+        return "replayed" if not context.should_abort() else "asked to abort"
+
+    # procrastinate's race, made certain: an abort poll that read the job
+    # while its first attempt ran is handled after that attempt's abort
+    # request was cleared, while the attempt is still among the running ones
+    persist = pworker.Worker._persist_job_status
+
+    async def persist_then_late_poll(self: Any, *, job: Any, **kwargs: Any) -> None:
+        await persist(self, job=job, **kwargs)
+        if job.attempts == 0:
+            self._handle_abort_jobs_requested([job.id])
+
+    monkeypatch.setattr(pworker.Worker, "_persist_job_status", persist_then_late_poll)
+
+    job_id = await bridge.defer_async(long_then_quick)
+    worker = asyncio.create_task(
+        run_worker(app, wait=True, abort_job_polling_interval=0.05, fetch_job_polling_interval=0.05)
+    )
+    try:
+        await asyncio.wait_for(started.wait(), WAIT)
+        external = _mirror(bridged_dsn, job_id)["external_id"]
+        assert await app.job_manager.cancel_job_by_id_async(external, abort=True)
+
+        async def ended(query: str, params: Any) -> str:
+            for _ in range(int(WAIT / 0.05)):
+                if (status := _rows(bridged_dsn, query, params)[0]["s"]) not in _ACTIVE:
+                    return str(status)
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"{query} {params}: still {status} after {WAIT}s")
+
+        procrastinate_status = "SELECT status::text AS s FROM procrastinate_jobs WHERE id = %s"
+        mirror_status = "SELECT status::text AS s FROM pgqueue.jobs WHERE id = %s"
+        # its retry strategy makes procrastinate fail the aborted attempt
+        assert await ended(procrastinate_status, (external,)) == "failed"
+        assert _mirror(bridged_dsn, job_id)["status"] == "cancelled"
+        started.clear()
+        replayed = _rows(bridged_dsn, "SELECT pgqueue.replay(%s)::text AS s", (job_id,))
+        assert replayed[0]["s"] == "pending"
+        await asyncio.wait_for(started.wait(), WAIT)
+        assert await ended(mirror_status, (job_id,)) == "completed"
+        assert _mirror(bridged_dsn, job_id)["result"] == "replayed"
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
 
 
 async def test_a_task_defers_another_from_its_thread(app: Any, bridged_dsn: str) -> None:
