@@ -414,6 +414,60 @@ BEGIN
     RETURNING id;
 END $$;
 
+-- The claim's pieces. waiting, claimable and rate_used are one-expression SQL
+-- functions, which PostgreSQL inlines into the statements that call them: the
+-- planner sees their conditions as if written there, so the claim index still
+-- serves them (tests/db/test_claim_plan.py checks the plan).
+
+-- Whether job p_job waits to be claimed: pending or retrying, and not paused
+-- (a paused job, a mirror among them, is out of the claim index).
+CREATE OR REPLACE FUNCTION pgqueue.waiting(p_job pgqueue.jobs)
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT p_job.status IN ('pending', 'retrying') AND NOT p_job.paused
+$$;
+
+-- Whether job p_job may be claimed at p_now by a worker of p_tasks (NULL: any
+-- task): it waits, it is due, and its batch is not paused. The paused flag
+-- keeps paused children out of the index; the batch test catches a child that
+-- became due while its batch was pausing.
+CREATE OR REPLACE FUNCTION pgqueue.claimable(p_job pgqueue.jobs, p_now timestamptz, p_tasks text[])
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT pgqueue.waiting(p_job) AND p_job.run_at <= p_now
+       AND (p_tasks IS NULL OR p_job.task = ANY(p_tasks))
+       AND (p_job.batch_id IS NULL OR NOT pgqueue.batch_paused(p_job.batch_id))
+$$;
+
+-- How many jobs queue p_queue started in the rate window ending at p_now
+-- (0 for a queue without a rate limit).
+CREATE OR REPLACE FUNCTION pgqueue.rate_used(p_queue pgqueue.queues, p_now timestamptz)
+RETURNS integer LANGUAGE sql STABLE AS $$
+    SELECT COALESCE((SELECT sum(w.n) FROM unnest(p_queue.rate_at, p_queue.rate_n) AS w(at, n)
+                      WHERE w.at > p_now - p_queue.rate_period), 0)::integer
+$$;
+
+-- The lease step of a claim: jobs p_ids (locked by the caller) become
+-- running under a new lease (attempts + 1) of worker p_worker_id, taken at
+-- p_now. started_at is kept from an earlier attempt; the lease's times never
+-- precede the job's, so the timestamp CHECKs hold whatever the clock did.
+CREATE OR REPLACE FUNCTION pgqueue.lease(
+    p_ids bigint[], p_worker_id text, p_lease_timeout interval, p_now timestamptz
+) RETURNS SETOF pgqueue.jobs LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
+    UPDATE pgqueue.jobs j
+       SET status = 'running',
+           attempts = j.attempts + 1,
+           worker_id = p_worker_id,
+           lease_timeout = p_lease_timeout,
+           progress = 0,
+           progress_message = NULL,
+           started_at = COALESCE(j.started_at, GREATEST(p_now, j.created_at)),
+           leased_at = GREATEST(p_now, j.created_at, j.started_at, j.leased_at),
+           heartbeat_at = GREATEST(p_now, j.created_at, j.started_at, j.leased_at)
+     WHERE j.id = ANY(p_ids)
+    RETURNING j.*;
+END $$;
+
 -- claim: lease up to p_limit due jobs from p_queues (paused queues and
 -- children of paused batches skipped),
 -- highest priority first, then oldest run_at, then id. Each claimed job
@@ -450,10 +504,12 @@ END $$;
 -- is exact. When no requested queue has a limit (one lookup in pgqueue.queues
 -- tells) the claim takes the plain path below and locks no queue row.
 -- When no requested queue has a rate limit and no concurrency key has a free
--- slot, the claim runs a third, leaner statement: the plain jobs alone. It
--- takes the same jobs in the same order as the full statement would (whose
--- keyed part would find nothing), without initialising and sorting that empty
--- keyed part on every call (docs/performance.md has the measurements).
+-- slot, the claim runs a leaner statement: the plain jobs alone. It takes the
+-- same jobs in the same order as the full statement would (whose keyed part
+-- would find nothing), without initialising and sorting that empty keyed part
+-- on every call (docs/performance.md has the measurements). Both statements
+-- are made of the pieces above: claimable (which jobs), lease (what claiming
+-- writes) and rate_used (a limited queue's window).
 --
 -- Its statements run with generic plans (plan_cache_mode), planned once per
 -- session: custom plans were planned again on every call, which was about a
@@ -480,7 +536,7 @@ DECLARE
     v_keys    text[] := '{}';  -- keys locked by this claim with free slots,
     v_free    integer[] := '{}';  -- and how many jobs of each it may take
     v_limited boolean;         -- does a requested queue have a rate limit?
-    v_now     timestamptz;     -- rate limits: the claim's time, taken under the locks
+    v_now     timestamptz;     -- the claim's time (with rate limits, taken under their locks)
     v_rq      text[] := '{}';  -- rate-limited queues (locked by this claim)
     v_rcap    integer[] := '{}';  -- and how many jobs each may still start now
 BEGIN
@@ -513,9 +569,7 @@ BEGIN
             FOR NO KEY UPDATE;
         v_now := clock_timestamp();
         SELECT COALESCE(array_agg(s.name), '{}'),
-               COALESCE(array_agg(GREATEST(s.rate_limit - (
-                   SELECT COALESCE(sum(w.n), 0) FROM unnest(s.rate_at, s.rate_n) AS w(at, n)
-                    WHERE w.at > v_now - s.rate_period), 0)::integer), '{}')
+               COALESCE(array_agg(GREATEST(s.rate_limit - pgqueue.rate_used(s, v_now), 0)), '{}')
           INTO v_rq, v_rcap
           FROM pgqueue.queues s
          WHERE s.name = ANY(v_queues) AND s.rate_limit IS NOT NULL;
@@ -524,14 +578,15 @@ BEGIN
           FROM unnest(v_queues) AS q(name)
          WHERE NOT EXISTS (SELECT 1 FROM unnest(v_rq, v_rcap) AS r(name, cap)
                             WHERE r.name = q.name AND r.cap = 0);
+    ELSE
+        v_now := clock_timestamp();
     END IF;
 
     -- any keyed job waiting? (an ordered probe, so it stays an index scan)
     PERFORM FROM unnest(v_queues) AS q(name)
       CROSS JOIN LATERAL (
           SELECT j.concurrency_key FROM pgqueue.jobs j
-           WHERE j.queue = q.name AND j.concurrency_key IS NOT NULL
-             AND j.status IN ('pending', 'retrying') AND NOT j.paused
+           WHERE j.queue = q.name AND j.concurrency_key IS NOT NULL AND pgqueue.waiting(j)
            ORDER BY j.concurrency_key LIMIT 1) AS k
      LIMIT 1;
     IF FOUND THEN
@@ -545,15 +600,14 @@ BEGIN
                 SELECT q.name AS queue,
                        (SELECT j.concurrency_key FROM pgqueue.jobs j
                          WHERE j.queue = q.name AND j.concurrency_key IS NOT NULL
-                           AND j.status IN ('pending', 'retrying') AND NOT j.paused
+                           AND pgqueue.waiting(j)
                          ORDER BY j.concurrency_key LIMIT 1) AS key
                   FROM unnest(v_queues) AS q(name)
                 UNION ALL
                 SELECT k.queue,
                        (SELECT j.concurrency_key FROM pgqueue.jobs j
                          WHERE j.queue = k.queue AND j.concurrency_key > k.key
-                           AND j.concurrency_key IS NOT NULL
-                           AND j.status IN ('pending', 'retrying') AND NOT j.paused
+                           AND j.concurrency_key IS NOT NULL AND pgqueue.waiting(j)
                          ORDER BY j.concurrency_key LIMIT 1)
                   FROM keys k
                  WHERE k.key IS NOT NULL
@@ -567,10 +621,7 @@ BEGIN
                       SELECT j.concurrency_key, j.concurrency_limit, j.priority, j.run_at, j.id
                         FROM pgqueue.jobs j
                        WHERE j.queue = keys.queue AND j.concurrency_key = keys.key
-                         AND j.status IN ('pending', 'retrying') AND NOT j.paused
-                         AND j.run_at <= clock_timestamp()
-                         AND (p_tasks IS NULL OR j.task = ANY(p_tasks))
-                         AND (j.batch_id IS NULL OR NOT pgqueue.batch_paused(j.batch_id))
+                         AND pgqueue.claimable(j, v_now, p_tasks)
                        ORDER BY j.priority DESC, j.run_at, j.id
                        LIMIT 1
                   ) AS h
@@ -601,184 +652,89 @@ BEGIN
     IF NOT v_limited AND cardinality(v_keys) = 0 THEN
         -- the common case: no rate limit to count, no key with a free slot
         RETURN QUERY
-        WITH ts AS (SELECT clock_timestamp() AS now),
-        candidates AS (
+        SELECT * FROM pgqueue.lease(ARRAY(
             SELECT c.id
               FROM unnest(v_queues) AS active(name)
               CROSS JOIN LATERAL (
                   SELECT j.id, j.priority, j.run_at
                     FROM pgqueue.jobs j
                    WHERE j.queue = active.name AND j.concurrency_key IS NULL
-                     AND j.status IN ('pending', 'retrying') AND NOT j.paused
-                     AND j.run_at <= (SELECT now FROM ts)
-                     AND (p_tasks IS NULL OR j.task = ANY(p_tasks))
-                     AND (j.batch_id IS NULL OR NOT pgqueue.batch_paused(j.batch_id))
+                     AND pgqueue.claimable(j, v_now, p_tasks)
                    ORDER BY j.priority DESC, j.run_at, j.id
                    LIMIT p_limit
                      FOR UPDATE SKIP LOCKED
               ) AS c
              ORDER BY c.priority DESC, c.run_at, c.id
              LIMIT p_limit
-        )
-        UPDATE pgqueue.jobs j
-           SET status = 'running',
-               attempts = j.attempts + 1,
-               worker_id = p_worker_id,
-               lease_timeout = p_lease_timeout,
-               progress = 0,
-               progress_message = NULL,
-               started_at = COALESCE(j.started_at, GREATEST(ts.now, j.created_at)),
-               leased_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at),
-               heartbeat_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at)
-          FROM ts
-         WHERE j.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
-        RETURNING j.*;
-    ELSIF v_limited THEN
-        RETURN QUERY
-        WITH ts AS (SELECT v_now AS now),
-        caps AS (SELECT r.name, r.cap FROM unnest(v_rq, v_rcap) AS r(name, cap)),
-        plain AS (
-            SELECT c.id, c.priority, c.run_at, active.name AS queue
-              FROM unnest(v_queues) AS active(name)
-              LEFT JOIN caps ON caps.name = active.name
-              CROSS JOIN LATERAL (
-                  SELECT j.id, j.priority, j.run_at
-                    FROM pgqueue.jobs j
-                   WHERE j.queue = active.name AND j.concurrency_key IS NULL
-                     AND j.status IN ('pending', 'retrying') AND NOT j.paused
-                     AND j.run_at <= (SELECT now FROM ts)
-                     AND (p_tasks IS NULL OR j.task = ANY(p_tasks))
-                     -- the paused flag keeps paused children out of the index; this
-                     -- catches a child that became due while its batch was pausing
-                     AND (j.batch_id IS NULL OR NOT pgqueue.batch_paused(j.batch_id))
-                   ORDER BY j.priority DESC, j.run_at, j.id
-                   LIMIT LEAST(p_limit, caps.cap)
-                     FOR UPDATE SKIP LOCKED
-              ) AS c
-        ),
-        keyed AS (
-            -- at most the free slots of each key locked above, in claim order
-            SELECT r.id, r.priority, r.run_at, r.queue
-              FROM (SELECT c.id, c.priority, c.run_at, active.name AS queue, k.free,
-                           row_number() OVER (PARTITION BY k.key
-                                              ORDER BY c.priority DESC, c.run_at, c.id) AS n
-                      FROM unnest(v_keys, v_free) AS k(key, free)
-                      CROSS JOIN unnest(v_queues) AS active(name)
-                      CROSS JOIN LATERAL (
-                          SELECT j.id, j.priority, j.run_at
-                            FROM pgqueue.jobs j
-                           WHERE j.queue = active.name AND j.concurrency_key = k.key
-                             AND j.status IN ('pending', 'retrying') AND NOT j.paused
-                             AND j.run_at <= (SELECT now FROM ts)
-                             AND (p_tasks IS NULL OR j.task = ANY(p_tasks))
-                             AND (j.batch_id IS NULL OR NOT pgqueue.batch_paused(j.batch_id))
-                           ORDER BY j.priority DESC, j.run_at, j.id
-                           LIMIT k.free
-                             FOR UPDATE SKIP LOCKED
-                      ) AS c) AS r
-             WHERE r.n <= r.free
-        ),
-        candidates AS (
-            -- at most each limited queue's room, in claim order
-            SELECT u.id, u.queue
-              FROM (SELECT p.*, row_number() OVER (PARTITION BY p.queue
-                                                   ORDER BY p.priority DESC, p.run_at, p.id) AS n
-                      FROM (SELECT * FROM plain UNION ALL SELECT * FROM keyed) AS p) AS u
-              LEFT JOIN caps ON caps.name = u.queue
-             WHERE u.n <= COALESCE(caps.cap, p_limit)
-             ORDER BY u.priority DESC, u.run_at, u.id
-             LIMIT p_limit
-        ),
-        claimed AS (
-            UPDATE pgqueue.jobs j
-               SET status = 'running',
-                   attempts = j.attempts + 1,
-                   worker_id = p_worker_id,
-                   lease_timeout = p_lease_timeout,
-                   progress = 0,
-                   progress_message = NULL,
-                   started_at = COALESCE(j.started_at, GREATEST(ts.now, j.created_at)),
-                   leased_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at),
-                   heartbeat_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at)
-              FROM ts
-             WHERE j.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
-            RETURNING j.*
-        ),
-        counted AS (
-            -- record this claim in each limited queue's window, dropping what
-            -- has left the window
-            UPDATE pgqueue.queues s
-               SET rate_at = ARRAY(SELECT w.at FROM unnest(s.rate_at, s.rate_n) WITH ORDINALITY AS w(at, n, i)
-                                    WHERE w.at > v_now - s.rate_period ORDER BY w.i) || v_now,
-                   rate_n = ARRAY(SELECT w.n FROM unnest(s.rate_at, s.rate_n) WITH ORDINALITY AS w(at, n, i)
-                                   WHERE w.at > v_now - s.rate_period ORDER BY w.i) || c.n
-              FROM (SELECT claimed.queue, count(*)::integer AS n FROM claimed GROUP BY claimed.queue) AS c
-             WHERE s.name = c.queue AND s.name = ANY(v_rq)
-        )
-        SELECT * FROM claimed;
-    ELSE
-        RETURN QUERY
-        WITH ts AS (SELECT clock_timestamp() AS now),
-        plain AS (
-            SELECT c.id, c.priority, c.run_at
-              FROM unnest(v_queues) AS active(name)
-              CROSS JOIN LATERAL (
-                  SELECT j.id, j.priority, j.run_at
-                    FROM pgqueue.jobs j
-                   WHERE j.queue = active.name AND j.concurrency_key IS NULL
-                     AND j.status IN ('pending', 'retrying') AND NOT j.paused
-                     AND j.run_at <= (SELECT now FROM ts)
-                     AND (p_tasks IS NULL OR j.task = ANY(p_tasks))
-                     -- the paused flag keeps paused children out of the index; this
-                     -- catches a child that became due while its batch was pausing
-                     AND (j.batch_id IS NULL OR NOT pgqueue.batch_paused(j.batch_id))
-                   ORDER BY j.priority DESC, j.run_at, j.id
-                   LIMIT p_limit
-                     FOR UPDATE SKIP LOCKED
-              ) AS c
-        ),
-        keyed AS (
-            -- at most the free slots of each key locked above, in claim order
-            SELECT r.id, r.priority, r.run_at
-              FROM (SELECT c.id, c.priority, c.run_at, k.free,
-                           row_number() OVER (PARTITION BY k.key
-                                              ORDER BY c.priority DESC, c.run_at, c.id) AS n
-                      FROM unnest(v_keys, v_free) AS k(key, free)
-                      CROSS JOIN unnest(v_queues) AS active(name)
-                      CROSS JOIN LATERAL (
-                          SELECT j.id, j.priority, j.run_at
-                            FROM pgqueue.jobs j
-                           WHERE j.queue = active.name AND j.concurrency_key = k.key
-                             AND j.status IN ('pending', 'retrying') AND NOT j.paused
-                             AND j.run_at <= (SELECT now FROM ts)
-                             AND (p_tasks IS NULL OR j.task = ANY(p_tasks))
-                             AND (j.batch_id IS NULL OR NOT pgqueue.batch_paused(j.batch_id))
-                           ORDER BY j.priority DESC, j.run_at, j.id
-                           LIMIT k.free
-                             FOR UPDATE SKIP LOCKED
-                      ) AS c) AS r
-             WHERE r.n <= r.free
-        ),
-        candidates AS (
-            SELECT u.id
-              FROM (SELECT * FROM plain UNION ALL SELECT * FROM keyed) AS u
-             ORDER BY u.priority DESC, u.run_at, u.id
-             LIMIT p_limit
-        )
-        UPDATE pgqueue.jobs j
-           SET status = 'running',
-               attempts = j.attempts + 1,
-               worker_id = p_worker_id,
-               lease_timeout = p_lease_timeout,
-               progress = 0,
-               progress_message = NULL,
-               started_at = COALESCE(j.started_at, GREATEST(ts.now, j.created_at)),
-               leased_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at),
-               heartbeat_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at)
-          FROM ts
-         WHERE j.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
-        RETURNING j.*;
+        ), p_worker_id, p_lease_timeout, v_now);
+        RETURN;
     END IF;
+
+    -- Keyed jobs with free slots, rate-limited queues, or both: the plain
+    -- jobs (at most each limited queue's room) and each locked key's free
+    -- slots, merged in claim order, at most each limited queue's room and
+    -- p_limit in all; the claim is recorded in each limited queue's window.
+    RETURN QUERY
+    WITH caps AS (SELECT r.name, r.cap FROM unnest(v_rq, v_rcap) AS r(name, cap)),
+    plain AS (
+        SELECT c.id, c.priority, c.run_at, active.name AS queue
+          FROM unnest(v_queues) AS active(name)
+          LEFT JOIN caps ON caps.name = active.name
+          CROSS JOIN LATERAL (
+              SELECT j.id, j.priority, j.run_at
+                FROM pgqueue.jobs j
+               WHERE j.queue = active.name AND j.concurrency_key IS NULL
+                 AND pgqueue.claimable(j, v_now, p_tasks)
+               ORDER BY j.priority DESC, j.run_at, j.id
+               LIMIT LEAST(p_limit, caps.cap)
+                 FOR UPDATE SKIP LOCKED
+          ) AS c
+    ),
+    keyed AS (
+        -- at most the free slots of each key locked above, in claim order
+        SELECT r.id, r.priority, r.run_at, r.queue
+          FROM (SELECT c.id, c.priority, c.run_at, active.name AS queue, k.free,
+                       row_number() OVER (PARTITION BY k.key
+                                          ORDER BY c.priority DESC, c.run_at, c.id) AS n
+                  FROM unnest(v_keys, v_free) AS k(key, free)
+                  CROSS JOIN unnest(v_queues) AS active(name)
+                  CROSS JOIN LATERAL (
+                      SELECT j.id, j.priority, j.run_at
+                        FROM pgqueue.jobs j
+                       WHERE j.queue = active.name AND j.concurrency_key = k.key
+                         AND pgqueue.claimable(j, v_now, p_tasks)
+                       ORDER BY j.priority DESC, j.run_at, j.id
+                       LIMIT k.free
+                         FOR UPDATE SKIP LOCKED
+                  ) AS c) AS r
+         WHERE r.n <= r.free
+    ),
+    candidates AS (
+        SELECT u.id, u.queue
+          FROM (SELECT p.*, row_number() OVER (PARTITION BY p.queue
+                                               ORDER BY p.priority DESC, p.run_at, p.id) AS n
+                  FROM (SELECT * FROM plain UNION ALL SELECT * FROM keyed) AS p) AS u
+          LEFT JOIN caps ON caps.name = u.queue
+         WHERE u.n <= COALESCE(caps.cap, p_limit)
+         ORDER BY u.priority DESC, u.run_at, u.id
+         LIMIT p_limit
+    ),
+    claimed AS (
+        SELECT * FROM pgqueue.lease(ARRAY(SELECT candidates.id FROM candidates),
+                                    p_worker_id, p_lease_timeout, v_now)
+    ),
+    counted AS (
+        -- record this claim in each limited queue's window, dropping what
+        -- has left the window
+        UPDATE pgqueue.queues s
+           SET rate_at = ARRAY(SELECT w.at FROM unnest(s.rate_at, s.rate_n) WITH ORDINALITY AS w(at, n, i)
+                                WHERE w.at > v_now - s.rate_period ORDER BY w.i) || v_now,
+               rate_n = ARRAY(SELECT w.n FROM unnest(s.rate_at, s.rate_n) WITH ORDINALITY AS w(at, n, i)
+                               WHERE w.at > v_now - s.rate_period ORDER BY w.i) || c.n
+          FROM (SELECT claimed.queue, count(*)::integer AS n FROM claimed GROUP BY claimed.queue) AS c
+         WHERE s.name = c.queue AND s.name = ANY(v_rq)
+    )
+    SELECT * FROM claimed;
 END $$;
 
 -- heartbeat: refresh the leases this worker still holds, in one statement.

@@ -115,13 +115,12 @@ SELECT names.name AS queue,
        EXTRACT(EPOCH FROM q.rate_period)::float8 AS rate_per,
        -- jobs started within the last rate_per seconds (counted against the limit)
        CASE WHEN q.rate_limit IS NOT NULL THEN
-           (SELECT COALESCE(sum(w.n), 0) FROM unnest(q.rate_at, q.rate_n) AS w(at, n)
-             WHERE w.at > clock_timestamp() - q.rate_period)::integer
+           pgqueue.rate_used(q, clock_timestamp())
        END AS rate_used
   FROM names
   LEFT JOIN counts c ON c.queue = names.name
   LEFT JOIN pgqueue.queues q ON q.name = names.name
- GROUP BY names.name, q.paused, q.rate_limit, q.rate_period, q.rate_at, q.rate_n
+ GROUP BY names.name, q.name
  ORDER BY names.name
 
 -- name: unfinished

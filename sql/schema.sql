@@ -276,4 +276,4 @@ CREATE TABLE pgqueue.periodic_ticks (
 CREATE TABLE pgqueue.served_revisions (
     revision text PRIMARY KEY
 );
-INSERT INTO pgqueue.served_revisions (revision) VALUES ('0010'), ('0011'), ('0012'), ('0013');
+INSERT INTO pgqueue.served_revisions (revision) VALUES ('0010'), ('0011'), ('0012'), ('0013'), ('0014');

@@ -61,8 +61,7 @@ SELECT names.name AS queue,
        q.rate_limit,
        EXTRACT(EPOCH FROM q.rate_period)::float8 AS rate_per,
        CASE WHEN q.rate_limit IS NOT NULL THEN
-           (SELECT COALESCE(sum(w.n), 0) FROM unnest(q.rate_at, q.rate_n) AS w(at, n)
-             WHERE w.at > clock_timestamp() - q.rate_period)::integer
+           pgqueue.rate_used(q, clock_timestamp())
        END AS rate_used,
        COALESCE(jsonb_object_agg(c.status, c.n) FILTER (WHERE c.status IS NOT NULL), '{}') AS counts,
        EXTRACT(EPOCH FROM clock_timestamp() - min(c.oldest))::float8 AS oldest_pending_age
@@ -70,7 +69,7 @@ SELECT names.name AS queue,
   LEFT JOIN counts c ON c.queue = names.name
   LEFT JOIN pgqueue.queues q ON q.name = names.name
  WHERE %(after)s::text IS NULL OR names.name > %(after)s::text
- GROUP BY names.name, q.paused, q.rate_limit, q.rate_period, q.rate_at, q.rate_n
+ GROUP BY names.name, q.name
  ORDER BY names.name
  LIMIT %(limit)s::int
 
@@ -89,13 +88,12 @@ SELECT c.queue,
        q.rate_limit,
        EXTRACT(EPOCH FROM q.rate_period)::float8 AS rate_per,
        CASE WHEN q.rate_limit IS NOT NULL THEN
-           (SELECT COALESCE(sum(w.n), 0) FROM unnest(q.rate_at, q.rate_n) AS w(at, n)
-             WHERE w.at > clock_timestamp() - q.rate_period)::integer
+           pgqueue.rate_used(q, clock_timestamp())
        END AS rate_used,
        jsonb_object_agg(c.status, c.n) AS counts,
        EXTRACT(EPOCH FROM clock_timestamp() - min(c.oldest))::float8 AS oldest_pending_age
   FROM counts c
   LEFT JOIN pgqueue.queues q ON q.name = c.queue
- GROUP BY c.queue, q.paused, q.rate_limit, q.rate_period, q.rate_at, q.rate_n
+ GROUP BY c.queue, q.name
  ORDER BY c.queue
  LIMIT %(limit)s::int

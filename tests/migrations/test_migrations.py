@@ -472,7 +472,7 @@ def test_migrate_is_idempotent(empty_db_dsn: str) -> None:
 def test_current_revision_reports_head(empty_db_dsn: str) -> None:
     assert pgqueue.current_revision(empty_db_dsn) is None
     head = pgqueue.head_revision()
-    assert head == "0013"  # the latest frozen revision in migrations/versions
+    assert head == "0014"  # the latest frozen revision in migrations/versions
 
     _migrate.upgrade(empty_db_dsn, "0001")
     assert pgqueue.current_revision(empty_db_dsn) == "0001"
@@ -796,6 +796,7 @@ def test_truncating_jobs_empties_attempts_so_reused_ids_can_finish(db_dsn: str) 
         ("0011", "0010"),
         ("0012", "0011"),
         ("0013", "0012"),
+        ("0014", "0013"),
     ],
 )
 def test_downgrade_restores_the_previous_catalog(
