@@ -1,6 +1,5 @@
-"""The claim made of small pieces: which jobs may be claimed (claimable,
-waiting), what claiming writes (lease), and a limited queue's window
-(rate_used); the claim's keyed and rate-limited statements are one.
+"""The claim's due-job filter as small pieces (waiting, claimable, inlined by
+PostgreSQL), and a limited queue's window count (rate_used) for the gauges.
 
 Revision ID: 0014
 Revises: 0013

@@ -1,25 +1,24 @@
--- pgqueue revision 0014: the claim made of small pieces.
+-- pgqueue revision 0014: the claim's due-job filter as small pieces.
 -- Frozen: never edited once released; later changes go in a new revision.
 --
--- The claim held three statements with three copies of its lease step (the
--- SET block that makes a job running) and six of its due-job filter. They are
+-- The claim held six copies of its due-job filter across its three
+-- statements, and the queue gauges three of a rate window's count. They are
 -- now functions of their own: waiting and claimable (which jobs may be
--- claimed), lease (what claiming writes), rate_used (how much of a limited
--- queue's window is used, which the queue gauges read too). The keyed and the
--- rate-limited statements were one statement but for the rate counting, and
--- are now one; the common case keeps its leaner statement. A change to which
--- jobs are claimable or to what a claim writes is now a change to one small
--- function. The claim takes the same jobs in the same order, under the same
--- locks, with the same plans (the SQL pieces are inlined).
+-- claimed; one-expression SQL functions that PostgreSQL inlines, so the
+-- claim's plans and speed are unchanged) and rate_used (how much of a limited
+-- queue's window is used, for the gauges). A change to which jobs are
+-- claimable is now a change to one small function. The claim takes the same
+-- jobs in the same order, under the same locks; all its statements now take
+-- one time, the claim's.
 --
 -- Additive: the previous release keeps working against it (claim keeps its
 -- name, arguments and result; the new functions are only added).
 INSERT INTO pgqueue.served_revisions (revision) VALUES ('0014');
 
--- The claim's pieces. waiting, claimable and rate_used are one-expression SQL
--- functions, which PostgreSQL inlines into the statements that call them: the
--- planner sees their conditions as if written there, so the claim index still
--- serves them (tests/db/test_claim_plan.py checks the plan).
+-- The claim's pieces. waiting and claimable are one-expression SQL functions,
+-- which PostgreSQL inlines into the statements that call them: the planner
+-- sees their conditions as if written there, so the claim index still serves
+-- them and they cost nothing (tests/db/test_claim_plan.py checks the plan).
 
 -- Whether job p_job waits to be claimed: pending or retrying, and not paused
 -- (a paused job, a mirror among them, is out of the claim index).
@@ -40,37 +39,15 @@ RETURNS boolean LANGUAGE sql STABLE AS $$
 $$;
 
 -- How many jobs queue p_queue started in the rate window ending at p_now
--- (0 for a queue without a rate limit).
+-- (0 for a queue without a rate limit), as the queue gauges show it; the
+-- claim writes the same sum out (see there).
 CREATE OR REPLACE FUNCTION pgqueue.rate_used(p_queue pgqueue.queues, p_now timestamptz)
 RETURNS integer LANGUAGE sql STABLE AS $$
     SELECT COALESCE((SELECT sum(w.n) FROM unnest(p_queue.rate_at, p_queue.rate_n) AS w(at, n)
                       WHERE w.at > p_now - p_queue.rate_period), 0)::integer
 $$;
 
--- The lease step of a claim: jobs p_ids (locked by the caller) become
--- running under a new lease (attempts + 1) of worker p_worker_id, taken at
--- p_now. started_at is kept from an earlier attempt; the lease's times never
--- precede the job's, so the timestamp CHECKs hold whatever the clock did.
-CREATE OR REPLACE FUNCTION pgqueue.lease(
-    p_ids bigint[], p_worker_id text, p_lease_timeout interval, p_now timestamptz
-) RETURNS SETOF pgqueue.jobs LANGUAGE plpgsql AS $$
-BEGIN
-    RETURN QUERY
-    UPDATE pgqueue.jobs j
-       SET status = 'running',
-           attempts = j.attempts + 1,
-           worker_id = p_worker_id,
-           lease_timeout = p_lease_timeout,
-           progress = 0,
-           progress_message = NULL,
-           started_at = COALESCE(j.started_at, GREATEST(p_now, j.created_at)),
-           leased_at = GREATEST(p_now, j.created_at, j.started_at, j.leased_at),
-           heartbeat_at = GREATEST(p_now, j.created_at, j.started_at, j.leased_at)
-     WHERE j.id = ANY(p_ids)
-    RETURNING j.*;
-END $$;
-
--- claim: as sql/functions.sql describes it, now made of the pieces above.
+-- claim: as sql/functions.sql describes it, its filters now the pieces above.
 CREATE OR REPLACE FUNCTION pgqueue.claim(
     p_worker_id     text,
     p_queues        text[],
@@ -121,7 +98,11 @@ BEGIN
             FOR NO KEY UPDATE;
         v_now := clock_timestamp();
         SELECT COALESCE(array_agg(s.name), '{}'),
-               COALESCE(array_agg(GREATEST(s.rate_limit - pgqueue.rate_used(s, v_now), 0)), '{}')
+               -- rate_used's sum, written out: a function holding a subquery is
+               -- not inlined, and a call of it costs every limited claim
+               COALESCE(array_agg(GREATEST(s.rate_limit - (
+                   SELECT COALESCE(sum(w.n), 0) FROM unnest(s.rate_at, s.rate_n) AS w(at, n)
+                    WHERE w.at > v_now - s.rate_period), 0)::integer), '{}')
           INTO v_rq, v_rcap
           FROM pgqueue.queues s
          WHERE s.name = ANY(v_queues) AND s.rate_limit IS NOT NULL;
@@ -204,7 +185,8 @@ BEGIN
     IF NOT v_limited AND cardinality(v_keys) = 0 THEN
         -- the common case: no rate limit to count, no key with a free slot
         RETURN QUERY
-        SELECT * FROM pgqueue.lease(ARRAY(
+        WITH ts AS (SELECT v_now AS now),
+        candidates AS (
             SELECT c.id
               FROM unnest(v_queues) AS active(name)
               CROSS JOIN LATERAL (
@@ -218,73 +200,148 @@ BEGIN
               ) AS c
              ORDER BY c.priority DESC, c.run_at, c.id
              LIMIT p_limit
-        ), p_worker_id, p_lease_timeout, v_now);
-        RETURN;
+        )
+        UPDATE pgqueue.jobs j
+           SET status = 'running',
+               attempts = j.attempts + 1,
+               worker_id = p_worker_id,
+               lease_timeout = p_lease_timeout,
+               progress = 0,
+               progress_message = NULL,
+               started_at = COALESCE(j.started_at, GREATEST(ts.now, j.created_at)),
+               leased_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at),
+               heartbeat_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at)
+          FROM ts
+         WHERE j.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
+        RETURNING j.*;
+    ELSIF v_limited THEN
+        RETURN QUERY
+        WITH ts AS (SELECT v_now AS now),
+        caps AS (SELECT r.name, r.cap FROM unnest(v_rq, v_rcap) AS r(name, cap)),
+        plain AS (
+            SELECT c.id, c.priority, c.run_at, active.name AS queue
+              FROM unnest(v_queues) AS active(name)
+              LEFT JOIN caps ON caps.name = active.name
+              CROSS JOIN LATERAL (
+                  SELECT j.id, j.priority, j.run_at
+                    FROM pgqueue.jobs j
+                   WHERE j.queue = active.name AND j.concurrency_key IS NULL
+                     AND pgqueue.claimable(j, v_now, p_tasks)
+                   ORDER BY j.priority DESC, j.run_at, j.id
+                   LIMIT LEAST(p_limit, caps.cap)
+                     FOR UPDATE SKIP LOCKED
+              ) AS c
+        ),
+        keyed AS (
+            -- at most the free slots of each key locked above, in claim order
+            SELECT r.id, r.priority, r.run_at, r.queue
+              FROM (SELECT c.id, c.priority, c.run_at, active.name AS queue, k.free,
+                           row_number() OVER (PARTITION BY k.key
+                                              ORDER BY c.priority DESC, c.run_at, c.id) AS n
+                      FROM unnest(v_keys, v_free) AS k(key, free)
+                      CROSS JOIN unnest(v_queues) AS active(name)
+                      CROSS JOIN LATERAL (
+                          SELECT j.id, j.priority, j.run_at
+                            FROM pgqueue.jobs j
+                           WHERE j.queue = active.name AND j.concurrency_key = k.key
+                             AND pgqueue.claimable(j, v_now, p_tasks)
+                           ORDER BY j.priority DESC, j.run_at, j.id
+                           LIMIT k.free
+                             FOR UPDATE SKIP LOCKED
+                      ) AS c) AS r
+             WHERE r.n <= r.free
+        ),
+        candidates AS (
+            -- at most each limited queue's room, in claim order
+            SELECT u.id, u.queue
+              FROM (SELECT p.*, row_number() OVER (PARTITION BY p.queue
+                                                   ORDER BY p.priority DESC, p.run_at, p.id) AS n
+                      FROM (SELECT * FROM plain UNION ALL SELECT * FROM keyed) AS p) AS u
+              LEFT JOIN caps ON caps.name = u.queue
+             WHERE u.n <= COALESCE(caps.cap, p_limit)
+             ORDER BY u.priority DESC, u.run_at, u.id
+             LIMIT p_limit
+        ),
+        claimed AS (
+            UPDATE pgqueue.jobs j
+               SET status = 'running',
+                   attempts = j.attempts + 1,
+                   worker_id = p_worker_id,
+                   lease_timeout = p_lease_timeout,
+                   progress = 0,
+                   progress_message = NULL,
+                   started_at = COALESCE(j.started_at, GREATEST(ts.now, j.created_at)),
+                   leased_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at),
+                   heartbeat_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at)
+              FROM ts
+             WHERE j.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
+            RETURNING j.*
+        ),
+        counted AS (
+            -- record this claim in each limited queue's window, dropping what
+            -- has left the window
+            UPDATE pgqueue.queues s
+               SET rate_at = ARRAY(SELECT w.at FROM unnest(s.rate_at, s.rate_n) WITH ORDINALITY AS w(at, n, i)
+                                    WHERE w.at > v_now - s.rate_period ORDER BY w.i) || v_now,
+                   rate_n = ARRAY(SELECT w.n FROM unnest(s.rate_at, s.rate_n) WITH ORDINALITY AS w(at, n, i)
+                                   WHERE w.at > v_now - s.rate_period ORDER BY w.i) || c.n
+              FROM (SELECT claimed.queue, count(*)::integer AS n FROM claimed GROUP BY claimed.queue) AS c
+             WHERE s.name = c.queue AND s.name = ANY(v_rq)
+        )
+        SELECT * FROM claimed;
+    ELSE
+        RETURN QUERY
+        WITH ts AS (SELECT v_now AS now),
+        plain AS (
+            SELECT c.id, c.priority, c.run_at
+              FROM unnest(v_queues) AS active(name)
+              CROSS JOIN LATERAL (
+                  SELECT j.id, j.priority, j.run_at
+                    FROM pgqueue.jobs j
+                   WHERE j.queue = active.name AND j.concurrency_key IS NULL
+                     AND pgqueue.claimable(j, v_now, p_tasks)
+                   ORDER BY j.priority DESC, j.run_at, j.id
+                   LIMIT p_limit
+                     FOR UPDATE SKIP LOCKED
+              ) AS c
+        ),
+        keyed AS (
+            -- at most the free slots of each key locked above, in claim order
+            SELECT r.id, r.priority, r.run_at
+              FROM (SELECT c.id, c.priority, c.run_at, k.free,
+                           row_number() OVER (PARTITION BY k.key
+                                              ORDER BY c.priority DESC, c.run_at, c.id) AS n
+                      FROM unnest(v_keys, v_free) AS k(key, free)
+                      CROSS JOIN unnest(v_queues) AS active(name)
+                      CROSS JOIN LATERAL (
+                          SELECT j.id, j.priority, j.run_at
+                            FROM pgqueue.jobs j
+                           WHERE j.queue = active.name AND j.concurrency_key = k.key
+                             AND pgqueue.claimable(j, v_now, p_tasks)
+                           ORDER BY j.priority DESC, j.run_at, j.id
+                           LIMIT k.free
+                             FOR UPDATE SKIP LOCKED
+                      ) AS c) AS r
+             WHERE r.n <= r.free
+        ),
+        candidates AS (
+            SELECT u.id
+              FROM (SELECT * FROM plain UNION ALL SELECT * FROM keyed) AS u
+             ORDER BY u.priority DESC, u.run_at, u.id
+             LIMIT p_limit
+        )
+        UPDATE pgqueue.jobs j
+           SET status = 'running',
+               attempts = j.attempts + 1,
+               worker_id = p_worker_id,
+               lease_timeout = p_lease_timeout,
+               progress = 0,
+               progress_message = NULL,
+               started_at = COALESCE(j.started_at, GREATEST(ts.now, j.created_at)),
+               leased_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at),
+               heartbeat_at = GREATEST(ts.now, j.created_at, j.started_at, j.leased_at)
+          FROM ts
+         WHERE j.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
+        RETURNING j.*;
     END IF;
-
-    -- Keyed jobs with free slots, rate-limited queues, or both: the plain
-    -- jobs (at most each limited queue's room) and each locked key's free
-    -- slots, merged in claim order, at most each limited queue's room and
-    -- p_limit in all; the claim is recorded in each limited queue's window.
-    RETURN QUERY
-    WITH caps AS (SELECT r.name, r.cap FROM unnest(v_rq, v_rcap) AS r(name, cap)),
-    plain AS (
-        SELECT c.id, c.priority, c.run_at, active.name AS queue
-          FROM unnest(v_queues) AS active(name)
-          LEFT JOIN caps ON caps.name = active.name
-          CROSS JOIN LATERAL (
-              SELECT j.id, j.priority, j.run_at
-                FROM pgqueue.jobs j
-               WHERE j.queue = active.name AND j.concurrency_key IS NULL
-                 AND pgqueue.claimable(j, v_now, p_tasks)
-               ORDER BY j.priority DESC, j.run_at, j.id
-               LIMIT LEAST(p_limit, caps.cap)
-                 FOR UPDATE SKIP LOCKED
-          ) AS c
-    ),
-    keyed AS (
-        -- at most the free slots of each key locked above, in claim order
-        SELECT r.id, r.priority, r.run_at, r.queue
-          FROM (SELECT c.id, c.priority, c.run_at, active.name AS queue, k.free,
-                       row_number() OVER (PARTITION BY k.key
-                                          ORDER BY c.priority DESC, c.run_at, c.id) AS n
-                  FROM unnest(v_keys, v_free) AS k(key, free)
-                  CROSS JOIN unnest(v_queues) AS active(name)
-                  CROSS JOIN LATERAL (
-                      SELECT j.id, j.priority, j.run_at
-                        FROM pgqueue.jobs j
-                       WHERE j.queue = active.name AND j.concurrency_key = k.key
-                         AND pgqueue.claimable(j, v_now, p_tasks)
-                       ORDER BY j.priority DESC, j.run_at, j.id
-                       LIMIT k.free
-                         FOR UPDATE SKIP LOCKED
-                  ) AS c) AS r
-         WHERE r.n <= r.free
-    ),
-    candidates AS (
-        SELECT u.id, u.queue
-          FROM (SELECT p.*, row_number() OVER (PARTITION BY p.queue
-                                               ORDER BY p.priority DESC, p.run_at, p.id) AS n
-                  FROM (SELECT * FROM plain UNION ALL SELECT * FROM keyed) AS p) AS u
-          LEFT JOIN caps ON caps.name = u.queue
-         WHERE u.n <= COALESCE(caps.cap, p_limit)
-         ORDER BY u.priority DESC, u.run_at, u.id
-         LIMIT p_limit
-    ),
-    claimed AS (
-        SELECT * FROM pgqueue.lease(ARRAY(SELECT candidates.id FROM candidates),
-                                    p_worker_id, p_lease_timeout, v_now)
-    ),
-    counted AS (
-        -- record this claim in each limited queue's window, dropping what
-        -- has left the window
-        UPDATE pgqueue.queues s
-           SET rate_at = ARRAY(SELECT w.at FROM unnest(s.rate_at, s.rate_n) WITH ORDINALITY AS w(at, n, i)
-                                WHERE w.at > v_now - s.rate_period ORDER BY w.i) || v_now,
-               rate_n = ARRAY(SELECT w.n FROM unnest(s.rate_at, s.rate_n) WITH ORDINALITY AS w(at, n, i)
-                               WHERE w.at > v_now - s.rate_period ORDER BY w.i) || c.n
-          FROM (SELECT claimed.queue, count(*)::integer AS n FROM claimed GROUP BY claimed.queue) AS c
-         WHERE s.name = c.queue AND s.name = ANY(v_rq)
-    )
-    SELECT * FROM claimed;
 END $$;

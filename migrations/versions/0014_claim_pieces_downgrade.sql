@@ -317,7 +317,6 @@ BEGIN
     END IF;
 END $$;
 
-DROP FUNCTION pgqueue.lease(bigint[], text, interval, timestamptz);
 DROP FUNCTION pgqueue.rate_used(pgqueue.queues, timestamptz);
 DROP FUNCTION pgqueue.claimable(pgqueue.jobs, timestamptz, text[]);
 DROP FUNCTION pgqueue.waiting(pgqueue.jobs);

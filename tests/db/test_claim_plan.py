@@ -16,6 +16,7 @@ default run uses 200,000 and the 1M variant is a soak test.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
@@ -120,6 +121,23 @@ def test_claim_select_matches_the_function(conn: psycopg.Connection[Any]) -> Non
         "ORDER BY j.priority DESC, j.run_at, j.id LIMIT p_limit FOR UPDATE SKIP LOCKED",
     ):
         assert clause in source, clause
+
+
+def test_the_claims_lease_step_is_the_same_in_each_statement(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """What claiming writes is written out in each of the claim's three
+    statements (a function there made the claim slower): a change to one
+    copy must be made to all."""
+    body = conn.execute(
+        "SELECT prosrc FROM pg_proc WHERE oid = 'pgqueue.claim'::regproc"
+    ).fetchone()
+    assert body is not None
+    source = " ".join(body[0].split())
+    blocks = re.findall(r"UPDATE pgqueue\.jobs j SET (.*?) FROM ts WHERE", source)
+    assert len(blocks) == 3, blocks
+    assert len(set(blocks)) == 1, blocks
+    assert blocks[0].startswith("status = 'running', attempts = j.attempts + 1,"), blocks[0]
 
 
 def _scans(conn: psycopg.Connection[Any]) -> tuple[int, int]:
