@@ -92,9 +92,9 @@ def main() -> int:
     params: dict[str, Any] = conninfo_to_dict(args.dsn)
     dsns = {rev: make_conninfo(**{**params, "dbname": name}) for rev, name in names.items()}
     with psycopg.connect(args.dsn, autocommit=True) as admin:
-        for name in names.values():
-            admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
         try:
+            for name in names.values():
+                admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
             for rev in revisions:
                 _migrate.upgrade(dsns[rev], rev)
             medians: dict[tuple[str, str], list[float]] = {}
