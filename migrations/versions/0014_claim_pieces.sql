@@ -65,7 +65,7 @@ DECLARE
     v_keys    text[] := '{}';  -- keys locked by this claim with free slots,
     v_free    integer[] := '{}';  -- and how many jobs of each it may take
     v_limited boolean;         -- does a requested queue have a rate limit?
-    v_now     timestamptz;     -- the claim's time (with rate limits, taken under their locks)
+    v_now     timestamptz;     -- the lease's time (with rate limits, taken under their locks)
     v_rq      text[] := '{}';  -- rate-limited queues (locked by this claim)
     v_rcap    integer[] := '{}';  -- and how many jobs each may still start now
 BEGIN
@@ -111,8 +111,6 @@ BEGIN
           FROM unnest(v_queues) AS q(name)
          WHERE NOT EXISTS (SELECT 1 FROM unnest(v_rq, v_rcap) AS r(name, cap)
                             WHERE r.name = q.name AND r.cap = 0);
-    ELSE
-        v_now := clock_timestamp();
     END IF;
 
     -- any keyed job waiting? (an ordered probe, so it stays an index scan)
@@ -154,7 +152,7 @@ BEGIN
                       SELECT j.concurrency_key, j.concurrency_limit, j.priority, j.run_at, j.id
                         FROM pgqueue.jobs j
                        WHERE j.queue = keys.queue AND j.concurrency_key = keys.key
-                         AND pgqueue.claimable(j, v_now, p_tasks)
+                         AND pgqueue.claimable(j, clock_timestamp(), p_tasks)
                        ORDER BY j.priority DESC, j.run_at, j.id
                        LIMIT 1
                   ) AS h
@@ -180,6 +178,14 @@ BEGIN
             v_free := v_free || LEAST(v_head.lim - v_running, p_limit - v_slots);
             v_slots := v_slots + LEAST(v_head.lim - v_running, p_limit - v_slots);
         END LOOP;
+    END IF;
+
+    IF NOT v_limited THEN
+        -- The lease's time, taken after the keys' running jobs were counted:
+        -- an attempt of a key never starts, in the history, before one whose
+        -- end freed its slot. (With rate limits it is the time under their
+        -- locks, which the window records.)
+        v_now := clock_timestamp();
     END IF;
 
     IF NOT v_limited AND cardinality(v_keys) = 0 THEN
