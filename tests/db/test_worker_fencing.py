@@ -38,7 +38,8 @@ async def test_timed_out_sync_task_keeps_its_slot_until_its_thread_returns(
 
     stuck_id = await stuck.enqueue()
     quick_id = await quick.enqueue()
-    async with running_worker(queue, queues=["default"], concurrency=1):
+    # leases far longer than the run: this is about slots, not heartbeats
+    async with running_worker(queue, queues=["default"], concurrency=1, stale_after=10.0):
         with pytest.raises(pgqueue.JobFailed) as info:
             await queue.wait(stuck_id, timeout=WAIT)
         assert info.value.status == "timeout"
@@ -62,7 +63,7 @@ async def test_next_attempt_of_a_timed_out_sync_task_never_runs_beside_it(
             spans.append((ctx.attempt, start, time.monotonic()))
 
     job_id = await slow.enqueue()
-    async with running_worker(queue, queues=["default"], concurrency=4):
+    async with running_worker(queue, queues=["default"], concurrency=4, stale_after=10.0):
         with pytest.raises(pgqueue.JobFailed) as info:
             await queue.wait(job_id, timeout=3 * WAIT)
     assert info.value.status == "timeout"
