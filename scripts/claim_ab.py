@@ -19,16 +19,15 @@ compare medians of many rounds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
-import uuid
-from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgqueue import _migrate
+from pgqueue.bench._run import _scratch as scratch_database
 
 KINDS = {
     # kind: (setup statements, queue, claim limit)
@@ -88,31 +87,26 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=12)
     args = parser.parse_args()
     revisions = (args.before, args.after)
-    names = {rev: f"pgqueue_claim_ab_{rev}_{uuid.uuid4().hex[:8]}" for rev in revisions}
-    params: dict[str, Any] = conninfo_to_dict(args.dsn)
-    dsns = {rev: make_conninfo(**{**params, "dbname": name}) for rev, name in names.items()}
-    with psycopg.connect(args.dsn, autocommit=True) as admin:
-        try:
-            for name in names.values():
-                admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
-            for rev in revisions:
-                _migrate.upgrade(dsns[rev], rev)
-            medians: dict[tuple[str, str], list[float]] = {}
-            for round_ in range(args.rounds):
-                order = revisions if round_ % 2 == 0 else revisions[::-1]
-                for rev in order:
-                    for kind in KINDS:
-                        medians.setdefault((rev, kind), []).append(_drain(dsns[rev], kind))
-            for kind in KINDS:
-                before = statistics.median(medians[(args.before, kind)]) * 1000
-                after = statistics.median(medians[(args.after, kind)]) * 1000
-                print(
-                    f"{kind:6} claim: {args.before} {before:.3f} ms, {args.after} {after:.3f} ms"
-                    f" ({after / before:.2f}x)"
-                )
-        finally:
-            for name in names.values():
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}"')  # type: ignore[arg-type]
+    with contextlib.ExitStack() as stack:
+        dsns = {
+            rev: stack.enter_context(scratch_database(args.dsn, f"claim_{rev}"))
+            for rev in revisions
+        }
+        for rev in revisions:
+            _migrate.upgrade(dsns[rev], rev)
+        medians: dict[tuple[str, str], list[float]] = {}
+        for round_ in range(args.rounds):
+            order = revisions if round_ % 2 == 0 else revisions[::-1]
+            for rev in order:
+                for kind in KINDS:
+                    medians.setdefault((rev, kind), []).append(_drain(dsns[rev], kind))
+        for kind in KINDS:
+            before = statistics.median(medians[(args.before, kind)]) * 1000
+            after = statistics.median(medians[(args.after, kind)]) * 1000
+            print(
+                f"{kind:6} claim: {args.before} {before:.3f} ms, {args.after} {after:.3f} ms"
+                f" ({after / before:.2f}x)"
+            )
     return 0
 
 
