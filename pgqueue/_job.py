@@ -50,6 +50,9 @@ class Job:
     # bridge mirrors (docs/procrastinate.md), whose id there is external_id
     executor: str | None = None
     external_id: int | None = None
+    # attempts handed back at worker shutdown: counted in attempts and in
+    # max_attempts, charged to neither (the job was given max_attempts - released)
+    released: int = 0
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:

@@ -264,6 +264,11 @@ class JobOut(BaseModel):
         " procrastinate job the bridge mirrors (docs/procrastinate.md)",
     )
     external_id: int | None = Field(default=None, description="the job's id in its executor")
+    released: int = Field(
+        default=0,
+        description="attempts handed back at worker shutdown: counted in attempts and"
+        " max_attempts, charged to neither",
+    )
 
     @classmethod
     def of(cls, job: pgqueue.Job) -> JobOut:

@@ -986,7 +986,8 @@ END $$;
 --   timed out on its final attempt                  -> timeout
 --   not retryable, or no retries configured         -> failed
 --   retryable but max_attempts (> 1) used up        -> dead_letter
--- (attempts handed back by release() do not count as configured retries)
+-- (attempts handed back by release() do not count as configured retries:
+-- the job was configured with max_attempts - released)
 -- Returns the job's new status; raises PQ003 if the lease is stale.
 CREATE OR REPLACE FUNCTION pgqueue.fail(
     p_id         bigint,
@@ -1014,9 +1015,7 @@ BEGIN
                    WHEN NOT p_retryable THEN 'failed'
                    -- attempts handed back at shutdown (release) were not
                    -- charged: they do not turn "no retries" into retries
-                   WHEN j.max_attempts - (SELECT count(*) FROM pgqueue.attempts a
-                                           WHERE a.job_id = j.id
-                                             AND a.outcome = 'interrupted') <= 1 THEN 'failed'
+                   WHEN j.max_attempts - j.released <= 1 THEN 'failed'
                    ELSE 'dead_letter'
                END::pgqueue.job_status AS next
           FROM pgqueue.jobs j
@@ -1053,9 +1052,9 @@ BEGIN
 END $$;
 
 -- release: hand a running job back at worker shutdown, claimable after
--- p_run_in. The interrupted attempt is recorded but not charged: max_attempts
--- grows by one, so the job keeps its full retry budget and the lease numbers
--- stay unique.
+-- p_run_in. The interrupted attempt is recorded but not charged: it counts in
+-- released, and max_attempts grows by one with it, so the job keeps its full
+-- retry budget and the lease numbers stay unique.
 CREATE OR REPLACE FUNCTION pgqueue.release(p_id bigint, p_attempt integer, p_run_in interval DEFAULT '0')
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
@@ -1065,7 +1064,8 @@ BEGIN
     WITH ts AS (SELECT clock_timestamp() AS now),
     released AS (
         UPDATE pgqueue.jobs j
-           SET status = 'pending', run_at = ts.now + p_run_in, max_attempts = j.max_attempts + 1,
+           SET status = 'pending', run_at = ts.now + p_run_in,
+               max_attempts = j.max_attempts + 1, released = j.released + 1,
                paused = j.batch_id IS NOT NULL AND pgqueue.batch_paused(j.batch_id)
           FROM ts
          WHERE j.id = p_id AND j.attempts = p_attempt AND j.status = 'running'

@@ -54,6 +54,7 @@ CREATE TABLE pgqueue.jobs (
     concurrency_limit integer,             -- ... (docs/scheduling.md)
     executor         text,                 -- NULL: pgqueue's workers run it; else the executor
     external_id      bigint,               -- ... that does, and its id there (a mirror row)
+    released         integer NOT NULL DEFAULT 0,  -- attempts handed back at shutdown, not charged
 
     CONSTRAINT jobs_queue_valid CHECK (queue <> '' AND length(queue) <= 128),
     CONSTRAINT jobs_task_valid CHECK (task <> '' AND length(task) <= 256),
@@ -61,6 +62,9 @@ CREATE TABLE pgqueue.jobs (
     CONSTRAINT jobs_metadata_object CHECK (jsonb_typeof(metadata) = 'object'),
     CONSTRAINT jobs_attempts_range CHECK (attempts >= 0 AND attempts <= max_attempts),
     CONSTRAINT jobs_max_attempts_positive CHECK (max_attempts >= 1),
+    -- release() raises max_attempts with released: the job was configured
+    -- with max_attempts - released attempts
+    CONSTRAINT jobs_released_range CHECK (released >= 0 AND released < max_attempts),
     CONSTRAINT jobs_timeout_positive CHECK (timeout IS NULL OR timeout > interval '0'),
     CONSTRAINT jobs_lease_timeout_positive CHECK (lease_timeout > interval '0'),
     CONSTRAINT jobs_owner_valid CHECK (owner <> '' AND length(owner) <= 256),
@@ -276,4 +280,4 @@ CREATE TABLE pgqueue.periodic_ticks (
 CREATE TABLE pgqueue.served_revisions (
     revision text PRIMARY KEY
 );
-INSERT INTO pgqueue.served_revisions (revision) VALUES ('0010'), ('0011'), ('0012'), ('0013'), ('0014');
+INSERT INTO pgqueue.served_revisions (revision) VALUES ('0010'), ('0011'), ('0012'), ('0013'), ('0014'), ('0015');

@@ -726,6 +726,26 @@ def test_fail_after_release_of_a_single_attempt_job_is_failed_not_dead_letter(
     assert fail(conn, job_id, attempt, "boom") == "failed"
 
 
+def test_fail_reads_the_released_count_not_the_attempt_history(conn: Conn) -> None:
+    """The history is for reading: with the interrupted attempts gone from it,
+    a job configured without retries still ends failed."""
+    job_id, attempt = start(conn, max_attempts=1)
+    release(conn, job_id, attempt)
+    attempt = reclaim(conn, job_id)
+    release(conn, job_id, attempt)
+    attempt = reclaim(conn, job_id)
+    conn.execute("DELETE FROM pgqueue.attempts WHERE job_id = %s", (job_id,))
+    assert (job(conn, job_id)["max_attempts"], job(conn, job_id)["released"]) == (3, 2)
+    assert fail(conn, job_id, attempt, "boom") == "failed"
+
+
+def test_a_job_cannot_be_given_fewer_than_one_attempt_of_its_own(conn: Conn) -> None:
+    job_id, attempt = start(conn, max_attempts=1)
+    release(conn, job_id, attempt)
+    with pytest.raises(psycopg.errors.CheckViolation, match="jobs_released_range"):
+        conn.execute("UPDATE pgqueue.jobs SET released = 2 WHERE id = %s", (job_id,))
+
+
 # -- release ------------------------------------------------------------------------------
 
 
@@ -735,7 +755,7 @@ def test_release_hands_the_job_back_without_charging_the_attempt(conn: Conn) -> 
     release(conn, job_id, attempt)
     row = job(conn, job_id)
     assert row["status"] == "pending"
-    assert row["max_attempts"] == 2
+    assert (row["max_attempts"], row["released"]) == (2, 1)
     assert row["attempts"] == 1
     assert row["completed_at"] is None
     assert row["run_at"] >= before

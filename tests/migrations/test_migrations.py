@@ -13,6 +13,8 @@
   deletes a deleted job's attempts as the foreign key it replaces did.
 - Revision 0008 (the lean claim) changes one function; its downgrade restores
   0007's catalog exactly.
+- Revision 0015 (the released column) counts the attempts each job was
+  handed back from its history, and fail() decides by it either way.
 - pgqueue keeps its own version table and never touches an application's own
   ``alembic_version``.
 """
@@ -472,7 +474,7 @@ def test_migrate_is_idempotent(empty_db_dsn: str) -> None:
 def test_current_revision_reports_head(empty_db_dsn: str) -> None:
     assert pgqueue.current_revision(empty_db_dsn) is None
     head = pgqueue.head_revision()
-    assert head == "0014"  # the latest frozen revision in migrations/versions
+    assert head == "0015"  # the latest frozen revision in migrations/versions
 
     _migrate.upgrade(empty_db_dsn, "0001")
     assert pgqueue.current_revision(empty_db_dsn) == "0001"
@@ -762,6 +764,49 @@ def test_hot_path_revision_upgrades_jobs_of_every_state_and_downgrades_cleanly(
     assert pgqueue.current_revision(dsn) == pgqueue.head_revision()
 
 
+def _claim_one(conn: psycopg.Connection[Any], queue: str) -> tuple[int, int]:
+    row = conn.execute(
+        "SELECT id, attempts FROM pgqueue.claim('w', ARRAY[%s], 1)", (queue,)
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_released_revision_counts_the_attempts_each_job_was_handed_back(
+    empty_db_dsn: str,
+) -> None:
+    dsn = empty_db_dsn
+    _migrate.upgrade(dsn, "0014")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for queue in ("once", "twice", "never"):
+            conn.execute("SELECT pgqueue.enqueue('t', p_queue => %s)", (queue,))
+        once = _claim_one(conn, "once")
+        conn.execute("SELECT pgqueue.release(%s, %s)", once)
+        twice = _claim_one(conn, "twice")
+        conn.execute("SELECT pgqueue.release(%s, %s)", twice)
+        conn.execute("SELECT pgqueue.release(%s, %s)", _claim_one(conn, "twice"))
+        never = _claim_one(conn, "never")
+
+    _migrate.upgrade(dsn, "0015")
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        counts = dict(conn.execute("SELECT queue, released FROM pgqueue.jobs").fetchall())
+        assert counts == {"once": 1, "twice": 2, "never": 0}
+        # configured without retries, each still ends failed, not dead_letter
+        for lease in (_claim_one(conn, "once"), _claim_one(conn, "twice"), never):
+            status = conn.execute("SELECT pgqueue.fail(%s, %s, 'boom')", lease).fetchone()
+            assert status == ("failed",)
+
+    _migrate.downgrade(dsn, "0014")
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pgqueue.replay(id) FROM pgqueue.jobs WHERE queue = 'twice'")
+        lease = _claim_one(conn, "twice")
+        # 0014's fail() counts the history, which kept every interrupted attempt
+        status = conn.execute("SELECT pgqueue.fail(%s, %s, 'boom')", lease).fetchone()
+        assert status == ("dead_letter",)
+
+
 def test_truncating_jobs_empties_attempts_so_reused_ids_can_finish(db_dsn: str) -> None:
     """Without the foreign key, TRUNCATE ... RESTART IDENTITY must not leave
     attempts behind: new jobs get the old ids, and their attempts the old keys."""
@@ -797,6 +842,7 @@ def test_truncating_jobs_empties_attempts_so_reused_ids_can_finish(db_dsn: str) 
         ("0012", "0011"),
         ("0013", "0012"),
         ("0014", "0013"),
+        ("0015", "0014"),
     ],
 )
 def test_downgrade_restores_the_previous_catalog(

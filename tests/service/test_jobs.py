@@ -160,6 +160,21 @@ async def test_cancel_then_cancel_again_is_a_conflict(api: Api) -> None:
     assert again["error"] == "conflict" and "cancelled" in again["message"]
 
 
+async def test_a_job_handed_back_at_shutdown_shows_the_attempt_it_was_not_charged(
+    api: Api,
+) -> None:
+    job_id = await api.enqueue("alice")
+    attempt = await api.claim(job_id)
+    await api.sql("SELECT pgqueue.release(%(id)s, %(a)s)", {"id": job_id, "a": attempt})
+    job = await api.json("GET", f"/api/v1/jobs/{job_id}", "alice")
+    assert (job["status"], job["attempts"], job["max_attempts"], job["released"]) == (
+        "pending",
+        1,
+        2,
+        1,
+    )
+
+
 async def test_retry_replays_a_failed_job_and_refuses_a_pending_one(api: Api) -> None:
     job_id = await api.enqueue("alice")
     await api.fail(job_id, await api.claim(job_id), "first try failed")
