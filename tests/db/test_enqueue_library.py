@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 import pgqueue
+from pgqueue._connect import closed_by_server
 
 from ._helpers import Conn, claim, db_now, job, scalar
 
@@ -329,6 +330,24 @@ async def _end_other_sessions(conn: Conn, *, expect: int | None = None) -> None:
     raise AssertionError(f"the ended sessions {ended} did not exit")
 
 
+async def _until_the_pool_sees_the_ends(pool: Any) -> None:
+    """Wait until every idle connection of ``pool`` shows its server's goodbye.
+
+    A backend's goodbye can reach the client's socket after the backend is gone
+    from ``pg_stat_activity``: the loopback device delivers it in a softirq,
+    which a busy machine runs late. ``closed_by_server`` costs no round trip,
+    so it can only see what has arrived; a connection whose goodbye is still
+    on its way fails its next query as any connection lost in flight does."""
+    idle = list(pool._pool)  # psycopg_pool's idle connections, in a deque
+    assert idle
+    for _ in range(200):
+        if all(closed_by_server(c) for c in idle):
+            return
+        await asyncio.sleep(0.05)
+    alive = [c.info.backend_pid for c in idle if not closed_by_server(c)]
+    raise AssertionError(f"idle connections of backends {alive} never saw their server end")
+
+
 async def test_enqueue_passes_over_pooled_connections_the_server_ended(
     queue: pgqueue.Queue, conn: Conn
 ) -> None:
@@ -340,6 +359,7 @@ async def test_enqueue_passes_over_pooled_connections_the_server_ended(
     size = pool.get_stats()["pool_size"]
     assert size >= 2  # several idle connections to pass over
     await _end_other_sessions(conn, expect=size)
+    await _until_the_pool_sees_the_ends(pool)
 
     first = await queue.enqueue(t, {"x": 100})
     more = await asyncio.gather(*(queue.enqueue(t, {"x": 101 + i}) for i in range(8)))
@@ -353,7 +373,10 @@ async def test_enqueue_sync_passes_over_a_pooled_connection_the_server_ended(
 ) -> None:
     t = register(queue)
     queue.enqueue_sync(t, {"x": 1})
-    await _end_other_sessions(conn)
+    pool = queue.sync_pool()
+    # the first call waited for the pool to open, so it may be adding one more
+    await _end_other_sessions(conn, expect=pool.get_stats()["pool_size"])
+    await _until_the_pool_sees_the_ends(pool)
     job_id = queue.enqueue_sync(t, {"x": 2})
     assert job(conn, job_id)["args"] == {"x": 2}
     assert count_jobs(conn) == 2
