@@ -984,10 +984,10 @@ END $$;
 -- p_retry_in or the default backoff) while attempts remain and the error is
 -- retryable; otherwise it ends terminal:
 --   timed out on its final attempt                  -> timeout
---   not retryable, or no retries configured         -> failed
---   retryable but max_attempts (> 1) used up        -> dead_letter
--- (attempts handed back by release() do not count as configured retries:
--- the job was configured with max_attempts - released)
+--   not retryable, or given one attempt             -> failed
+--   retryable, given more than one, all used up     -> dead_letter
+-- (a job was given max_attempts - released attempts: those handed back by
+-- release() are not counted)
 -- Returns the job's new status; raises PQ003 if the lease is stale.
 CREATE OR REPLACE FUNCTION pgqueue.fail(
     p_id         bigint,
@@ -1062,7 +1062,7 @@ BEGIN
         RAISE EXCEPTION 'pgqueue: release: run_in must be a non-negative interval' USING ERRCODE = '22023';
     END IF;
     WITH ts AS (SELECT clock_timestamp() AS now),
-    released AS (
+    handed_back AS (
         UPDATE pgqueue.jobs j
            SET status = 'pending', run_at = ts.now + p_run_in,
                max_attempts = j.max_attempts + 1, released = j.released + 1,
@@ -1073,7 +1073,7 @@ BEGIN
     )
     INSERT INTO pgqueue.attempts (job_id, attempt, worker_id, started_at, ended_at, outcome, error)
     SELECT id, attempts, worker_id, leased_at, ended_at, 'interrupted', 'worker shut down'
-      FROM released;
+      FROM handed_back;
     IF NOT FOUND THEN
         PERFORM pgqueue.raise_lease_error(p_id, p_attempt, 'release');
     END IF;

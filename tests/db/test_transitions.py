@@ -742,8 +742,9 @@ def test_fail_reads_the_released_count_not_the_attempt_history(conn: Conn) -> No
 def test_a_job_cannot_be_given_fewer_than_one_attempt_of_its_own(conn: Conn) -> None:
     job_id, attempt = start(conn, max_attempts=1)
     release(conn, job_id, attempt)
-    with pytest.raises(psycopg.errors.CheckViolation, match="jobs_released_range"):
-        conn.execute("UPDATE pgqueue.jobs SET released = 2 WHERE id = %s", (job_id,))
+    for released in (2, -1):  # max_attempts is 2: at most 1 handed back, never fewer than 0
+        with pytest.raises(psycopg.errors.CheckViolation, match="jobs_released_range"):
+            conn.execute("UPDATE pgqueue.jobs SET released = %s WHERE id = %s", (released, job_id))
 
 
 # -- release ------------------------------------------------------------------------------
