@@ -1,37 +1,51 @@
-"""The worker's seam to PostgreSQL: each operation a worker performs, by name,
-with typed rows in and out.
+"""pgqueue's seam to PostgreSQL: every operation the client (``Queue``, the
+CLI, the status API) and a worker perform, by name, with typed rows in and out.
 
-The worker calls these methods and never SQL. This module owns the worker's
-connection pool, the check that passes over pooled connections the server
-ended (:func:`pgqueue._connect.live_connection`), the retrying of connection
-failures, and the translation of SQLSTATEs into pgqueue's exceptions
-(:func:`pgqueue.errors.translate`). A refusal (a stale lease, a job in the
-wrong state) is raised at once; a lost connection is retried with backoff
-until ``give_up`` seconds have passed (by default, until it works), so a
-database restart only pauses a worker.
+:class:`ClientDatabase` is the client's: enqueue (one job, a bulk, a batch),
+the reads, and the operator's acts. :class:`WorkerDatabase` is a worker's:
+claim, complete, fail, release, heartbeat, progress and maintenance. Python
+code above this module calls these methods and never SQL; the statements are
+the named queries of ``sql/queries.sql``, whose names the methods carry.
+
+Each class owns its connection pools, the check that passes over pooled
+connections the server ended (:func:`pgqueue._connect.live_connection`) and
+the translation of SQLSTATEs into pgqueue's exceptions
+(:func:`pgqueue.errors.translate`). A worker's calls retry a lost
+connection with backoff until ``give_up`` seconds have passed (by default,
+until it works), so a database restart only pauses a worker; a client's
+calls do not retry (a request fails fast with :class:`DatabaseUnavailable`,
+and an enqueue whose reply was lost is not sent twice). A refusal (a stale
+lease, a job in the wrong state) is raised at once by both.
 
 Tests inject faults here: ``Worker(queue, database=SubclassOfWorkerDatabase)``
-(tests/db/test_worker_fencing.py).
+(tests/db/test_worker_fencing.py) and ``Queue(database=...)``
+(tests/db/test_client_database.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
-from datetime import timedelta
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, LiteralString
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from . import _connect
+from ._job import Attempt, Batch, Job, ProgressEntry
 from ._sql import query
-from ._status import JobStatus
+from ._status import BatchStatus, JobStatus
 from .errors import translate
+
+AsyncConn = psycopg.AsyncConnection[Any]
+SyncConn = psycopg.Connection[Any]
 
 log = logging.getLogger("pgqueue.worker")
 
@@ -45,6 +59,424 @@ RETRYABLE = (
     psycopg.errors.ReadOnlySqlTransaction,
     psycopg.errors.TransactionRollback,
 )
+
+
+# -- the client's side ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewJob:
+    """One job ready for ``pgqueue.enqueue``: validated, every default resolved."""
+
+    task: str
+    args: Jsonb
+    queue: str
+    priority: int
+    run_at: datetime | None
+    max_attempts: int
+    timeout: timedelta | None
+    owner: str | None
+    metadata: Jsonb
+    dedupe_key: str | None = None
+    dedupe_scope: str = "pending"  # pending, active or window
+    dedupe_window: timedelta | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int = 1
+
+    def params(self) -> dict[str, Any]:
+        """Parameters of the ``enqueue`` query."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewJobs:
+    """Jobs of one task sharing their options, one per item of ``args`` (the
+    items' arguments as checked JSON texts, encoded once each): a bulk
+    enqueue, or a batch's children."""
+
+    task: str
+    args: list[str]
+    queue: str
+    priority: int
+    run_at: datetime | None
+    max_attempts: int
+    timeout: timedelta | None
+    owner: str | None
+    metadata: Jsonb
+    dedupe_keys: list[str | None] | None = None
+    """One per item, or None when no item has a key: the function's plain path."""
+    dedupe_scope: str = "pending"
+    dedupe_window: timedelta | None = None
+    concurrency_keys: list[str | None] | None = None
+    concurrency_limit: int = 1
+
+    def params(self) -> dict[str, Any]:
+        """Parameters of the ``enqueue_bulk`` query: the options once, the items' arrays."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewBatch:
+    """A batch ready for ``pgqueue.enqueue_batch``: its children, its own
+    metadata and the job to enqueue when it finishes (None: no follow-up)."""
+
+    children: NewJobs
+    metadata: Jsonb
+    on_complete: Jsonb | None
+
+    def params(self) -> dict[str, Any]:
+        """Parameters of the ``enqueue_batch`` query (one array element per child)."""
+        jobs = self.children
+        n = len(jobs.args)
+        return {
+            "tasks": [jobs.task] * n,
+            "args": jobs.args,
+            "queues": [jobs.queue] * n,
+            "priorities": [jobs.priority] * n,
+            "run_ats": [jobs.run_at] * n,
+            "max_attempts": [jobs.max_attempts] * n,
+            "timeouts": [jobs.timeout] * n,
+            "metadata": [jobs.metadata] * n,
+            "owner": jobs.owner,
+            "batch_metadata": self.metadata,
+            "on_complete": self.on_complete,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Which jobs a listing returns, newest first."""
+
+    status: list[str] | None = None
+    queue: str | None = None
+    task: str | None = None
+    owner: str | None = None
+    before_id: int | None = None
+    limit: int = 50
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    """Where a job stands, for a wait: its status, and its result or error."""
+
+    status: JobStatus
+    result: Any
+    error: str | None
+
+
+class ClientDatabase:
+    """The operations of a client (``Queue``, the CLI, the status API) on its database.
+
+    ``dsn`` is asked for the DSN when the first pool opens (resolving it may
+    start the embedded server, so it is not asked before). Operations that
+    take ``conn`` run on that connection, inside its current transaction,
+    instead of a pooled one.
+    """
+
+    def __init__(self, dsn: Callable[[], str], *, pool_size: int) -> None:
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._pool: AsyncConnectionPool | None = None
+        self._pool_lock: asyncio.Lock | None = None
+        self._pool_timeout: float | None = None
+        self._sync_pool: ConnectionPool | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def pool(self) -> AsyncConnectionPool:
+        """The async pool (autocommit connections), opened on first use."""
+        if self._pool is None:
+            if self._pool_lock is None:
+                self._pool_lock = asyncio.Lock()
+            async with self._pool_lock:
+                if self._pool is None:
+                    dsn = await asyncio.to_thread(self._dsn)
+                    await _probe(dsn)
+                    pool = _connect.async_pool(
+                        dsn, min_size=1, max_size=self._pool_size, name="pgqueue-client"
+                    )
+                    if self._pool_timeout is not None:
+                        pool.timeout = self._pool_timeout
+                    await pool.open()
+                    self._pool = pool
+        return self._pool
+
+    def sync_pool(self) -> ConnectionPool:
+        """The blocking pool of the ``*_sync`` operations, opened on first use."""
+        if self._sync_pool is None:
+            dsn = self._dsn()
+            try:
+                _connect.connect_sync(dsn, connect_timeout=10).close()
+            except psycopg.Error as exc:
+                raise translate(exc) from exc
+            pool = _connect.sync_pool(
+                dsn, min_size=1, max_size=self._pool_size, name="pgqueue-client-sync"
+            )
+            pool.open()
+            self._sync_pool = pool
+        return self._sync_pool
+
+    @property
+    def pool_timeout(self) -> float | None:
+        """Seconds a call waits for a pooled connection (None: psycopg_pool's 30 s)."""
+        return self._pool_timeout
+
+    @pool_timeout.setter
+    def pool_timeout(self, seconds: float | None) -> None:
+        self._pool_timeout = seconds
+        if self._pool is not None and seconds is not None:
+            self._pool.timeout = seconds
+
+    @property
+    def opened(self) -> bool:
+        """Whether either pool has been opened (and not closed since)."""
+        return self._pool is not None or self._sync_pool is not None
+
+    async def close(self) -> None:
+        """Close the pools this seam opened."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        if self._sync_pool is not None:
+            self._sync_pool.close()
+            self._sync_pool = None
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection (autocommit), passing over any the server ended."""
+        async with _connect.live_connection(await self.pool()) as conn:
+            yield conn
+
+    # -- enqueue -------------------------------------------------------------------------
+
+    async def enqueue(self, job: NewJob, conn: AsyncConn | None = None) -> int:
+        """Write one job (or find the job holding its dedupe key); its id."""
+        rows = await self.fetch(query("enqueue"), job.params(), conn)
+        return int(rows[0]["id"])
+
+    def enqueue_sync(self, job: NewJob, conn: SyncConn | None = None) -> int:
+        """Blocking form of :meth:`enqueue`."""
+        rows = self.fetch_sync(query("enqueue"), job.params(), conn)
+        return int(rows[0]["id"])
+
+    async def enqueue_bulk(self, jobs: NewJobs, conn: AsyncConn | None = None) -> list[int]:
+        """Write every job in one statement; their ids, in the items' order."""
+        rows = await self.fetch(query("enqueue_bulk"), jobs.params(), conn)
+        return list(rows[0]["ids"] or ())  # array_agg of no rows is NULL
+
+    def enqueue_bulk_sync(self, jobs: NewJobs, conn: SyncConn | None = None) -> list[int]:
+        """Blocking form of :meth:`enqueue_bulk`."""
+        rows = self.fetch_sync(query("enqueue_bulk"), jobs.params(), conn)
+        return list(rows[0]["ids"] or ())  # array_agg of no rows is NULL
+
+    async def enqueue_batch(self, batch: NewBatch, conn: AsyncConn | None = None) -> Batch:
+        """Write the batch and its children in one statement; the batch as written."""
+        rows = await self.fetch(query("enqueue_batch"), batch.params(), conn)
+        written = await self.fetch(query("get_batch"), {"id": rows[0]["id"]}, conn)
+        return Batch.from_row(written[0])
+
+    def enqueue_batch_sync(self, batch: NewBatch, conn: SyncConn | None = None) -> Batch:
+        """Blocking form of :meth:`enqueue_batch`."""
+        rows = self.fetch_sync(query("enqueue_batch"), batch.params(), conn)
+        written = self.fetch_sync(query("get_batch"), {"id": rows[0]["id"]}, conn)
+        return Batch.from_row(written[0])
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    async def get_job(self, job_id: int) -> Job | None:
+        rows = await self.fetch(query("get_job"), {"id": job_id})
+        return Job.from_row(rows[0]) if rows else None
+
+    async def job_outcome(self, job_id: int) -> Outcome | None:
+        """The job's status with its result and error (None: no such job)."""
+        rows = await self.fetch(query("get_job_status"), {"id": job_id})
+        if not rows:
+            return None
+        return Outcome(JobStatus(rows[0]["status"]), rows[0]["result"], rows[0]["error"])
+
+    async def list_jobs(self, which: JobFilter) -> list[Job]:
+        """Jobs, newest first; with an owner, read through the owner index."""
+        statement = query("list_jobs" if which.owner is None else "list_owner_jobs")
+        rows = await self.fetch(statement, dataclasses.asdict(which))
+        return [Job.from_row(row) for row in rows]
+
+    async def attempts(self, job_id: int) -> list[Attempt]:
+        rows = await self.fetch(query("list_attempts"), {"id": job_id})
+        return [Attempt(**row) for row in rows]
+
+    async def progress_history(
+        self, job_id: int, since: datetime | None, after_id: int | None, limit: int
+    ) -> list[ProgressEntry]:
+        params = {"id": job_id, "since": since, "after_id": after_id, "limit": limit}
+        rows = await self.fetch(query("progress_history"), params)
+        return [ProgressEntry(**row) for row in rows]
+
+    async def cancel(self, job_id: int) -> JobStatus:
+        rows = await self.fetch(query("cancel"), {"id": job_id})
+        return JobStatus(rows[0]["status"])
+
+    async def replay(self, job_id: int, extra_attempts: int) -> JobStatus:
+        """Give a job that ended without success ``extra_attempts`` more."""
+        rows = await self.fetch(query("replay"), {"id": job_id, "extra_attempts": extra_attempts})
+        return JobStatus(rows[0]["status"])
+
+    async def rescue(self, stale_after: timedelta) -> list[tuple[int, JobStatus]]:
+        rows = await self.fetch(query("rescue"), {"stale_after": stale_after})
+        return [(int(row["id"]), JobStatus(row["status"])) for row in rows]
+
+    async def prune(
+        self, completed_after: timedelta | None, failed_after: timedelta | None, limit: int
+    ) -> int:
+        """Delete up to ``limit`` finished jobs past their retention; how many."""
+        params = {"completed_after": completed_after, "failed_after": failed_after, "limit": limit}
+        rows = await self.fetch(query("prune"), params)
+        return int(rows[0]["deleted"])
+
+    # -- queues --------------------------------------------------------------------------
+
+    async def pause_queue(self, name: str) -> None:
+        await self.fetch(query("pause_queue"), {"name": name})
+
+    async def resume_queue(self, name: str) -> None:
+        await self.fetch(query("resume_queue"), {"name": name})
+
+    async def set_rate_limit(self, name: str, limit: int | None, period: timedelta | None) -> None:
+        await self.fetch(query("set_rate_limit"), {"name": name, "limit": limit, "period": period})
+
+    async def queue_stats(self) -> list[dict[str, Any]]:
+        return await self.fetch(query("queue_stats"), {})
+
+    # -- batches -------------------------------------------------------------------------
+
+    async def get_batch(self, batch_id: int) -> Batch | None:
+        rows = await self.fetch(query("get_batch"), {"id": batch_id})
+        return Batch.from_row(rows[0]) if rows else None
+
+    async def list_batches(
+        self, statuses: list[str] | None, owner: str | None, before_id: int | None, limit: int
+    ) -> list[Batch]:
+        params = {"status": statuses, "owner": owner, "before_id": before_id, "limit": limit}
+        return [Batch.from_row(row) for row in await self.fetch(query("list_batches"), params)]
+
+    async def batch_children(
+        self, batch_id: int, statuses: list[str] | None, after_id: int | None, limit: int
+    ) -> list[Job]:
+        params = {"id": batch_id, "status": statuses, "after_id": after_id, "limit": limit}
+        return [Job.from_row(row) for row in await self.fetch(query("batch_children"), params)]
+
+    async def batch_results(self, batch_id: int) -> list[Any]:
+        """The children's results, in the order they were enqueued."""
+        rows = await self.fetch(query("batch_results"), {"id": batch_id})
+        return [row["result"] for row in rows]
+
+    async def batch_errors(self, batch_id: int) -> dict[int, tuple[str, str | None]]:
+        """Up to 100 children that ended without success: id → (status, error)."""
+        rows = await self.fetch(query("batch_errors"), {"id": batch_id})
+        return {int(row["id"]): (str(row["status"]), row["error"]) for row in rows}
+
+    async def pause_batch(self, batch_id: int) -> BatchStatus:
+        return await self._batch_status(query("pause_batch"), batch_id)
+
+    async def resume_batch(self, batch_id: int) -> BatchStatus:
+        return await self._batch_status(query("resume_batch"), batch_id)
+
+    async def cancel_batch(self, batch_id: int) -> BatchStatus:
+        return await self._batch_status(query("cancel_batch"), batch_id)
+
+    async def _batch_status(self, statement: LiteralString, batch_id: int) -> BatchStatus:
+        rows = await self.fetch(statement, {"id": batch_id})
+        return BatchStatus(rows[0]["status"])
+
+    # -- periodic tasks and the schema ---------------------------------------------------
+
+    async def scheduler_query(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """A query of the periodic scheduler (:func:`pgqueue._periodic.schedule_due`
+        and ``schedule_status`` name them), its rows as tuples."""
+        return [tuple(row.values()) for row in await self.fetch(query(name), params)]
+
+    async def schema_status(self, release: str, timeout: float) -> tuple[str | None, bool]:
+        """The schema's revision (None: not installed), and whether it serves
+        ``release``; raises if no connection comes within ``timeout``."""
+        pool = await self.pool()
+        try:
+            async with pool.connection(timeout=timeout) as conn:
+                try:
+                    row = await (await conn.execute(query("schema_revision"))).fetchone()
+                except psycopg.errors.UndefinedTable:
+                    return None, False
+                revision = None if row is None else str(row[0])
+                if revision is None or revision == release:
+                    return revision, revision is not None
+                cur = await conn.execute(query("serves_revision"), {"revision": release})
+                answer = await cur.fetchone()
+                return revision, bool(answer and answer[0])
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    # -- the one way in ------------------------------------------------------------------
+
+    async def fetch(
+        self,
+        statement: LiteralString,
+        params: Mapping[str, Any],
+        conn: AsyncConn | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run ``statement`` (on ``conn``, else a live pooled connection); its
+        rows as dicts (none for a statement that returns none), errors
+        translated. The status API's own reads come in here too."""
+        try:
+            if conn is not None:
+                return await _fetch_dicts(conn, statement, params)
+            # live_connection directly, not self.connection(): one context
+            # manager less on every call of the request path
+            async with _connect.live_connection(await self.pool()) as pooled:
+                return await _fetch_dicts(pooled, statement, params)
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    def fetch_sync(
+        self,
+        statement: LiteralString,
+        params: Mapping[str, Any],
+        conn: SyncConn | None = None,
+    ) -> list[dict[str, Any]]:
+        """Blocking form of :meth:`fetch`."""
+        try:
+            if conn is not None:
+                return _fetch_dicts_sync(conn, statement, params)
+            with _connect.live_connection_sync(self.sync_pool()) as pooled:
+                return _fetch_dicts_sync(pooled, statement, params)
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+
+async def _fetch_dicts(
+    conn: AsyncConn, statement: LiteralString, params: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(statement, params)
+        return await cur.fetchall() if cur.description else []
+
+
+def _fetch_dicts_sync(
+    conn: SyncConn, statement: LiteralString, params: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(statement, params)
+        return cur.fetchall() if cur.description else []
+
+
+async def _probe(dsn: str) -> None:
+    """Connect once, so an unreachable database fails fast with a clear error
+    instead of a pool timeout."""
+    try:
+        conn = await _connect.connect(dsn, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+    await conn.close()
+
+
+# -- a worker's side -----------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

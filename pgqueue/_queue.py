@@ -14,17 +14,16 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Generic, Literal, LiteralString, TypeVar, overload
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from . import _connect, _migrate
-from ._connect import live_connection, live_connection_sync, resolve_dsn
+from ._connect import resolve_dsn
 from ._context import JobContext
+from ._database import ClientDatabase, JobFilter, NewBatch, NewJob, NewJobs
 from ._job import Attempt, Batch, Job, ProgressEntry
 from ._notifier import listen_forever, wait_event
 from ._periodic import Periodic, SchedulePass, make_periodic, schedule_due, schedule_status
-from ._sql import query
 from ._status import BatchStatus, JobStatus
 from .errors import (
     BatchFailed,
@@ -74,30 +73,6 @@ class EnqueueOptions:
 
 
 _NO_ARGS = Jsonb({})
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Row:
-    """One job ready for INSERT: validated, with every default resolved."""
-
-    task: str
-    args: Jsonb
-    queue: str
-    priority: int
-    run_at: datetime | None
-    max_attempts: int
-    timeout: timedelta | None
-    owner: str | None
-    metadata: Jsonb
-    dedupe_key: str | None = None
-    dedupe_scope: str = "pending"  # pending, active or window
-    dedupe_window: timedelta | None = None
-    concurrency_key: str | None = None
-    concurrency_limit: int = 1
-
-    def params(self) -> dict[str, Any]:
-        """Query parameters of the ``enqueue`` query."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def _seconds(value: float | timedelta | None, field: str, *, allow_zero: bool) -> timedelta | None:
@@ -344,16 +319,6 @@ class BoundTask(Generic[R]):
         return self.task._queue.enqueue_sync(self.task, args, conn=conn, options=self.opts)
 
 
-async def fetch_dicts(
-    conn: psycopg.AsyncConnection[Any], statement: LiteralString, params: Mapping[str, Any]
-) -> list[dict[str, Any]]:
-    """Run ``statement`` on ``conn``: its rows as dicts (none for a statement
-    that returns no rows)."""
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(statement, params)
-        return await cur.fetchall() if cur.description else []
-
-
 class Queue:
     """The entry point: registers tasks and talks to PostgreSQL.
 
@@ -361,6 +326,10 @@ class Queue:
     otherwise starts an embedded PostgreSQL under ``./.pgqueue``. Connection
     pools open on first use; close them with ``await queue.close()`` (or use
     ``async with queue``).
+
+    Every operation reaches PostgreSQL through :attr:`database`, an instance
+    of ``database`` (:class:`pgqueue._database.ClientDatabase`; a test passes
+    a subclass to inject faults, as ``Worker(database=...)`` does).
     """
 
     def __init__(
@@ -370,6 +339,7 @@ class Queue:
         pool_size: int = 5,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         listen_dsn: str | None = None,
+        database: type[ClientDatabase] = ClientDatabase,
     ) -> None:
         if (
             isinstance(max_payload_bytes, bool)
@@ -384,11 +354,7 @@ class Queue:
         self.max_payload_bytes = max_payload_bytes
         """Largest JSON text accepted for a job's arguments, metadata or result."""
         self._dsn: str | None = None
-        self._pool_size = pool_size
-        self._pool_timeout: float | None = None
-        self._pool: AsyncConnectionPool | None = None
-        self._pool_lock: asyncio.Lock | None = None
-        self._sync_pool: ConnectionPool | None = None
+        self._database = database(lambda: self.dsn, pool_size=pool_size)
         self.tasks: dict[str, Task[Any]] = {}
         self.periodic_tasks: dict[str, Periodic] = {}
         """The schedules registered with :meth:`periodic`, by name."""
@@ -564,71 +530,37 @@ class Queue:
 
     # -- connections -----------------------------------------------------------------
 
+    @property
+    def database(self) -> ClientDatabase:
+        """The queue's seam to PostgreSQL (:class:`pgqueue._database.ClientDatabase`):
+        every operation the methods below perform, with typed rows."""
+        return self._database
+
     async def pool(self) -> AsyncConnectionPool:
         """The async pool (autocommit connections), opened on first use."""
-        if self._pool is None:
-            if self._pool_lock is None:
-                self._pool_lock = asyncio.Lock()
-            async with self._pool_lock:
-                if self._pool is None:
-                    dsn = await asyncio.to_thread(lambda: self.dsn)
-                    await _probe(dsn)
-                    pool = _connect.async_pool(
-                        dsn, min_size=1, max_size=self._pool_size, name="pgqueue-client"
-                    )
-                    if self._pool_timeout is not None:
-                        pool.timeout = self._pool_timeout
-                    await pool.open()
-                    self._pool = pool
-        return self._pool
+        return await self._database.pool()
 
     @property
     def pool_timeout(self) -> float | None:
         """Seconds a call waits for a pooled connection before it fails (None:
         psycopg_pool's default, 30 s). A web process sets it short, so that
         during an outage a request fails fast instead of hanging."""
-        return self._pool_timeout
+        return self._database.pool_timeout
 
     @pool_timeout.setter
     def pool_timeout(self, seconds: float | None) -> None:
-        self._pool_timeout = seconds
-        if self._pool is not None and seconds is not None:
-            self._pool.timeout = seconds
+        self._database.pool_timeout = seconds
 
     async def schema_status(self, release: str, *, timeout: float = 2.0) -> tuple[str | None, bool]:
         """The schema's revision (None: pgqueue is not installed), and whether
         it serves the release whose head revision is ``release``: it is at
         that revision, or newer and says so (``pgqueue.served_revisions``, a
         rolling deploy). Raises if no connection comes within ``timeout``."""
-        pool = await self.pool()
-        try:
-            async with pool.connection(timeout=timeout) as conn:
-                try:
-                    row = await (await conn.execute(query("schema_revision"))).fetchone()
-                except psycopg.errors.UndefinedTable:
-                    return None, False
-                revision = None if row is None else str(row[0])
-                if revision is None or revision == release:
-                    return revision, revision is not None
-                cur = await conn.execute(query("serves_revision"), {"revision": release})
-                answer = await cur.fetchone()
-                return revision, bool(answer and answer[0])
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
+        return await self._database.schema_status(release, timeout)
 
     def sync_pool(self) -> ConnectionPool:
         """The blocking pool used by the ``*_sync`` methods, opened on first use."""
-        if self._sync_pool is None:
-            try:
-                _connect.connect_sync(self.dsn, connect_timeout=10).close()
-            except psycopg.Error as exc:
-                raise translate(exc) from exc
-            pool = _connect.sync_pool(
-                self.dsn, min_size=1, max_size=self._pool_size, name="pgqueue-client-sync"
-            )
-            pool.open()
-            self._sync_pool = pool
-        return self._sync_pool
+        return self._database.sync_pool()
 
     async def listen_connection(
         self, *, connect_timeout: int | None = None
@@ -641,12 +573,7 @@ class Queue:
 
     async def close(self) -> None:
         """Close the pools this queue opened."""
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-        if self._sync_pool is not None:
-            self._sync_pool.close()
-            self._sync_pool = None
+        await self._database.close()
 
     async def __aenter__(self) -> Queue:
         return self
@@ -661,46 +588,8 @@ class Queue:
         API runs its own on it). Its errors are psycopg's;
         ``pgqueue.errors.translate(exc, ours=False)`` turns a lost connection
         into :class:`DatabaseUnavailable` and leaves the rest as they are."""
-        pool = await self.pool()
-        async with live_connection(pool) as conn:
+        async with self._database.connection() as conn:
             yield conn
-
-    async def _fetch(
-        self,
-        name: str,
-        params: Mapping[str, Any],
-        conn: psycopg.AsyncConnection[Any] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Run named query ``name`` and return its rows as dicts, translating errors."""
-        try:
-            if conn is not None:
-                return await fetch_dicts(conn, query(name), params)
-            # live_connection directly, not self.connection(): one context
-            # manager less on every call of the request path
-            async with live_connection(await self.pool()) as c:
-                return await fetch_dicts(c, query(name), params)
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-
-    def _fetch_sync(
-        self,
-        name: str,
-        params: Mapping[str, Any],
-        conn: psycopg.Connection[Any] | None = None,
-    ) -> list[dict[str, Any]]:
-        try:
-            if conn is not None:
-                with conn.cursor(row_factory=dict_row) as cur:
-                    cur.execute(query(name), params)
-                    return cur.fetchall() if cur.description else []
-            with (
-                live_connection_sync(self.sync_pool()) as c,
-                c.cursor(row_factory=dict_row) as cur,
-            ):
-                cur.execute(query(name), params)
-                return cur.fetchall() if cur.description else []
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
 
     # -- enqueue ---------------------------------------------------------------------
 
@@ -709,7 +598,7 @@ class Queue:
         task: Task[Any] | str,
         args: Mapping[str, Any] | None,
         options: EnqueueOptions,
-    ) -> _Row:
+    ) -> NewJob:
         """Validate one job and resolve its defaults; raises :class:`InvalidJobError`."""
         resolved = self.get_task(task) if isinstance(task, str) else task
         template = self._resolve(resolved, options)
@@ -735,7 +624,7 @@ class Queue:
         task.check_args(args)
         return text
 
-    def _resolve(self, resolved: Task[Any], options: EnqueueOptions) -> _Row:
+    def _resolve(self, resolved: Task[Any], options: EnqueueOptions) -> NewJob:
         """A job of ``resolved`` with ``options`` applied and checked, but no
         arguments yet (bulk enqueues resolve this once for all their items)."""
         if resolved._queue is not self:
@@ -817,7 +706,7 @@ class Queue:
                 f"concurrency_limit must be an integer >= 1, not {limit!r}",
                 field="concurrency_limit",
             )
-        return _Row(
+        return NewJob(
             task=resolved.name,
             args=_NO_ARGS,
             queue=queue_name,
@@ -859,9 +748,9 @@ class Queue:
         most ``concurrency_limit`` (default 1) jobs of that key run at once,
         taken in claim order within the key (docs/scheduling.md).
         """
-        row = self._row(task, args, _options(options, option_values))
-        rows = await self._fetch("enqueue", row.params(), conn)
-        return int(rows[0]["id"])
+        return await self._database.enqueue(
+            self._row(task, args, _options(options, option_values)), conn
+        )
 
     def enqueue_sync(
         self,
@@ -873,16 +762,18 @@ class Queue:
         **option_values: Any,
     ) -> int:
         """Blocking form of :meth:`enqueue`."""
-        row = self._row(task, args, _options(options, option_values))
-        rows = self._fetch_sync("enqueue", row.params(), conn)
-        return int(rows[0]["id"])
+        return self._database.enqueue_sync(
+            self._row(task, args, _options(options, option_values)), conn
+        )
 
-    def _many_params(
+    def _many(
         self,
         task: Task[Any] | str,
         args_list: Iterable[Mapping[str, Any]],
         options: EnqueueOptions,
-    ) -> dict[str, Any]:
+    ) -> NewJobs:
+        """Validate the items of a bulk enqueue (or a batch's children) and
+        resolve their shared options once; raises :class:`InvalidJobError`."""
         try:
             resolved = self.get_task(task) if isinstance(task, str) else task
             template = self._resolve(resolved, options)
@@ -904,23 +795,22 @@ class Queue:
                 ) from None
         # Every item shares the options: they are sent once, with the items'
         # arguments as JSON texts (encoded once, above) and their keys, if any.
-        return {
-            "task": template.task,
-            "args": encoded,
-            "queue": template.queue,
-            "priority": template.priority,
-            "run_at": template.run_at,
-            "max_attempts": template.max_attempts,
-            "timeout": template.timeout,
-            "owner": template.owner,
-            "metadata": template.metadata,
-            # None when no item has a key: the function's plain path
-            "dedupe_keys": keys if any(key is not None for key in keys) else None,
-            "dedupe_scope": template.dedupe_scope,
-            "dedupe_window": template.dedupe_window,
-            "concurrency_keys": ckeys if any(key is not None for key in ckeys) else None,
-            "concurrency_limit": template.concurrency_limit,
-        }
+        return NewJobs(
+            task=template.task,
+            args=encoded,
+            queue=template.queue,
+            priority=template.priority,
+            run_at=template.run_at,
+            max_attempts=template.max_attempts,
+            timeout=template.timeout,
+            owner=template.owner,
+            metadata=template.metadata,
+            dedupe_keys=keys if any(key is not None for key in keys) else None,
+            dedupe_scope=template.dedupe_scope,
+            dedupe_window=template.dedupe_window,
+            concurrency_keys=ckeys if any(key is not None for key in ckeys) else None,
+            concurrency_limit=template.concurrency_limit,
+        )
 
     async def enqueue_many(
         self,
@@ -939,11 +829,8 @@ class Queue:
         whose key is held get the holder's id, and items sharing a key get
         one job between them (see :meth:`enqueue`).
         """
-        params = self._many_params(task, args_list, _options(options, option_values))
-        if not params["args"]:
-            return []
-        rows = await self._fetch("enqueue_bulk", params, conn)
-        return list(rows[0]["ids"] or ())  # array_agg of no rows is NULL
+        jobs = self._many(task, args_list, _options(options, option_values))
+        return await self._database.enqueue_bulk(jobs, conn) if jobs.args else []
 
     def enqueue_many_sync(
         self,
@@ -955,18 +842,14 @@ class Queue:
         **option_values: Any,
     ) -> list[int]:
         """Blocking form of :meth:`enqueue_many`."""
-        params = self._many_params(task, args_list, _options(options, option_values))
-        if not params["args"]:
-            return []
-        rows = self._fetch_sync("enqueue_bulk", params, conn)
-        return list(rows[0]["ids"] or ())  # array_agg of no rows is NULL
+        jobs = self._many(task, args_list, _options(options, option_values))
+        return self._database.enqueue_bulk_sync(jobs, conn) if jobs.args else []
 
     # -- inspect and act -------------------------------------------------------------
 
     async def get_job(self, job_id: int) -> Job | None:
         """The job's current row, or None if there is no such job."""
-        rows = await self._fetch("get_job", {"id": job_id})
-        return Job.from_row(rows[0]) if rows else None
+        return await self._database.get_job(job_id)
 
     async def list_jobs(
         self,
@@ -981,44 +864,31 @@ class Queue:
         """Jobs, newest first, filtered; page with ``before_id`` = the last id seen.
         With ``owner``, only that owner's jobs (read through the owner index)."""
         _check_limit(limit)
-        params = {
-            "status": _job_statuses(status),
-            "queue": queue,
-            "task": task,
-            "before_id": before_id,
-            "limit": limit,
-        }
-        if owner is None:
-            rows = await self._fetch("list_jobs", params)
-        else:
-            rows = await self._fetch("list_owner_jobs", {**params, "owner": owner})
-        return [Job.from_row(r) for r in rows]
+        which = JobFilter(_job_statuses(status), queue, task, owner, before_id, limit)
+        return await self._database.list_jobs(which)
 
     async def attempts(self, job_id: int) -> list[Attempt]:
         """The finished attempts of a job, oldest first."""
-        rows = await self._fetch("list_attempts", {"id": job_id})
-        return [Attempt(**r) for r in rows]
+        return await self._database.attempts(job_id)
 
     async def cancel(self, job_id: int) -> JobStatus:
         """Cancel a pending, retrying or running job (a running task is told to stop)."""
-        rows = await self._fetch("cancel", {"id": job_id})
-        return JobStatus(rows[0]["status"])
+        return await self._database.cancel(job_id)
 
     async def retry(self, job_id: int, *, extra_attempts: int = 1) -> JobStatus:
         """Replay a job that ended without success (failed, timeout, zombie,
         dead_letter, cancelled), giving it ``extra_attempts`` more attempts."""
-        rows = await self._fetch("replay", {"id": job_id, "extra_attempts": extra_attempts})
-        return JobStatus(rows[0]["status"])
+        return await self._database.replay(job_id, extra_attempts)
 
     async def pause_queue(self, name: str) -> None:
         """Stop workers from claiming jobs of queue ``name`` (running jobs finish)."""
         _check_queue_name(name, InvalidJobError)
-        await self._fetch("pause_queue", {"name": name})
+        await self._database.pause_queue(name)
 
     async def resume_queue(self, name: str) -> None:
         """Let workers claim jobs of queue ``name`` again."""
         _check_queue_name(name, InvalidJobError)
-        await self._fetch("resume_queue", {"name": name})
+        await self._database.resume_queue(name)
 
     async def set_rate_limit(
         self, name: str, limit: int | None, *, per: float | timedelta = 1.0
@@ -1033,20 +903,19 @@ class Queue:
                     f"rate limit must be an integer >= 1, not {limit!r}", field="rate_limit"
                 )
             period = _seconds(per, "per", allow_zero=False)
-        await self._fetch("set_rate_limit", {"name": name, "limit": limit, "period": period})
+        await self._database.set_rate_limit(name, limit, period)
 
     async def queue_stats(self) -> list[dict[str, Any]]:
         """Per queue: paused flag, job counts by state, age in seconds of the
         oldest job waiting to run, and its rate limit (``rate_limit`` jobs per
         ``rate_per`` seconds, None without one; ``rate_used``: jobs started in
         the last ``rate_per`` seconds)."""
-        return await self._fetch("queue_stats", {})
+        return await self._database.queue_stats()
 
     async def rescue(self, stale_after: float = 20.0) -> list[tuple[int, JobStatus]]:
         """Rescue running jobs whose worker stopped heartbeating (workers do this
         on their own; this is for operators and tests)."""
-        rows = await self._fetch("rescue", {"stale_after": timedelta(seconds=stale_after)})
-        return [(int(r["id"]), JobStatus(r["status"])) for r in rows]
+        return await self._database.rescue(timedelta(seconds=stale_after))
 
     async def wait(self, job_id: int, timeout: float | None = None) -> Any:
         """Wait for a job to end; return its result, or raise :class:`JobFailed`
@@ -1054,15 +923,14 @@ class Queue:
         slow re-check as backstop. Raises ``TimeoutError`` after ``timeout`` s."""
 
         async def check() -> tuple[bool, Any]:
-            rows = await self._fetch("get_job_status", {"id": job_id})
-            if not rows:
+            outcome = await self._database.job_outcome(job_id)
+            if outcome is None:
                 raise JobNotFound(f"job {job_id} does not exist")
-            status = JobStatus(rows[0]["status"])
-            if status is JobStatus.COMPLETED:
-                return True, rows[0]["result"]
-            if status.is_terminal:
-                raise JobFailed(job_id, status.value, rows[0]["error"])
-            return False, status.value
+            if outcome.status is JobStatus.COMPLETED:
+                return True, outcome.result
+            if outcome.status.is_terminal:
+                raise JobFailed(job_id, outcome.status.value, outcome.error)
+            return False, outcome.status.value
 
         return await self._wait_for(
             "pgqueue_job",
@@ -1080,20 +948,17 @@ class Queue:
         Raises ``TimeoutError`` after ``timeout`` s."""
 
         async def check() -> tuple[bool, Any]:
-            rows = await self._fetch("get_batch", {"id": batch_id})
-            if not rows:
+            batch = await self._database.get_batch(batch_id)
+            if batch is None:
                 raise BatchNotFound(f"batch {batch_id} does not exist")
-            batch = Batch.from_row(rows[0])
             if batch.status is BatchStatus.COMPLETED:
-                results = await self._fetch("batch_results", {"id": batch_id})
-                return True, [r["result"] for r in results]
+                return True, await self._database.batch_results(batch_id)
             if batch.is_final:
-                errors = await self._fetch("batch_errors", {"id": batch_id})
                 raise BatchFailed(
                     batch_id,
                     batch.status.value,
                     batch.finished - batch.counts["completed"],
-                    {int(r["id"]): (str(r["status"]), r["error"]) for r in errors},
+                    await self._database.batch_errors(batch_id),
                 )
             return False, batch.status.value
 
@@ -1173,7 +1038,7 @@ class Queue:
 
     # -- batches -----------------------------------------------------------------------
 
-    def _batch_params(
+    def _batch(
         self,
         task: Task[Any] | str,
         args_list: Iterable[Mapping[str, Any]],
@@ -1181,33 +1046,22 @@ class Queue:
         metadata: Mapping[str, Any] | None,
         on_complete: Task[Any] | str | None,
         on_complete_args: Mapping[str, Any] | None,
-    ) -> dict[str, Any]:
+    ) -> NewBatch:
+        """Validate a batch: its children, metadata and follow-up task."""
         if options.dedupe_key is not None:
             raise InvalidJobError("children of a batch cannot have a dedupe_key")
         if options.concurrency_key is not None:
             raise InvalidJobError("children of a batch cannot have a concurrency_key")
-        one = self._many_params(task, args_list, dataclasses.replace(options, metadata=None))
-        n = len(one["args"])
-        if not n:
+        children = self._many(task, args_list, dataclasses.replace(options, metadata=None))
+        if not children.args:
             raise InvalidJobError("a batch needs at least one item; nothing was enqueued")
-        params: dict[str, Any] = {
-            "tasks": [one["task"]] * n,
-            "args": one["args"],
-            "queues": [one["queue"]] * n,
-            "priorities": [one["priority"]] * n,
-            "run_ats": [one["run_at"]] * n,
-            "max_attempts": [one["max_attempts"]] * n,
-            "timeouts": [one["timeout"]] * n,
-            "metadata": [one["metadata"]] * n,
-            "owner": options.owner,
-        }
-        params["batch_metadata"] = _json_object(
+        batch_metadata = _json_object(
             {} if metadata is None else metadata,
             "batch metadata",
             self.max_payload_bytes,
             field="metadata",
         )
-        params["on_complete"] = None
+        follow_up = None
         if on_complete is not None:
             # Checked like any enqueue, with the arguments the batch will add.
             extra = {"batch_id": 0, "batch_status": BatchStatus.COMPLETED.value}
@@ -1222,7 +1076,7 @@ class Queue:
                     f"on_complete: {exc}; nothing was enqueued", field="on_complete"
                 ) from None
             user_args = dict(on_complete_args or {})  # JSON-checked by _row above
-            params["on_complete"] = Jsonb(
+            follow_up = Jsonb(
                 {
                     "task": row.task,
                     "args": user_args,
@@ -1232,7 +1086,7 @@ class Queue:
                     "timeout": None if row.timeout is None else row.timeout.total_seconds(),
                 }
             )
-        return params
+        return NewBatch(children, batch_metadata, follow_up)
 
     async def enqueue_batch(
         self,
@@ -1257,7 +1111,7 @@ class Queue:
         ``on_complete_args`` plus ``batch_id`` and ``batch_status``.
         With ``conn`` the batch is written inside that connection's transaction.
         """
-        params = self._batch_params(
+        batch = self._batch(
             task,
             args_list,
             _options(options, option_values),
@@ -1265,9 +1119,7 @@ class Queue:
             on_complete,
             on_complete_args,
         )
-        rows = await self._fetch("enqueue_batch", params, conn)
-        batch = await self._fetch("get_batch", {"id": rows[0]["id"]}, conn)
-        return Batch.from_row(batch[0])
+        return await self._database.enqueue_batch(batch, conn)
 
     def enqueue_batch_sync(
         self,
@@ -1282,7 +1134,7 @@ class Queue:
         **option_values: Any,
     ) -> Batch:
         """Blocking form of :meth:`enqueue_batch`."""
-        params = self._batch_params(
+        batch = self._batch(
             task,
             args_list,
             _options(options, option_values),
@@ -1290,14 +1142,11 @@ class Queue:
             on_complete,
             on_complete_args,
         )
-        rows = self._fetch_sync("enqueue_batch", params, conn)
-        batch = self._fetch_sync("get_batch", {"id": rows[0]["id"]}, conn)
-        return Batch.from_row(batch[0])
+        return self._database.enqueue_batch_sync(batch, conn)
 
     async def get_batch(self, batch_id: int) -> Batch | None:
         """The batch's current row (counters included), or None if there is none."""
-        rows = await self._fetch("get_batch", {"id": batch_id})
-        return Batch.from_row(rows[0]) if rows else None
+        return await self._database.get_batch(batch_id)
 
     async def list_batches(
         self,
@@ -1313,11 +1162,7 @@ class Queue:
         if status is not None:
             items = [status] if isinstance(status, str) else list(status)
             statuses = [BatchStatus(s).value for s in items]
-        rows = await self._fetch(
-            "list_batches",
-            {"status": statuses, "owner": owner, "before_id": before_id, "limit": limit},
-        )
-        return [Batch.from_row(r) for r in rows]
+        return await self._database.list_batches(statuses, owner, before_id, limit)
 
     async def batch_jobs(
         self,
@@ -1329,45 +1174,40 @@ class Queue:
     ) -> list[Job]:
         """A batch's children in enqueue order; page with ``after_id`` = the last id seen."""
         _check_limit(limit)
-        rows = await self._fetch(
-            "batch_children",
-            {"id": batch_id, "status": _job_statuses(status), "after_id": after_id, "limit": limit},
-        )
-        return [Job.from_row(r) for r in rows]
+        statuses = _job_statuses(status)
+        return await self._database.batch_children(batch_id, statuses, after_id, limit)
 
     async def pause_batch(self, batch_id: int) -> BatchStatus:
         """Stop workers from claiming the batch's children (running ones finish)."""
-        rows = await self._fetch("pause_batch", {"id": batch_id})
-        return BatchStatus(rows[0]["status"])
+        return await self._database.pause_batch(batch_id)
 
     async def resume_batch(self, batch_id: int) -> BatchStatus:
         """Let workers claim a paused batch's children again."""
-        rows = await self._fetch("resume_batch", {"id": batch_id})
-        return BatchStatus(rows[0]["status"])
+        return await self._database.resume_batch(batch_id)
 
     async def cancel_batch(self, batch_id: int) -> BatchStatus:
         """Cancel the batch: pending children end cancelled, running ones are
         told to stop (their late results are refused); no ``on_complete``."""
-        rows = await self._fetch("cancel_batch", {"id": batch_id})
-        return BatchStatus(rows[0]["status"])
+        return await self._database.cancel_batch(batch_id)
 
     # -- periodic tasks ----------------------------------------------------------------
-
-    async def _fetch_tuples(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        return [tuple(row.values()) for row in await self._fetch(name, params)]
 
     async def enqueue_due_ticks(self) -> SchedulePass | None:
         """One scheduler pass: enqueue the due ticks of every periodic task
         that no worker has enqueued yet (workers do this on their own every
         few seconds). None if no task is periodic."""
-        return await schedule_due(list(self.periodic_tasks.values()), self._fetch_tuples)
+        return await schedule_due(
+            list(self.periodic_tasks.values()), self._database.scheduler_query
+        )
 
     async def periodic_status(self) -> list[dict[str, Any]]:
         """Each periodic schedule: name, task, queue, cron, timezone, catch_up,
         args, ``last_tick`` and ``last_job_id`` (the latest recorded tick;
         a null job marks where a new schedule started) and ``next_tick``, by
         the database's clock (``now``)."""
-        return await schedule_status(list(self.periodic_tasks.values()), self._fetch_tuples)
+        return await schedule_status(
+            list(self.periodic_tasks.values()), self._database.scheduler_query
+        )
 
     # -- progress and retention ----------------------------------------------------------
 
@@ -1382,11 +1222,7 @@ class Queue:
         """A job's progress reports, oldest first: those at or after ``since``;
         page with ``after_id`` = the id of the last report seen."""
         _check_limit(limit)
-        rows = await self._fetch(
-            "progress_history",
-            {"id": job_id, "since": since, "after_id": after_id, "limit": limit},
-        )
-        return [ProgressEntry(**r) for r in rows]
+        return await self._database.progress_history(job_id, since, after_id, limit)
 
     async def prune(
         self,
@@ -1400,28 +1236,14 @@ class Queue:
         attempts and progress history, and finished batches with their
         children, in chunks of ``chunk`` jobs (one short transaction each).
         Returns how many jobs were deleted. Workers do this on their own."""
-        params = {
-            "completed_after": _seconds(completed_after, "completed_after", allow_zero=True),
-            "failed_after": _seconds(failed_after, "failed_after", allow_zero=True),
-            "limit": chunk,
-        }
+        completed = _seconds(completed_after, "completed_after", allow_zero=True)
+        failed = _seconds(failed_after, "failed_after", allow_zero=True)
         total = 0
         while True:
-            rows = await self._fetch("prune", params)
-            deleted = int(rows[0]["deleted"])
+            deleted = await self._database.prune(completed, failed, chunk)
             total += deleted
             if deleted < chunk:
                 return total
-
-
-async def _probe(dsn: str) -> None:
-    """Connect once, so an unreachable database fails fast with a clear error
-    instead of a pool timeout."""
-    try:
-        conn = await _connect.connect(dsn, connect_timeout=10)
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
-    await conn.close()
 
 
 def _notified_id(payload: str) -> int | None:

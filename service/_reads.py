@@ -1,9 +1,11 @@
 """Reads only the status API makes: the dashboard's active jobs and the
 queue gauges cheap enough to poll.
 
-They run on the library's pool (:meth:`pgqueue.Queue.connection`); their SQL
-is this package's ``sql/reads.sql``, one statement under each
-``-- name: NAME`` line, as the library's own queries are.
+They run through the library's seam to PostgreSQL
+(:meth:`pgqueue._database.ClientDatabase.fetch`: its pool, its check of
+pooled connections, its error translation); their SQL is this package's
+``sql/reads.sql``, one statement under each ``-- name: NAME`` line, as the
+library's own queries are.
 """
 
 from __future__ import annotations
@@ -16,11 +18,7 @@ from datetime import timedelta
 from importlib import resources
 from typing import Any, LiteralString, cast
 
-import psycopg
-from psycopg.rows import dict_row
-
 import pgqueue
-from pgqueue.errors import translate
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -42,21 +40,13 @@ def query(name: str) -> LiteralString:
 
 
 class Reads:
-    """The status API's reads on ``queue``'s pool, errors as pgqueue's."""
+    """The status API's reads on ``queue``'s seam, errors as pgqueue's."""
 
     def __init__(self, queue: pgqueue.Queue) -> None:
         self._queue = queue
 
     async def _fetch(self, name: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        try:
-            async with (
-                self._queue.connection() as conn,
-                conn.cursor(row_factory=dict_row) as cur,
-            ):
-                await cur.execute(query(name), params)
-                return await cur.fetchall()
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
+        return await self._queue.database.fetch(query(name), params)
 
     async def active_jobs(
         self,

@@ -72,8 +72,8 @@ def test_resolve_dsn_prefers_argument_then_env(monkeypatch: pytest.MonkeyPatch) 
 
 # -- named queries --------------------------------------------------------------------------
 
-# Every way library code names a query: query("x"), _fetch("x"...), _fetch_sync("x"...),
-# _run("x"...) in the worker's database seam.
+# Every way library code names a query: query("x") (the client's seam, the CLI), and
+# _run("x"...) / _run_timed("x"...) in the worker's seam; the status API's _fetch("x"...).
 _NAMED = re.compile(
     r"""(?:\bquery|\._fetch|\._fetch_sync|\._run|\._run_timed)\(\s*["'](\w+)["']"""
     r"""(?:\s+if\s[^"'()]*\selse\s+["'](\w+)["'])?"""  # "a" if ... else "b": both
@@ -374,3 +374,23 @@ def test_a_pool_tries_to_reconnect_at_least_every_two_seconds() -> None:
         delays.append(attempt.delay)
     assert delays[0] < delays[1] <= RECONNECT_DELAY_CAP
     assert max(delays) == RECONNECT_DELAY_CAP
+
+
+def test_only_the_seams_read_the_library_sql() -> None:
+    """The library's statements are run by its seam (``_database.py``: the
+    client's and a worker's operations) and by three places that need more
+    than an operation: the vacuum pass (a session of its own, for its
+    advisory lock and settings), the bench's profile (it times the statements
+    themselves) and the bridge's installer (it runs its own SQL file)."""
+    pattern = re.compile(r"^from (?:\.|\.\.|pgqueue\.?)(?:_sql\b| import _sql\b)", re.MULTILINE)
+    readers = sorted(
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if pattern.search(path.read_text(encoding="utf-8"))
+    )
+    assert readers == [
+        "_database.py",
+        "_maintenance/vacuumer.py",
+        "bench/_profile.py",
+        "procrastinate/_install.py",
+    ]

@@ -23,7 +23,7 @@ def q() -> pgqueue.Queue:
 def test_constructing_a_queue_does_not_resolve_or_connect() -> None:
     queue = pgqueue.Queue()  # no DSN: resolving it would start an embedded server
     assert queue._dsn is None
-    assert queue._pool is None and queue._sync_pool is None
+    assert not queue.database.opened
     assert queue.tasks == {}
 
 

@@ -1,0 +1,157 @@
+"""The client's seam to PostgreSQL (``pgqueue._database.ClientDatabase``): faults
+injected through it, as ``Queue(database=...)`` lets a test do, and what the
+library does with them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, LiteralString
+
+import psycopg
+import pytest
+
+import pgqueue
+from pgqueue._database import AsyncConn, ClientDatabase
+from pgqueue._sql import query
+
+from ._helpers import Conn, scalar
+
+SHARED_DATABASE = True  # one database per module, emptied before each test (conftest.py)
+
+
+class LostReply(ClientDatabase):
+    """Runs ``failing`` statements, then loses their reply, as a connection
+    that breaks between the server's commit and the client's read does."""
+
+    failing: tuple[str, ...] = ()
+    calls: list[str]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    async def fetch(
+        self,
+        statement: LiteralString,
+        params: Mapping[str, Any],
+        conn: AsyncConn | None = None,
+    ) -> list[dict[str, Any]]:
+        rows = await super().fetch(statement, params, conn)
+        names = [name for name in self.failing if query(name) == statement]
+        self.calls.extend(names)
+        if names:
+            raise pgqueue.DatabaseUnavailable("the connection was lost before the reply")
+        return rows
+
+
+class LostEnqueueReply(LostReply):
+    failing = ("enqueue",)
+
+
+class LostBatchReadBack(LostReply):
+    failing = ("get_batch",)
+
+
+def count(conn: Conn, table: str) -> int:
+    return int(scalar(conn, f"SELECT count(*) FROM pgqueue.{table}"))
+
+
+async def test_an_enqueue_whose_reply_was_lost_is_not_sent_again(db_dsn: str, conn: Conn) -> None:
+    # The job was committed; the caller is told the database was unavailable
+    # and decides (a dedupe_key makes a second try safe). A client that
+    # re-sent the call by itself would write the job twice.
+    async with pgqueue.Queue(db_dsn, database=LostEnqueueReply) as queue:
+
+        @queue.task
+        async def t(ctx: pgqueue.JobContext, x: int) -> int:
+            return x
+
+        with pytest.raises(pgqueue.DatabaseUnavailable, match="before the reply"):
+            await t.enqueue(x=1)
+        assert isinstance(queue.database, LostEnqueueReply)
+        assert queue.database.calls == ["enqueue"]
+    assert count(conn, "jobs") == 1
+
+
+async def test_a_batch_read_back_failing_in_the_callers_transaction_leaves_nothing(
+    db_dsn: str, conn: Conn
+) -> None:
+    # enqueue_batch writes the batch, then reads it back on the same
+    # connection: a failure between the two, inside the caller's
+    # transaction, takes the whole batch with it.
+    async with pgqueue.Queue(db_dsn, database=LostBatchReadBack) as queue:
+
+        @queue.task
+        async def t(ctx: pgqueue.JobContext, x: int) -> int:
+            return x
+
+        async with await psycopg.AsyncConnection.connect(db_dsn) as aconn:
+            with pytest.raises(pgqueue.DatabaseUnavailable):
+                async with aconn.transaction():
+                    await queue.enqueue_batch(t, [{"x": 1}, {"x": 2}], conn=aconn)
+        assert isinstance(queue.database, LostBatchReadBack)
+        assert queue.database.calls == ["get_batch"]
+    assert (count(conn, "jobs"), count(conn, "batches")) == (0, 0)
+
+
+async def test_every_operation_of_a_queue_runs_through_its_seam(db_dsn: str) -> None:
+    # A seam that refuses to open a pool: any operation that reached
+    # PostgreSQL some other way would succeed here instead of failing.
+    class NoPool(ClientDatabase):
+        async def pool(self) -> Any:
+            raise pgqueue.DatabaseUnavailable("no pool in this test")
+
+        def sync_pool(self) -> Any:
+            raise pgqueue.DatabaseUnavailable("no pool in this test")
+
+    async with pgqueue.Queue(db_dsn, database=NoPool) as queue:
+
+        @queue.task
+        async def t(ctx: pgqueue.JobContext) -> None:
+            return None
+
+        operations = {
+            "enqueue": lambda: t.enqueue(),
+            "enqueue_many": lambda: queue.enqueue_many(t, [{}]),
+            "enqueue_batch": lambda: queue.enqueue_batch(t, [{}]),
+            "get_job": lambda: queue.get_job(1),
+            "list_jobs": lambda: queue.list_jobs(owner="o"),
+            "attempts": lambda: queue.attempts(1),
+            "progress_history": lambda: queue.progress_history(1),
+            "cancel": lambda: queue.cancel(1),
+            "retry": lambda: queue.retry(1),
+            "pause_queue": lambda: queue.pause_queue("q"),
+            "resume_queue": lambda: queue.resume_queue("q"),
+            "set_rate_limit": lambda: queue.set_rate_limit("q", 1),
+            "queue_stats": lambda: queue.queue_stats(),
+            "rescue": lambda: queue.rescue(),
+            "prune": lambda: queue.prune(),
+            "wait": lambda: queue.wait(1, timeout=1),
+            "wait_batch": lambda: queue.wait_batch(1, timeout=1),
+            "get_batch": lambda: queue.get_batch(1),
+            "list_batches": lambda: queue.list_batches(),
+            "batch_jobs": lambda: queue.batch_jobs(1),
+            "pause_batch": lambda: queue.pause_batch(1),
+            "resume_batch": lambda: queue.resume_batch(1),
+            "cancel_batch": lambda: queue.cancel_batch(1),
+            "schema_status": lambda: queue.schema_status("0001"),
+        }
+        blocking = {
+            "enqueue_sync": lambda: t.enqueue_sync(),
+            "enqueue_many_sync": lambda: queue.enqueue_many_sync(t, [{}]),
+            "enqueue_batch_sync": lambda: queue.enqueue_batch_sync(t, [{}]),
+        }
+        reached = []
+        for name, operation in operations.items():
+            try:
+                await operation()
+            except pgqueue.DatabaseUnavailable:
+                continue
+            reached.append(name)
+        for name, call in blocking.items():
+            try:
+                call()
+            except pgqueue.DatabaseUnavailable:
+                continue
+            reached.append(name)
+        assert reached == []
