@@ -5,15 +5,17 @@
         --before /tmp/before --after . --rounds 10
 
 Creates a scratch database on that server (dropped at the end) and migrates it
-with the ``--after`` checkout (both must serve the same schema). Each round
-runs, for each checkout in a process of its own (``PYTHONPATH`` puts the
-checkout first), 2,000 sequential ``Queue.enqueue`` calls of a no-op task
-after 20 untimed ones, then 20 ``Queue.enqueue_many`` calls of 1,000 jobs,
-and empties the table. The two checkouts take turns going first: the one
-that runs second in a round meets the first one's dead rows. It prints the
-median microseconds per call (single) and per job (bulk), and after/before.
-Shows that a change to the client's Python path (``Queue``, its seam) did
-not make enqueueing slower, on a quiet machine.
+with the pgqueue this script runs with (both checkouts must serve that
+schema). Each round runs, for each checkout in a process of its own
+(``PYTHONPATH`` puts the checkout's ``pgqueue`` first, and its named queries
+are read from its own ``sql/queries.sql``, not the installed package's),
+2,000 sequential ``Queue.enqueue`` calls of a no-op task after 20 untimed
+ones, then 20 ``Queue.enqueue_many`` calls of 1,000 jobs, and empties the
+table. The two checkouts take turns going first: the one that runs second in
+a round meets the first one's dead rows. It prints the median microseconds
+per call (single) and per job (bulk), and after/before. Shows that a change
+to the client's Python path (``Queue``, its seam) did not make enqueueing
+slower, on a quiet machine.
 """
 
 from __future__ import annotations
@@ -33,8 +35,12 @@ from pgqueue import _migrate
 from pgqueue.bench._run import _scratch as scratch_database
 
 
-async def _measure(dsn: str) -> tuple[float, float]:
+async def _measure(dsn: str, checkout: Path) -> tuple[float, float]:
     import pgqueue  # the checkout PYTHONPATH names
+    from pgqueue import _sql
+
+    # An editable install maps the package's SQL files to its own checkout.
+    _sql.read = lambda filename: (checkout / "sql" / filename).read_text(encoding="utf-8")
 
     async with pgqueue.Queue(dsn) as queue:
 
@@ -61,7 +67,7 @@ async def _measure(dsn: str) -> tuple[float, float]:
 def _run_child(checkout: Path, dsn: str) -> tuple[float, float]:
     env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
     out = subprocess.run(
-        [sys.executable, __file__, "--child", dsn],
+        [sys.executable, __file__, "--child", dsn, "--checkout", str(checkout.resolve())],
         env=env,
         check=True,
         capture_output=True,
@@ -77,9 +83,10 @@ def main() -> None:
     parser.add_argument("--after", type=Path)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--checkout", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        single, bulk = asyncio.run(_measure(args.child))
+        single, bulk = asyncio.run(_measure(args.child, args.checkout))
         print(f"{single:.2f} {bulk:.3f}")
         return
     if not (args.dsn and args.before and args.after):
