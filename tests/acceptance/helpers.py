@@ -370,7 +370,9 @@ def silent_port(port: int) -> Iterator[None]:
     added: list[list[str]] = []
 
     def rule(action: str, match: list[str]) -> list[str]:
-        return ["iptables", action, "INPUT", "-i", "lo", "-p", "tcp", *match,
+        # -w: wait for the xtables lock another iptables user may hold,
+        # instead of failing (and skipping the test)
+        return ["iptables", "-w", action, "INPUT", "-i", "lo", "-p", "tcp", *match,
                 "-m", "comment", "--comment", "pgqueue-test-partition", "-j", "DROP"]  # fmt: skip
 
     try:
