@@ -1,11 +1,12 @@
 """pgqueue's seam to PostgreSQL: every operation the client (``Queue``, the
-CLI, the status API) and a worker perform, by name, with typed rows in and out.
+CLI, the status API) and a worker perform, with typed rows in and out.
 
 :class:`ClientDatabase` is the client's: enqueue (one job, a bulk, a batch),
 the reads, and the operator's acts. :class:`WorkerDatabase` is a worker's:
 claim, complete, fail, release, heartbeat, progress and maintenance. Python
 code above this module calls these methods and never SQL; the statements are
-the named queries of ``sql/queries.sql``, whose names the methods carry.
+the named queries of ``sql/queries.sql``, and each method runs the query of
+its own name (``list_jobs`` also its owner form, ``list_owner_jobs``).
 
 Each class owns its connection pools, the check that passes over pooled
 connections the server ended (:func:`pgqueue._connect.live_connection`) and
@@ -13,8 +14,10 @@ the translation of SQLSTATEs into pgqueue's exceptions
 (:func:`pgqueue.errors.translate`). A worker's calls retry a lost
 connection with backoff until ``give_up`` seconds have passed (by default,
 until it works), so a database restart only pauses a worker; a client's
-calls do not retry (a request fails fast with :class:`DatabaseUnavailable`,
-and an enqueue whose reply was lost is not sent twice). A refusal (a stale
+calls do not retry: a lost connection raises :class:`DatabaseUnavailable` at
+once, so an enqueue whose reply was lost is not sent twice (waiting for a
+pooled connection is bounded by ``pool_timeout``, which a web process sets
+short). A refusal (a stale
 lease, a job in the wrong state) is raised at once by both.
 
 Tests inject faults here: ``Worker(queue, database=SubclassOfWorkerDatabase)``
@@ -156,7 +159,7 @@ class JobFilter:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Outcome:
+class JobOutcome:
     """Where a job stands, for a wait: its status, and its result or error."""
 
     status: JobStatus
@@ -287,21 +290,30 @@ class ClientDatabase:
         rows = await self.fetch(query("get_job"), {"id": job_id})
         return Job.from_row(rows[0]) if rows else None
 
-    async def job_outcome(self, job_id: int) -> Outcome | None:
+    async def job_outcome(self, job_id: int) -> JobOutcome | None:
         """The job's status with its result and error (None: no such job)."""
-        rows = await self.fetch(query("get_job_status"), {"id": job_id})
+        rows = await self.fetch(query("job_outcome"), {"id": job_id})
         if not rows:
             return None
-        return Outcome(JobStatus(rows[0]["status"]), rows[0]["result"], rows[0]["error"])
+        return JobOutcome(JobStatus(rows[0]["status"]), rows[0]["result"], rows[0]["error"])
 
     async def list_jobs(self, which: JobFilter) -> list[Job]:
         """Jobs, newest first; with an owner, read through the owner index."""
-        statement = query("list_jobs" if which.owner is None else "list_owner_jobs")
-        rows = await self.fetch(statement, dataclasses.asdict(which))
+        params = {
+            "status": which.status,
+            "queue": which.queue,
+            "task": which.task,
+            "before_id": which.before_id,
+            "limit": which.limit,
+        }
+        if which.owner is None:
+            rows = await self.fetch(query("list_jobs"), params)
+        else:
+            rows = await self.fetch(query("list_owner_jobs"), {**params, "owner": which.owner})
         return [Job.from_row(row) for row in rows]
 
     async def attempts(self, job_id: int) -> list[Attempt]:
-        rows = await self.fetch(query("list_attempts"), {"id": job_id})
+        rows = await self.fetch(query("attempts"), {"id": job_id})
         return [Attempt(**row) for row in rows]
 
     async def progress_history(

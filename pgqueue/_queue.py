@@ -327,9 +327,11 @@ class Queue:
     pools open on first use; close them with ``await queue.close()`` (or use
     ``async with queue``).
 
-    Every operation reaches PostgreSQL through :attr:`database`, an instance
-    of ``database`` (:class:`pgqueue._database.ClientDatabase`; a test passes
-    a subclass to inject faults, as ``Worker(database=...)`` does).
+    Every operation on jobs, batches, queues and schedules reaches PostgreSQL
+    through :attr:`database`, an instance of ``database``
+    (:class:`pgqueue._database.ClientDatabase`; a test passes a subclass to
+    inject faults, as ``Worker(database=...)`` does). LISTEN sessions (the
+    waits) and migrations open connections of their own.
     """
 
     def __init__(
@@ -584,8 +586,8 @@ class Queue:
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A connection of the queue's pool (autocommit), passing over any the
-        server has ended: for reads of your own beside pgqueue's (the status
-        API runs its own on it). Its errors are psycopg's;
+        server has ended: for reads of your own beside pgqueue's. Its errors
+        are psycopg's;
         ``pgqueue.errors.translate(exc, ours=False)`` turns a lost connection
         into :class:`DatabaseUnavailable` and leaves the rest as they are."""
         async with self._database.connection() as conn:

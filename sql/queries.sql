@@ -78,7 +78,7 @@ SELECT pgqueue.resume_queue(%(name)s::text)
 -- name: get_job
 SELECT * FROM pgqueue.jobs WHERE id = %(id)s::bigint
 
--- name: get_job_status
+-- name: job_outcome
 SELECT status, result, error FROM pgqueue.jobs WHERE id = %(id)s::bigint
 
 -- name: list_jobs
@@ -91,7 +91,7 @@ SELECT *
  ORDER BY id DESC
  LIMIT %(limit)s::int
 
--- name: list_attempts
+-- name: attempts
 SELECT job_id, attempt, worker_id, started_at, ended_at, outcome, error
   FROM pgqueue.attempts
  WHERE job_id = %(id)s::bigint

@@ -24,7 +24,8 @@ class LostReply(ClientDatabase):
     that breaks between the server's commit and the client's read does."""
 
     failing: tuple[str, ...] = ()
-    calls: list[str]
+    calls: list[tuple[str, bool]]
+    """Each failed statement's name, and whether it ran on the caller's connection."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -38,7 +39,7 @@ class LostReply(ClientDatabase):
     ) -> list[dict[str, Any]]:
         rows = await super().fetch(statement, params, conn)
         names = [name for name in self.failing if query(name) == statement]
-        self.calls.extend(names)
+        self.calls.extend((name, conn is not None) for name in names)
         if names:
             raise pgqueue.DatabaseUnavailable("the connection was lost before the reply")
         return rows
@@ -69,7 +70,7 @@ async def test_an_enqueue_whose_reply_was_lost_is_not_sent_again(db_dsn: str, co
         with pytest.raises(pgqueue.DatabaseUnavailable, match="before the reply"):
             await t.enqueue(x=1)
         assert isinstance(queue.database, LostEnqueueReply)
-        assert queue.database.calls == ["enqueue"]
+        assert queue.database.calls == [("enqueue", False)]
     assert count(conn, "jobs") == 1
 
 
@@ -90,32 +91,46 @@ async def test_a_batch_read_back_failing_in_the_callers_transaction_leaves_nothi
                 async with aconn.transaction():
                     await queue.enqueue_batch(t, [{"x": 1}, {"x": 2}], conn=aconn)
         assert isinstance(queue.database, LostBatchReadBack)
-        assert queue.database.calls == ["get_batch"]
+        assert queue.database.calls == [("get_batch", True)]  # read back in the transaction
     assert (count(conn, "jobs"), count(conn, "batches")) == (0, 0)
 
 
+class Refused(Exception):
+    """Raised by the seam's one way in, so a test sees which calls went through it."""
+
+
 async def test_every_operation_of_a_queue_runs_through_its_seam(db_dsn: str) -> None:
-    # A seam that refuses to open a pool: any operation that reached
-    # PostgreSQL some other way would succeed here instead of failing.
-    class NoPool(ClientDatabase):
+    # The seam's one way in refuses every statement, and its pools refuse to
+    # open with another error: an operation that ran SQL by any other route
+    # (its own connection, or the pool without fetch) fails differently or
+    # not at all.
+    class Refusing(ClientDatabase):
+        async def fetch(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+            raise Refused
+
+        def fetch_sync(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+            raise Refused
+
         async def pool(self) -> Any:
-            raise pgqueue.DatabaseUnavailable("no pool in this test")
+            raise AssertionError("a pooled connection taken outside fetch")
 
         def sync_pool(self) -> Any:
-            raise pgqueue.DatabaseUnavailable("no pool in this test")
+            raise AssertionError("a pooled connection taken outside fetch_sync")
 
-    async with pgqueue.Queue(db_dsn, database=NoPool) as queue:
+    async with pgqueue.Queue(db_dsn, database=Refusing) as queue:
 
         @queue.task
         async def t(ctx: pgqueue.JobContext) -> None:
             return None
 
+        queue.periodic("* * * * *", name="every-minute")(t)
         operations = {
             "enqueue": lambda: t.enqueue(),
             "enqueue_many": lambda: queue.enqueue_many(t, [{}]),
             "enqueue_batch": lambda: queue.enqueue_batch(t, [{}]),
             "get_job": lambda: queue.get_job(1),
-            "list_jobs": lambda: queue.list_jobs(owner="o"),
+            "list_jobs": lambda: queue.list_jobs(),
+            "list_jobs of an owner": lambda: queue.list_jobs(owner="o"),
             "attempts": lambda: queue.attempts(1),
             "progress_history": lambda: queue.progress_history(1),
             "cancel": lambda: queue.cancel(1),
@@ -134,24 +149,31 @@ async def test_every_operation_of_a_queue_runs_through_its_seam(db_dsn: str) -> 
             "pause_batch": lambda: queue.pause_batch(1),
             "resume_batch": lambda: queue.resume_batch(1),
             "cancel_batch": lambda: queue.cancel_batch(1),
-            "schema_status": lambda: queue.schema_status("0001"),
+            "enqueue_due_ticks": lambda: queue.enqueue_due_ticks(),
+            "periodic_status": lambda: queue.periodic_status(),
         }
         blocking = {
             "enqueue_sync": lambda: t.enqueue_sync(),
             "enqueue_many_sync": lambda: queue.enqueue_many_sync(t, [{}]),
             "enqueue_batch_sync": lambda: queue.enqueue_batch_sync(t, [{}]),
         }
-        reached = []
+        elsewhere = {}
         for name, operation in operations.items():
             try:
                 await operation()
-            except pgqueue.DatabaseUnavailable:
+            except Refused:
                 continue
-            reached.append(name)
+            except BaseException as exc:
+                elsewhere[name] = repr(exc)
+            else:
+                elsewhere[name] = "ran"
         for name, call in blocking.items():
             try:
                 call()
-            except pgqueue.DatabaseUnavailable:
+            except Refused:
                 continue
-            reached.append(name)
-        assert reached == []
+            except BaseException as exc:
+                elsewhere[name] = repr(exc)
+            else:
+                elsewhere[name] = "ran"
+        assert elsewhere == {}

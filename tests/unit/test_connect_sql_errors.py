@@ -72,10 +72,10 @@ def test_resolve_dsn_prefers_argument_then_env(monkeypatch: pytest.MonkeyPatch) 
 
 # -- named queries --------------------------------------------------------------------------
 
-# Every way library code names a query: query("x") (the client's seam, the CLI), and
+# Every way library code names a query: query("x") (the client's seam), and
 # _run("x"...) / _run_timed("x"...) in the worker's seam; the status API's _fetch("x"...).
 _NAMED = re.compile(
-    r"""(?:\bquery|\._fetch|\._fetch_sync|\._run|\._run_timed)\(\s*["'](\w+)["']"""
+    r"""(?:\bquery|\._fetch|\._run|\._run_timed)\(\s*["'](\w+)["']"""
     r"""(?:\s+if\s[^"'()]*\selse\s+["'](\w+)["'])?"""  # "a" if ... else "b": both
 )
 
