@@ -93,29 +93,25 @@ class NewJob:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NewJobs:
-    """Jobs of one task sharing their options, one per item of ``args`` (the
-    items' arguments as checked JSON texts, encoded once each): a bulk
-    enqueue, or a batch's children."""
+    """Jobs of one task sharing ``options`` (a :class:`NewJob` whose own
+    arguments and keys are unused), one per item of ``args``: the items'
+    arguments as checked JSON texts, encoded once each. A bulk enqueue, or a
+    batch's children."""
 
-    task: str
+    options: NewJob
     args: list[str]
-    queue: str
-    priority: int
-    run_at: datetime | None
-    max_attempts: int
-    timeout: timedelta | None
-    owner: str | None
-    metadata: Jsonb
     dedupe_keys: list[str | None] | None = None
     """One per item, or None when no item has a key: the function's plain path."""
-    dedupe_scope: str = "pending"
-    dedupe_window: timedelta | None = None
     concurrency_keys: list[str | None] | None = None
-    concurrency_limit: int = 1
 
     def params(self) -> dict[str, Any]:
         """Parameters of the ``enqueue_bulk`` query: the options once, the items' arrays."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        params = self.options.params()
+        del params["dedupe_key"], params["concurrency_key"]
+        params["args"] = self.args
+        params["dedupe_keys"] = self.dedupe_keys
+        params["concurrency_keys"] = self.concurrency_keys
+        return params
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,11 +125,10 @@ class NewBatch:
 
     def params(self) -> dict[str, Any]:
         """Parameters of the ``enqueue_batch`` query (one array element per child)."""
-        jobs = self.children
-        n = len(jobs.args)
+        jobs, n = self.children.options, len(self.children.args)
         return {
             "tasks": [jobs.task] * n,
-            "args": jobs.args,
+            "args": self.children.args,
             "queues": [jobs.queue] * n,
             "priorities": [jobs.priority] * n,
             "run_ats": [jobs.run_at] * n,

@@ -798,20 +798,10 @@ class Queue:
         # Every item shares the options: they are sent once, with the items'
         # arguments as JSON texts (encoded once, above) and their keys, if any.
         return NewJobs(
-            task=template.task,
-            args=encoded,
-            queue=template.queue,
-            priority=template.priority,
-            run_at=template.run_at,
-            max_attempts=template.max_attempts,
-            timeout=template.timeout,
-            owner=template.owner,
-            metadata=template.metadata,
+            template,
+            encoded,
             dedupe_keys=keys if any(key is not None for key in keys) else None,
-            dedupe_scope=template.dedupe_scope,
-            dedupe_window=template.dedupe_window,
             concurrency_keys=ckeys if any(key is not None for key in ckeys) else None,
-            concurrency_limit=template.concurrency_limit,
         )
 
     async def enqueue_many(
