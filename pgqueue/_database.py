@@ -406,7 +406,7 @@ class ClientDatabase:
         ``release``; raises if no connection comes within ``timeout``."""
         pool = await self.pool()
         try:
-            async with pool.connection(timeout=timeout) as conn:
+            async with _connect.live_connection(pool, timeout=timeout) as conn:
                 try:
                     row = await (await conn.execute(query("schema_revision"))).fetchone()
                 except psycopg.errors.UndefinedTable:

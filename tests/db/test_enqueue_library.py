@@ -380,3 +380,19 @@ async def test_enqueue_sync_passes_over_a_pooled_connection_the_server_ended(
     job_id = queue.enqueue_sync(t, {"x": 2})
     assert job(conn, job_id)["args"] == {"x": 2}
     assert count_jobs(conn) == 2
+
+
+async def test_schema_status_passes_over_pooled_connections_the_server_ended(
+    queue: pgqueue.Queue, conn: Conn
+) -> None:
+    """The status API's readiness probe asks ``schema_status``: after a restart
+    it answers from a live connection instead of failing on a dead one."""
+    t = register(queue)
+    await asyncio.gather(*(queue.enqueue(t, {"x": i}) for i in range(8)))
+    pool = await queue.pool()
+    size = pool.get_stats()["pool_size"]
+    assert size >= 2
+    await _end_other_sessions(conn, expect=size)
+    await _until_the_pool_sees_the_ends(pool)
+    head = pgqueue.head_revision()
+    assert await queue.schema_status(head) == (head, True)
