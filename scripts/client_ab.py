@@ -8,15 +8,16 @@ Creates a scratch database on that server (dropped at the end) and migrates it
 with the pgqueue this script runs with (both checkouts must serve that
 schema). Each round runs, for each checkout in a process of its own
 (``PYTHONPATH`` puts the checkout's ``pgqueue`` first, and its named queries
-are read from its own ``sql/queries.sql``, not the installed package's),
-2,000 sequential ``Queue.enqueue`` calls of a no-op task after 20 untimed
-ones, then 20 ``Queue.enqueue_many`` calls of 1,000 jobs, and empties the
-table. The two checkouts take turns going first, so that neither always runs
-in the other's wake (a run that always put one first showed it 6 % faster on
-bulk, for no reason in the code). It prints the median microseconds
-per call (single) and per job (bulk), and after/before. Shows that a change
-to the client's Python path (``Queue``, its seam) did not make enqueueing
-slower, on a quiet machine.
+are read from its own ``sql/queries.sql``, not the installed package's), the
+bench's own single and bulk enqueue steps (``pgqueue bench``'s "enqueue 1"
+and "bulk" rows: 2,000 sequential ``Queue.enqueue`` calls of a no-op task
+after 20 untimed ones, then 20,000 jobs through ``Queue.enqueue_many`` in
+chunks of 1,000), and empties the tables. The two checkouts take turns going
+first, so that neither always runs in the other's wake (a run that always
+put one first showed it 6 % faster on bulk, for no reason in the code). It
+prints the median microseconds per call (single) and per job (bulk), and
+after/before. Shows that a change to the client's Python path (``Queue``,
+its seam) did not make enqueueing slower, on a quiet machine.
 """
 
 from __future__ import annotations
@@ -27,41 +28,28 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import psycopg
 
 from pgqueue import _migrate
 from pgqueue.bench._run import _scratch as scratch_database
 
 
 async def _measure(dsn: str, checkout: Path) -> tuple[float, float]:
-    import pgqueue  # the checkout PYTHONPATH names
+    # the checkout PYTHONPATH names: its bench measures its own Queue
     from pgqueue import _sql
+    from pgqueue.bench._run import _bulk_enqueue, _single_enqueue
+    from pgqueue.bench._systems import Pgqueue
 
     # An editable install maps the package's SQL files to its own checkout.
     _sql.read = lambda filename: (checkout / "sql" / filename).read_text(encoding="utf-8")
-
-    async with pgqueue.Queue(dsn) as queue:
-
-        @queue.task
-        async def noop(ctx: pgqueue.JobContext) -> None:
-            return None
-
-        for _ in range(20):
-            await noop.enqueue()
-        started = time.perf_counter()
-        for _ in range(2000):
-            await noop.enqueue()
-        single = (time.perf_counter() - started) / 2000 * 1e6
-        items: list[dict[str, object]] = [{}] * 1000
-        started = time.perf_counter()
-        for _ in range(20):
-            await queue.enqueue_many(noop, items)
-        bulk = (time.perf_counter() - started) / 20_000 * 1e6
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE pgqueue.jobs CASCADE")
+    system = Pgqueue()
+    client = await system.client(dsn)
+    try:
+        single = 1e6 / await _single_enqueue(client, 2000)
+        bulk = 1e6 / await _bulk_enqueue(client, 20_000)
+    finally:
+        await client.close()
+    system.reset(dsn)
     return single, bulk
 
 
