@@ -142,18 +142,6 @@ class NewBatch:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class JobFilter:
-    """Which jobs a listing returns, newest first."""
-
-    status: list[str] | None = None
-    queue: str | None = None
-    task: str | None = None
-    owner: str | None = None
-    before_id: int | None = None
-    limit: int = 50
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class JobOutcome:
     """Where a job stands, for a wait: its status, and its result or error."""
 
@@ -292,19 +280,27 @@ class ClientDatabase:
             return None
         return JobOutcome(JobStatus(rows[0]["status"]), rows[0]["result"], rows[0]["error"])
 
-    async def list_jobs(self, which: JobFilter) -> list[Job]:
+    async def list_jobs(
+        self,
+        statuses: list[str] | None,
+        queue: str | None,
+        task: str | None,
+        owner: str | None,
+        before_id: int | None,
+        limit: int,
+    ) -> list[Job]:
         """Jobs, newest first; with an owner, read through the owner index."""
         params = {
-            "status": which.status,
-            "queue": which.queue,
-            "task": which.task,
-            "before_id": which.before_id,
-            "limit": which.limit,
+            "status": statuses,
+            "queue": queue,
+            "task": task,
+            "before_id": before_id,
+            "limit": limit,
         }
-        if which.owner is None:
+        if owner is None:
             rows = await self.fetch(query("list_jobs"), params)
         else:
-            rows = await self.fetch(query("list_owner_jobs"), {**params, "owner": which.owner})
+            rows = await self.fetch(query("list_owner_jobs"), {**params, "owner": owner})
         return [Job.from_row(row) for row in rows]
 
     async def attempts(self, job_id: int) -> list[Attempt]:

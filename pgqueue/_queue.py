@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from . import _connect, _migrate
 from ._connect import resolve_dsn
 from ._context import JobContext
-from ._database import ClientDatabase, JobFilter, NewBatch, NewJob, NewJobs
+from ._database import ClientDatabase, NewBatch, NewJob, NewJobs
 from ._job import Attempt, Batch, Job, ProgressEntry
 from ._notifier import listen_forever, wait_event
 from ._periodic import Periodic, SchedulePass, make_periodic, schedule_due, schedule_status
@@ -856,8 +856,8 @@ class Queue:
         """Jobs, newest first, filtered; page with ``before_id`` = the last id seen.
         With ``owner``, only that owner's jobs (read through the owner index)."""
         _check_limit(limit)
-        which = JobFilter(_job_statuses(status), queue, task, owner, before_id, limit)
-        return await self._database.list_jobs(which)
+        statuses = _job_statuses(status)
+        return await self._database.list_jobs(statuses, queue, task, owner, before_id, limit)
 
     async def attempts(self, job_id: int) -> list[Attempt]:
         """The finished attempts of a job, oldest first."""
