@@ -11,6 +11,10 @@ How each figure is taken (the same code path for every system):
 - single enqueue: sequential one-job enqueue calls through the system's own
   client, each its own transaction (after a short untimed warm-up);
 - bulk enqueue: the system's bulk call in chunks of 1,000 jobs;
+- both in rounds: in each round every system (and the raw-SQL ceiling) takes
+  its turn, the order rotated one place per round, and each figure is the
+  median of its rounds. Measured one system after the other, once, the
+  ratios moved by a third between runs with the order and the moment;
 - drain: a backlog of N no-op jobs, ANALYZEd, worked by 1 or 2 real worker
   processes; jobs/s between the first and the last task start, timed inside
   the workers (process start-up and exit excluded alike), and checked against
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import glob
 import json
 import logging
@@ -32,12 +37,13 @@ import os
 import platform
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +56,7 @@ from . import _constrained
 from ._systems import ENQUEUE_CHUNK, SYSTEMS, Client, Config, Procrastinate, System, _version
 
 NOT_INSTALLED = "not installed"
+RAW = "raw SQL"
 SETTINGS = (
     "synchronous_commit",
     "fsync",
@@ -79,6 +86,7 @@ class Plan:
     backlog: bool
     spacing: float = 0.02
     settle: float = 0.5  # idle time before the latency samples
+    rounds: int = 5  # of the enqueue figures, every system in turn
     backlogs: tuple[int, ...] = (10_000, 1_000_000)
     backlog_drain: int = 10_000
     constrained: _constrained.Sizes = _constrained.FULL
@@ -262,55 +270,110 @@ async def _latency(
     }
 
 
+class _RawClient(Client):
+    """The raw-SQL ceilings of the enqueue shapes, on one connection: a one-row
+    INSERT per call, and ``INSERT … SELECT unnest(…)`` per chunk of 1,000."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        conn.execute("CREATE TABLE bench_raw (id bigserial PRIMARY KEY, payload jsonb)")
+
+    async def enqueue_one(self, sample: int | None = None) -> None:
+        self.conn.execute("INSERT INTO bench_raw (payload) VALUES (%s::jsonb)", ("{}",))
+
+    async def enqueue_many(self, n: int) -> None:
+        for offset in range(0, n, ENQUEUE_CHUNK):
+            self.conn.execute(
+                "INSERT INTO bench_raw (payload) SELECT unnest(%s::jsonb[])",
+                (["{}"] * min(ENQUEUE_CHUNK, n - offset),),
+            )
+
+    def reset(self) -> None:
+        self.conn.execute("TRUNCATE bench_raw")
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class _Entrant:
+    """One row of the enqueue rounds: a system's client and how to empty its
+    tables."""
+
+    name: str
+    client: Client
+    reset: Callable[[], None]
+
+
+async def _enqueue_rounds(
+    entrants: list[_Entrant], plan: Plan, progress: Progress
+) -> dict[str, dict[str, Any]]:
+    """Single and bulk enqueue of every entrant in ``plan.rounds`` rounds: in
+    each, every entrant takes its turn, the order rotated one place per round
+    (so none always runs first, or in another's wake). Each figure is the
+    median of its rounds; the rounds' own figures are kept beside it."""
+    calls = max(1, plan.single // plan.rounds)
+    single: dict[str, list[float]] = {e.name: [] for e in entrants}
+    bulk: dict[str, list[float]] = {e.name: [] for e in entrants}
+    for turn in range(plan.rounds):
+        progress.step(
+            f"enqueue round {turn + 1}/{plan.rounds}: {calls:,} single and "
+            f"{plan.jobs:,} bulk enqueues of each system in turn"
+        )
+        first = turn % len(entrants)
+        for entrant in entrants[first:] + entrants[:first]:
+            single[entrant.name].append(await _single_enqueue(entrant.client, calls))
+            await asyncio.to_thread(entrant.reset)
+            bulk[entrant.name].append(await _bulk_enqueue(entrant.client, plan.jobs))
+            await asyncio.to_thread(entrant.reset)
+    return {
+        e.name: {
+            "single_enqueue": statistics.median(single[e.name]),
+            "bulk_enqueue": statistics.median(bulk[e.name]),
+            "single_enqueue_rounds": single[e.name],
+            "bulk_enqueue_rounds": bulk[e.name],
+        }
+        for e in entrants
+    }
+
+
 async def _measure_system(
-    system: System, server: str, plan: Plan, progress: Progress
+    system: System, dsn: str, client: Client, plan: Plan, progress: Progress
 ) -> list[dict[str, Any]]:
+    """A system's drains and start latency for each configuration (and, for
+    pgqueue, the keyed and rate-limited drains and the backlogs), in its
+    scratch database ``dsn``; its enqueue figures come from the rounds."""
     rows: list[dict[str, Any]] = [
         {"system": system.name, "config": c.label, "version": system.version(), "status": "ok"}
         for c in system.configs
     ]
-    with _scratch(server, re.sub(r"[^a-z0-9]+", "_", system.name.lower())) as dsn:
-        progress.step(f"{system.name}: schema in a fresh database")
-        await system.setup(dsn)
-        client = await system.client(dsn)
-        try:
-            progress.step(f"{system.name}: {plan.single:,} single enqueues")
-            rows[0]["single_enqueue"] = await _single_enqueue(client, plan.single)
+    for row, config in zip(rows, system.configs, strict=True):
+        for processes in (1, 2):
             await asyncio.to_thread(system.reset, dsn)
-            progress.step(f"{system.name}: bulk enqueue of {plan.jobs:,} jobs")
-            rows[0]["bulk_enqueue"] = await _bulk_enqueue(client, plan.jobs)
-            filled = True  # the bulk-enqueue jobs are the first drain's backlog
-            for row, config in zip(rows, system.configs, strict=True):
-                for processes in (1, 2):
-                    if not filled:
-                        await asyncio.to_thread(system.reset, dsn)
-                        await client.enqueue_many(plan.jobs)
-                    await asyncio.to_thread(system.analyze, dsn)
-                    filled = False
-                    progress.step(
-                        f"{system.name} ({config.label}): drain {plan.jobs:,} jobs, "
-                        f"{processes} process{'es' if processes > 1 else ''}"
-                    )
-                    row[f"drain_{processes}"] = await asyncio.to_thread(
-                        _drain, system, config, dsn, processes, plan.jobs
-                    )
-                await asyncio.to_thread(system.reset, dsn)
-                progress.step(f"{system.name} ({config.label}): enqueue -> start latency")
-                row.update(await _latency(system, config, dsn, client, plan))
-            if system.name == "pgqueue":
-                await asyncio.to_thread(system.reset, dsn)
-                sizes = plan.constrained
-                progress.step(
-                    f"pgqueue: keyed drain ({sizes.keyed_jobs} jobs) and "
-                    f"rate-limited drain ({sizes.rated_jobs} jobs)"
-                )
-                rows[0]["constrained"] = await _constrained.measure(dsn, sizes)
-            if plan.backlog and system.name == "pgqueue":
-                backlog, checkpointed = await _backlog(system, dsn, plan, progress)
-                rows[0]["backlog"] = backlog
-                rows[0]["backlog_checkpointed"] = checkpointed
-        finally:
-            await client.close()
+            await client.enqueue_many(plan.jobs)
+            await asyncio.to_thread(system.analyze, dsn)
+            progress.step(
+                f"{system.name} ({config.label}): drain {plan.jobs:,} jobs, "
+                f"{processes} process{'es' if processes > 1 else ''}"
+            )
+            row[f"drain_{processes}"] = await asyncio.to_thread(
+                _drain, system, config, dsn, processes, plan.jobs
+            )
+        await asyncio.to_thread(system.reset, dsn)
+        progress.step(f"{system.name} ({config.label}): enqueue -> start latency")
+        row.update(await _latency(system, config, dsn, client, plan))
+    if system.name == "pgqueue":
+        await asyncio.to_thread(system.reset, dsn)
+        sizes = plan.constrained
+        progress.step(
+            f"pgqueue: keyed drain ({sizes.keyed_jobs} jobs) and "
+            f"rate-limited drain ({sizes.rated_jobs} jobs)"
+        )
+        rows[0]["constrained"] = await _constrained.measure(dsn, sizes)
+    if plan.backlog and system.name == "pgqueue":
+        backlog, checkpointed = await _backlog(system, dsn, plan, progress)
+        rows[0]["backlog"] = backlog
+        rows[0]["backlog_checkpointed"] = checkpointed
     return rows
 
 
@@ -367,31 +430,6 @@ async def _backlog(
 
 
 # -- raw SQL ceilings -------------------------------------------------------------------
-
-
-def _raw(server: str, plan: Plan, progress: Progress) -> dict[str, Any]:
-    row: dict[str, Any] = {"system": "raw SQL", "config": "ceiling", "status": "ok"}
-    with _scratch(server, "raw") as dsn, psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE bench_raw (id bigserial PRIMARY KEY, payload jsonb)")
-        progress.step(f"raw SQL: {plan.single:,} single-row INSERTs")
-        insert = "INSERT INTO bench_raw (payload) VALUES (%s::jsonb)"
-        for _ in range(min(20, plan.single)):
-            conn.execute(insert, ("{}",))
-        started = time.perf_counter()
-        for _ in range(plan.single):
-            conn.execute(insert, ("{}",))
-        row["single_enqueue"] = plan.single / (time.perf_counter() - started)
-
-        progress.step(f"raw SQL: bulk INSERT of {plan.jobs:,} rows")
-        bulk = "INSERT INTO bench_raw (payload) SELECT unnest(%s::jsonb[])"
-        started = time.perf_counter()
-        for offset in range(0, plan.jobs, ENQUEUE_CHUNK):
-            conn.execute(bulk, (["{}"] * min(ENQUEUE_CHUNK, plan.jobs - offset),))
-        row["bulk_enqueue"] = plan.jobs / (time.perf_counter() - started)
-
-        progress.step(f"raw SQL: claim 100 + mark done, {plan.jobs:,} rows, 1 connection")
-        row["drain_1"] = _raw_drain(conn, plan.jobs)
-    return row
 
 
 def _raw_drain(conn: psycopg.Connection[Any], n: int, batch: int = 100) -> float:
@@ -516,7 +554,7 @@ def _find(rows: list[dict[str, Any]], system: str, default: bool | None = None) 
 def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The targets, each with the measured value and whether it is met."""
     ours = rows[0]
-    raw = _find(rows, "raw SQL")
+    raw = _find(rows, RAW)
     pq_best = _find(rows, "PgQueuer", default=False)
     pq_default = _find(rows, "PgQueuer", default=True)
     targets: list[dict[str, Any]] = []
@@ -590,12 +628,14 @@ def _print_report(report: dict[str, Any]) -> None:
     settings = ", ".join(f"{k}={v}" for k, v in machine["settings"].items())
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
     plan = report["parameters"]
+    rounds = plan["enqueue_rounds"]
     print(f"pgqueue bench, {report['date']}")
     print(f"  PostgreSQL {machine['postgresql']}: {settings}")
     print(f"  {machine['cpus']} CPUs, Python {machine['python']}; {versions}")
     print(
-        f"  drains of {plan['jobs']:,} no-op jobs; {plan['single_enqueue_calls']:,} single "
-        f"enqueues; {plan['latency_samples']} latency samples"
+        f"  drains of {plan['jobs']:,} no-op jobs; enqueues in {rounds} rounds, each system "
+        f"in turn ({plan['single_enqueue_calls'] // rounds:,} single calls and {plan['jobs']:,} "
+        f"jobs in bulk per round; medians); {plan['latency_samples']} latency samples"
     )
     print()
     width = max(len(_label(r)) for r in report["results"]) + 2
@@ -667,9 +707,9 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def _steps(plan: Plan, systems: list[System]) -> int:
-    steps = 3  # raw SQL
+    steps = plan.rounds + 1  # the enqueue rounds; the raw SQL drain
     for system in systems:
-        steps += 3 + len(system.configs) * 3
+        steps += 1 + len(system.configs) * 3
         steps += system.name == "pgqueue"  # the keyed and rate-limited drains
     if plan.backlog:
         steps += len(plan.backlogs)
@@ -682,6 +722,7 @@ async def run_bench(
     plan = Plan(
         jobs=jobs or (200 if quick else 20_000),
         single=100 if quick else 2_000,
+        rounds=2 if quick else 5,
         samples=10 if quick else 200,
         backlog=backlog,
         settle=0.1 if quick else 0.5,
@@ -692,16 +733,46 @@ async def run_bench(
     server = resolve_dsn(dsn)
     installed = [s for s in SYSTEMS if s.installed()]
     progress = Progress(total=_steps(plan, installed), enabled=True)
+    measured: dict[str, list[dict[str, Any]]] = {}
+    with contextlib.ExitStack() as scratch:
+        systems: list[tuple[System, str, Client]] = []
+        try:
+            for system in installed:
+                dsn = scratch.enter_context(
+                    _scratch(server, re.sub(r"[^a-z0-9]+", "_", system.name.lower()))
+                )
+                progress.step(f"{system.name}: schema in a fresh database")
+                await system.setup(dsn)
+                systems.append((system, dsn, await system.client(dsn)))
+            raw_conn = scratch.enter_context(
+                psycopg.connect(scratch.enter_context(_scratch(server, "raw")), autocommit=True)
+            )
+            raw = _RawClient(raw_conn)
+            entrants = [
+                _Entrant(system.name, client, functools.partial(system.reset, dsn))
+                for system, dsn, client in systems
+            ]
+            enqueued = await _enqueue_rounds(
+                [*entrants, _Entrant(RAW, raw, raw.reset)], plan, progress
+            )
+            for system, dsn, client in systems:
+                rows = await _measure_system(system, dsn, client, plan, progress)
+                rows[0].update(enqueued[system.name])
+                measured[system.name] = rows
+        finally:
+            for _, _, client in systems:
+                await client.close()
+        progress.step(f"raw SQL: claim 100 + mark done, {plan.jobs:,} rows, 1 connection")
+        raw_drain = await asyncio.to_thread(_raw_drain, raw_conn, plan.jobs)
     results: list[dict[str, Any]] = []
     for system in SYSTEMS:
-        if system in installed:
-            results += await _measure_system(system, server, plan, progress)
-        else:
-            results += [
-                {"system": system.name, "config": c.label, "status": NOT_INSTALLED}
-                for c in system.configs
-            ]
-    results.append(await asyncio.to_thread(_raw, server, plan, progress))
+        results += measured.get(system.name) or [
+            {"system": system.name, "config": c.label, "status": NOT_INSTALLED}
+            for c in system.configs
+        ]
+    results.append(
+        {"system": RAW, "config": "ceiling", "status": "ok", **enqueued[RAW], "drain_1": raw_drain}
+    )
     report = {
         "date": datetime.date.today().isoformat(),
         "machine": await asyncio.to_thread(_machine, server),
@@ -709,6 +780,7 @@ async def run_bench(
         "parameters": {
             "jobs": plan.jobs,
             "single_enqueue_calls": plan.single,
+            "enqueue_rounds": plan.rounds,
             "latency_samples": plan.samples,
             "latency_spacing_ms": plan.spacing * 1000,
             "enqueue_chunk": ENQUEUE_CHUNK,

@@ -6,6 +6,7 @@ mean nothing)."""
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import pytest
@@ -47,6 +48,7 @@ def test_quick_bench_reports_every_row(pg_server: str) -> None:
             _positive(row, PER_CONFIG + (PER_SYSTEM if index == 0 else ()))
     raw = rows.pop(("raw SQL", "ceiling"))
     _positive(raw, ("single_enqueue", "bulk_enqueue", "drain_1"))
+    _check_rounds(report)
     assert not rows, f"unexpected rows: {list(rows)}"
 
     assert len(report["ratios"]) == len(report["results"]) - 1
@@ -55,6 +57,20 @@ def test_quick_bench_reports_every_row(pg_server: str) -> None:
         assert "met" in target or target["status"] == "peer not installed"
     _check_constrained(rows_by_label(report)["pgqueue", "concurrency 100"], report)
     _check_bridge(report)
+
+
+def _check_rounds(report: dict[str, Any]) -> None:
+    """Every system's enqueue figures (and the raw ceilings) are the medians of
+    the same number of rounds."""
+    rounds = report["parameters"]["enqueue_rounds"]
+    assert rounds == 2  # --quick
+    firsts = [r for r in report["results"] if r["status"] == "ok" and "single_enqueue" in r]
+    assert {r["system"] for r in firsts} >= {"pgqueue", "raw SQL"}
+    for row in firsts:
+        for key in ("single_enqueue", "bulk_enqueue"):
+            measured = row[f"{key}_rounds"]
+            assert len(measured) == rounds and all(v > 0 for v in measured), (row["system"], key)
+            assert row[key] == statistics.median(measured), (row["system"], key)
 
 
 def rows_by_label(report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:

@@ -98,7 +98,12 @@ def _report(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "date": "2026-11-23",
         "machine": {"postgresql": "15", "settings": {}, "cpus": 2, "python": "3.11"},
         "versions": {},
-        "parameters": {"jobs": 20_000, "single_enqueue_calls": 2_000, "latency_samples": 200},
+        "parameters": {
+            "jobs": 20_000,
+            "single_enqueue_calls": 2_000,
+            "enqueue_rounds": 5,
+            "latency_samples": 200,
+        },
         "results": rows,
         "ratios": _ratios(rows),
         "targets": _targets(rows),
