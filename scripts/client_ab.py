@@ -9,15 +9,16 @@ with the pgqueue this script runs with (both checkouts must serve that
 schema). Each round runs, for each checkout in a process of its own
 (``PYTHONPATH`` puts the checkout's ``pgqueue`` first, and its named queries
 are read from its own ``sql/queries.sql``, not the installed package's), the
-bench's own single and bulk enqueue steps (``pgqueue bench``'s "enqueue 1"
-and "bulk" rows: 2,000 sequential ``Queue.enqueue`` calls of a no-op task
-after 20 untimed ones, then 20,000 jobs through ``Queue.enqueue_many`` in
-chunks of 1,000), and empties the tables. The two checkouts take turns going
-first, so that neither always runs in the other's wake (a run that always
-put one first showed it 6 % faster on bulk, for no reason in the code). It
-prints the median microseconds per call (single) and per job (bulk), and
-after/before. Shows that a change to the client's Python path (``Queue``,
-its seam) did not make enqueueing slower, on a quiet machine.
+bench's own single and bulk enqueue steps (those of ``pgqueue bench``'s
+"enqueue 1" and "bulk" rounds, longer: 2,000 sequential ``Queue.enqueue``
+calls of a no-op task after 20 untimed ones, then 20,000 jobs through
+``Queue.enqueue_many`` in chunks of 1,000), and empties the tables. The two
+checkouts take turns going first, so that neither always runs in the other's
+wake (a run that always put one first showed it 6 % faster on bulk, for no
+reason in the code). It prints the median microseconds per call (single)
+and per job (bulk), and after/before. Shows that a change to the client's
+Python path (``Queue``, its seam) did not make enqueueing slower, on a quiet
+machine.
 """
 
 from __future__ import annotations

@@ -12,9 +12,10 @@ How each figure is taken (the same code path for every system):
   client, each its own transaction (after a short untimed warm-up);
 - bulk enqueue: the system's bulk call in chunks of 1,000 jobs;
 - both in rounds: in each round every system (and the raw-SQL ceiling) takes
-  its turn, the order rotated one place per round, and each figure is the
-  median of its rounds. Measured one system after the other, once, the
-  ratios moved by a third between runs with the order and the moment;
+  its turn, in an order that changes from round to round; each figure is the
+  median of its rounds, and a ratio of two enqueue figures the median of
+  their rounds' ratios. Measured once per system, one system after the
+  other, a ratio rested on one short moment of each;
 - drain: a backlog of N no-op jobs, ANALYZEd, worked by 1 or 2 real worker
   processes; jobs/s between the first and the last task start, timed inside
   the workers (process start-up and exit excluded alike), and checked against
@@ -81,7 +82,7 @@ LOWER_IS_BETTER = {"latency_p50_ms", "latency_p95_ms", "latency_p99_ms"}
 @dataclass(frozen=True)
 class Plan:
     jobs: int
-    single: int
+    single: int  # single enqueue calls per round
     samples: int
     backlog: bool
     spacing: float = 0.02
@@ -305,24 +306,31 @@ class _Entrant:
     reset: Callable[[], None]
 
 
+def _round_order(entrants: list[_Entrant], turn: int) -> list[_Entrant]:
+    """Round ``turn``'s order: rotated one place every second round, and
+    reversed in odd rounds. So no entrant always goes first, nor always right
+    after the same other one (whose bulk enqueue and TRUNCATE it follows)."""
+    shift = (turn // 2) % len(entrants)
+    order = entrants[shift:] + entrants[:shift]
+    return order[::-1] if turn % 2 else order
+
+
 async def _enqueue_rounds(
     entrants: list[_Entrant], plan: Plan, progress: Progress
 ) -> dict[str, dict[str, Any]]:
-    """Single and bulk enqueue of every entrant in ``plan.rounds`` rounds: in
-    each, every entrant takes its turn, the order rotated one place per round
-    (so none always runs first, or in another's wake). Each figure is the
-    median of its rounds; the rounds' own figures are kept beside it."""
-    calls = max(1, plan.single // plan.rounds)
+    """Single and bulk enqueue of every entrant in ``plan.rounds`` rounds, every
+    entrant taking its turn in each, in the order :func:`_round_order` gives.
+    Each figure is the median of its rounds; the rounds' own figures are kept
+    beside it."""
     single: dict[str, list[float]] = {e.name: [] for e in entrants}
     bulk: dict[str, list[float]] = {e.name: [] for e in entrants}
     for turn in range(plan.rounds):
         progress.step(
-            f"enqueue round {turn + 1}/{plan.rounds}: {calls:,} single and "
+            f"enqueue round {turn + 1}/{plan.rounds}: {plan.single:,} single and "
             f"{plan.jobs:,} bulk enqueues of each system in turn"
         )
-        first = turn % len(entrants)
-        for entrant in entrants[first:] + entrants[:first]:
-            single[entrant.name].append(await _single_enqueue(entrant.client, calls))
+        for entrant in _round_order(entrants, turn):
+            single[entrant.name].append(await _single_enqueue(entrant.client, plan.single))
             await asyncio.to_thread(entrant.reset)
             bulk[entrant.name].append(await _bulk_enqueue(entrant.client, plan.jobs))
             await asyncio.to_thread(entrant.reset)
@@ -338,11 +346,21 @@ async def _enqueue_rounds(
 
 
 async def _measure_system(
-    system: System, dsn: str, client: Client, plan: Plan, progress: Progress
+    system: System, dsn: str, plan: Plan, progress: Progress
 ) -> list[dict[str, Any]]:
     """A system's drains and start latency for each configuration (and, for
     pgqueue, the keyed and rate-limited drains and the backlogs), in its
     scratch database ``dsn``; its enqueue figures come from the rounds."""
+    client = await system.client(dsn)
+    try:
+        return await _drains_and_latency(system, dsn, client, plan, progress)
+    finally:
+        await client.close()
+
+
+async def _drains_and_latency(
+    system: System, dsn: str, client: Client, plan: Plan, progress: Progress
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [
         {"system": system.name, "config": c.label, "version": system.version(), "status": "ok"}
         for c in system.configs
@@ -490,14 +508,35 @@ def _label(row: dict[str, Any]) -> str:
     return f"{row['system']} ({row['config']})"
 
 
-def _value(rows: list[dict[str, Any]], row: dict[str, Any], key: str) -> float | None:
-    """A row's figure; enqueue figures are measured once per system (they do
-    not depend on the worker's settings) and stored on its first row."""
+ENQUEUE_KEYS = ("single_enqueue", "bulk_enqueue")
+
+
+def _value(rows: list[dict[str, Any]], row: dict[str, Any], key: str) -> Any:
+    """A row's figure; enqueue figures (and their rounds) are measured per
+    system, not per configuration (they do not depend on the worker's
+    settings), and stored on its first row."""
     value = row.get(key)
-    if value is None and key in ("single_enqueue", "bulk_enqueue"):
+    if value is None and key.startswith(ENQUEUE_KEYS):
         first = next(r for r in rows if r["system"] == row["system"])
         value = first.get(key)
-    return float(value) if value is not None else None
+    return value
+
+
+def _ratio(
+    rows: list[dict[str, Any]], row: dict[str, Any], other: dict[str, Any], key: str
+) -> float | None:
+    """``row``'s figure over ``other``'s. Enqueue figures are compared round by
+    round, each pair measured within the same round, and the median of those
+    ratios taken: the machine's drift over the rounds then cancels out, where
+    a ratio of the two medians would carry it."""
+    mine_rounds = _value(rows, row, f"{key}_rounds")
+    theirs_rounds = _value(rows, other, f"{key}_rounds")
+    if mine_rounds and theirs_rounds and len(mine_rounds) == len(theirs_rounds):
+        return float(
+            statistics.median(m / t for m, t in zip(mine_rounds, theirs_rounds, strict=True))
+        )
+    mine, theirs = _value(rows, row, key), _value(rows, other, key)
+    return float(mine) / float(theirs) if mine and theirs else None
 
 
 def _ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -511,9 +550,8 @@ def _ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["status"] = other["status"]
         else:
             for key, _, _ in METRICS:
-                mine, theirs = _value(rows, ours, key), _value(rows, other, key)
-                if mine and theirs:
-                    entry[key] = mine / theirs
+                if (value := _ratio(rows, ours, other, key)) is not None:
+                    entry[key] = value
         ratios.append(entry)
     return ratios
 
@@ -534,9 +572,8 @@ def _bridge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         entry: dict[str, Any] = {"config": row["config"]}
         for key, _, _ in METRICS:
-            mine, theirs = _value(rows, row, key), _value(rows, other, key)
-            if mine and theirs:
-                entry[key] = mine / theirs
+            if (value := _ratio(rows, row, other, key)) is not None:
+                entry[key] = value
         entries.append(entry)
     return entries
 
@@ -567,9 +604,7 @@ def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         targets.append({"target": name, "value": value, "goal": goal, "met": met})
 
     def ratio(key: str, other: list[Any]) -> float | None:
-        mine = _value(rows, ours, key)
-        theirs = _value(rows, other[0], key) if other else None
-        return mine / theirs if mine and theirs else None
+        return _ratio(rows, ours, other[0], key) if other else None
 
     add("drain 1 process >= 2x PgQueuer at batch 100", ratio("drain_1", pq_best), 2.0)
     add("drain 1 process >= 5x PgQueuer at its defaults", ratio("drain_1", pq_default), 5.0)
@@ -628,14 +663,14 @@ def _print_report(report: dict[str, Any]) -> None:
     settings = ", ".join(f"{k}={v}" for k, v in machine["settings"].items())
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
     plan = report["parameters"]
-    rounds = plan["enqueue_rounds"]
     print(f"pgqueue bench, {report['date']}")
     print(f"  PostgreSQL {machine['postgresql']}: {settings}")
     print(f"  {machine['cpus']} CPUs, Python {machine['python']}; {versions}")
     print(
-        f"  drains of {plan['jobs']:,} no-op jobs; enqueues in {rounds} rounds, each system "
-        f"in turn ({plan['single_enqueue_calls'] // rounds:,} single calls and {plan['jobs']:,} "
-        f"jobs in bulk per round; medians); {plan['latency_samples']} latency samples"
+        f"  drains of {plan['jobs']:,} no-op jobs; enqueues in {plan['enqueue_rounds']} rounds,"
+        f" each system in turn ({plan['single_enqueue_calls_per_round']:,} single calls and "
+        f"{plan['jobs']:,} jobs in bulk per round; medians); "
+        f"{plan['latency_samples']} latency samples"
     )
     print()
     width = max(len(_label(r)) for r in report["results"]) + 2
@@ -721,7 +756,7 @@ async def run_bench(
 ) -> int:
     plan = Plan(
         jobs=jobs or (200 if quick else 20_000),
-        single=100 if quick else 2_000,
+        single=50 if quick else 400,
         rounds=2 if quick else 5,
         samples=10 if quick else 200,
         backlog=backlog,
@@ -735,35 +770,29 @@ async def run_bench(
     progress = Progress(total=_steps(plan, installed), enabled=True)
     measured: dict[str, list[dict[str, Any]]] = {}
     with contextlib.ExitStack() as scratch:
-        systems: list[tuple[System, str, Client]] = []
-        try:
-            for system in installed:
-                dsn = scratch.enter_context(
-                    _scratch(server, re.sub(r"[^a-z0-9]+", "_", system.name.lower()))
-                )
-                progress.step(f"{system.name}: schema in a fresh database")
-                await system.setup(dsn)
-                systems.append((system, dsn, await system.client(dsn)))
-            raw_conn = scratch.enter_context(
-                psycopg.connect(scratch.enter_context(_scratch(server, "raw")), autocommit=True)
+        databases: list[tuple[System, str]] = []
+        for system in installed:
+            db = scratch.enter_context(
+                _scratch(server, re.sub(r"[^a-z0-9]+", "_", system.name.lower()))
             )
-            raw = _RawClient(raw_conn)
-            entrants = [
-                _Entrant(system.name, client, functools.partial(system.reset, dsn))
-                for system, dsn, client in systems
-            ]
-            enqueued = await _enqueue_rounds(
-                [*entrants, _Entrant(RAW, raw, raw.reset)], plan, progress
-            )
-            for system, dsn, client in systems:
-                rows = await _measure_system(system, dsn, client, plan, progress)
-                rows[0].update(enqueued[system.name])
-                measured[system.name] = rows
-        finally:
-            for _, _, client in systems:
-                await client.close()
+            progress.step(f"{system.name}: schema in a fresh database")
+            await system.setup(db)
+            databases.append((system, db))
+        raw_db = scratch.enter_context(_scratch(server, "raw"))
+        raw = _RawClient(scratch.enter_context(psycopg.connect(raw_db, autocommit=True)))
+        async with contextlib.AsyncExitStack() as clients:
+            entrants = []
+            for system, db in databases:
+                client = await system.client(db)
+                clients.push_async_callback(client.close)
+                entrants.append(_Entrant(system.name, client, functools.partial(system.reset, db)))
+            entrants.append(_Entrant(RAW, raw, raw.reset))
+            enqueued = await _enqueue_rounds(entrants, plan, progress)
+        for system, db in databases:
+            measured[system.name] = await _measure_system(system, db, plan, progress)
+            measured[system.name][0].update(enqueued[system.name])
         progress.step(f"raw SQL: claim 100 + mark done, {plan.jobs:,} rows, 1 connection")
-        raw_drain = await asyncio.to_thread(_raw_drain, raw_conn, plan.jobs)
+        raw_drain = await asyncio.to_thread(_raw_drain, raw.conn, plan.jobs)
     results: list[dict[str, Any]] = []
     for system in SYSTEMS:
         results += measured.get(system.name) or [
@@ -779,8 +808,8 @@ async def run_bench(
         "versions": _versions(),
         "parameters": {
             "jobs": plan.jobs,
-            "single_enqueue_calls": plan.single,
             "enqueue_rounds": plan.rounds,
+            "single_enqueue_calls_per_round": plan.single,
             "latency_samples": plan.samples,
             "latency_spacing_ms": plan.spacing * 1000,
             "enqueue_chunk": ENQUEUE_CHUNK,

@@ -16,7 +16,7 @@ from pgqueue.bench._systems import SYSTEMS, Procrastinate, ProcrastinateBridge
 from ..db._helpers import Conn
 from .helpers import run_cli
 
-PER_SYSTEM = ("single_enqueue", "bulk_enqueue")  # measured once, on a system's first row
+PER_SYSTEM = ("single_enqueue", "bulk_enqueue")  # per system, on its first row
 PER_CONFIG = ("drain_1", "drain_2", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
 
 

@@ -1,13 +1,25 @@
-"""The bench's ratios and targets when peers are missing (no database needed)."""
+"""The bench's ratios and targets when peers are missing, and the order of its
+enqueue rounds (no database needed)."""
 
 from __future__ import annotations
 
+import asyncio
+import statistics
 from typing import Any
 
 import pytest
 
 from pgqueue.bench._constrained import keyed_busy, most_at_once, rate_after_first_window
-from pgqueue.bench._run import _print_report, _ratios, _targets
+from pgqueue.bench._run import (
+    Plan,
+    Progress,
+    _enqueue_rounds,
+    _Entrant,
+    _print_report,
+    _ratios,
+    _targets,
+)
+from pgqueue.bench._systems import Client
 
 
 def _rows(peers_installed: bool) -> list[dict[str, Any]]:
@@ -100,11 +112,82 @@ def _report(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "versions": {},
         "parameters": {
             "jobs": 20_000,
-            "single_enqueue_calls": 2_000,
             "enqueue_rounds": 5,
+            "single_enqueue_calls_per_round": 400,
             "latency_samples": 200,
         },
         "results": rows,
         "ratios": _ratios(rows),
         "targets": _targets(rows),
     }
+
+
+class _Recording(Client):
+    """A client that only records what it was asked to do, in order."""
+
+    def __init__(self, name: str, log: list[tuple[str, str]]) -> None:
+        self.name, self.log = name, log
+
+    async def enqueue_one(self, sample: int | None = None) -> None:
+        self.log.append((self.name, "one"))
+
+    async def enqueue_many(self, n: int) -> None:
+        self.log.append((self.name, f"many {n}"))
+
+    async def close(self) -> None:
+        pass
+
+
+def test_enqueue_rounds_give_every_system_each_turn_and_report_medians() -> None:
+    log: list[tuple[str, str]] = []
+    names = ("pgqueue", "PgQueuer", "procrastinate", "raw SQL")
+    entrants = [
+        _Entrant(n, _Recording(n, log), lambda n=n: log.append((n, "reset"))) for n in names
+    ]
+    plan = Plan(jobs=7, single=3, samples=1, backlog=False, rounds=5)
+    figures = asyncio.run(_enqueue_rounds(entrants, plan, Progress(total=5, enabled=False)))
+
+    # Each turn: 3 untimed and 3 timed single calls, a reset, the bulk call, a reset.
+    turn = ["one"] * 6 + ["reset", "many 7", "reset"]
+    turns = [log[i : i + len(turn)] for i in range(0, len(log), len(turn))]
+    assert len(turns) == plan.rounds * len(names)
+    for steps in turns:
+        assert [step for _, step in steps] == turn
+        assert len({name for name, _ in steps}) == 1
+    order = [steps[0][0] for steps in turns]
+    rounds = [order[i : i + len(names)] for i in range(0, len(order), len(names))]
+    assert all(sorted(r) == sorted(names) for r in rounds)
+    # no system always goes first, nor always right after the same one
+    assert len({r[0] for r in rounds}) > 1
+    for name in names:
+        before = {r[r.index(name) - 1] for r in rounds if r.index(name) > 0}
+        assert len(before) > 1, (name, rounds)
+
+    for name in names:
+        row = figures[name]
+        for key in ("single_enqueue", "bulk_enqueue"):
+            measured = row[f"{key}_rounds"]
+            assert len(measured) == plan.rounds and all(v > 0 for v in measured)
+            assert row[key] == statistics.median(measured)
+
+
+def test_enqueue_ratios_are_taken_round_by_round() -> None:
+    """The machine slowed down after the second round: each round's ratio is
+    0.5 (single) and 2.0 (bulk), while the ratio of the two medians is not."""
+    rows = _rows(peers_installed=True)
+    ours, peer = rows[0], rows[1]
+    ours["single_enqueue_rounds"] = [1000.0, 1000.0, 500.0, 500.0, 500.0]
+    peer["single_enqueue_rounds"] = [2000.0, 2000.0, 1000.0, 1000.0, 1000.0]
+    ours["bulk_enqueue_rounds"] = [80_000.0, 80_000.0, 40_000.0, 40_000.0, 20_000.0]
+    peer["bulk_enqueue_rounds"] = [40_000.0, 40_000.0, 20_000.0, 20_000.0, 10_000.0]
+    for row in (ours, peer):
+        for key in ("single_enqueue", "bulk_enqueue"):
+            row[key] = statistics.median(row[f"{key}_rounds"])
+    ours["single_enqueue"] = 500.0  # as if drift put the medians in different rounds
+    targets = {t["target"]: t for t in _targets(rows)}
+    assert targets["single enqueue >= 1.2x PgQueuer's"]["value"] == 0.5
+    assert targets["bulk enqueue >= 1.5x PgQueuer's bulk"]["value"] == 2.0
+    versus_peer = _ratios(rows)[0]
+    assert (versus_peer["single_enqueue"], versus_peer["bulk_enqueue"]) == (0.5, 2.0)
+    # without rounds (the raw row here), the figures themselves are divided
+    assert _ratios(rows)[1]["single_enqueue"] == 500.0 / 1000.0
