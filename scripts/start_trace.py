@@ -1,0 +1,167 @@
+"""Where the bench's start latency goes: one idle worker, jobs enqueued 20 ms apart,
+each sample's path from the enqueue call to its task body timed in steps.
+
+    .venv/bin/python scripts/start_trace.py --dsn postgresql://postgres@127.0.0.1:5432/test
+
+Runs what ``pgqueue bench``'s latency step runs (the bench's client and app, a
+``pgqueue worker`` process with ``--poll-interval 5``, so a NOTIFY wakes it), in
+a scratch database on that server, dropped at the end. The worker is this
+script in a child process, which stamps (wall clock, the same on both sides)
+each NOTIFY it receives, each claim call's start and end, and each task start.
+It prints the median and the 95th percentile of each step, in ms:
+
+- the enqueue call (``Queue.enqueue``, start to return);
+- enqueue call start -> the NOTIFY reaching the worker;
+- the NOTIFY -> the claim call starting;
+- the claim call (the worker's database seam, Python included);
+- the claim call's end -> the task body starting;
+- the whole start latency (what the bench reports).
+
+The stamps add a file write per step to the worker; compare the total with the
+bench's figure of the same day before reading the steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _worker(stamps: Path) -> int:
+    """The bench's idle worker, its start path stamped."""
+    from pgqueue import _database, _worker
+    from pgqueue.bench import _probe
+    from pgqueue.cli import main
+
+    out = stamps.open("a", buffering=1)
+    on_notify, claim, job = _worker.Worker._on_notify, _database.WorkerDatabase.claim, _probe.job
+
+    def stamped_notify(self: Any, channel: str, payload: str) -> None:
+        out.write(f"notify {time.time()}\n")
+        on_notify(self, channel, payload)
+
+    async def stamped_claim(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.time()
+        claimed = await claim(self, *args, **kwargs)
+        out.write(f"claim {started} {time.time()} {len(claimed)}\n")
+        return claimed
+
+    def stamped_job(sample: int | None) -> None:
+        out.write(f"start {time.time()} {sample}\n")
+        job(sample)
+
+    _worker.Worker._on_notify = stamped_notify  # type: ignore[method-assign]
+    _database.WorkerDatabase.claim = stamped_claim  # type: ignore[method-assign]
+    _probe.job = stamped_job
+    command = ["worker", "--app", "pgqueue.bench._app:queue", "--queues", "bench"]
+    return main([*command, "--poll-interval", "5"])
+
+
+def _steps(sent: dict[int, tuple[float, float]], lines: list[list[str]]) -> dict[str, list[float]]:
+    notifies = sorted(float(p[1]) for p in lines if p[0] == "notify")
+    claims = [(float(p[1]), float(p[2])) for p in lines if p[0] == "claim" and p[3] != "0"]
+    starts = {int(p[2]): float(p[1]) for p in lines if p[0] == "start" and p[2] != "None"}
+    steps: dict[str, list[float]] = {
+        name: []
+        for name in (
+            "the enqueue call",
+            "enqueue -> NOTIFY at the worker",
+            "NOTIFY -> claim call starts",
+            "the claim call",
+            "claim returned -> task starts",
+            "start latency (the bench's figure)",
+        )
+    }
+    for sample, (called, returned) in sent.items():
+        started = starts[sample]
+        notified = next(n for n in notifies if n >= called)
+        claim_start, claim_end = max(
+            (c for c in claims if called <= c[0] and c[1] <= started), key=lambda c: c[0]
+        )
+        for name, ms in zip(
+            steps,
+            (
+                returned - called,
+                notified - called,
+                claim_start - notified,
+                claim_end - claim_start,
+                started - claim_end,
+                started - called,
+            ),
+            strict=True,
+        ):
+            steps[name].append(ms * 1000)
+    return steps
+
+
+def _spawn(dsn: str, stamps: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PGQUEUE_DSN": dsn}
+    return subprocess.Popen(
+        [sys.executable, __file__, "--worker", str(stamps)], env=env, cwd=stamps.parent
+    )
+
+
+async def _trace(dsn: str, samples: int, spacing: float) -> None:
+    from pgqueue.bench._run import _scratch
+    from pgqueue.bench._systems import Pgqueue
+
+    system = Pgqueue()
+    with _scratch(dsn, "start_trace") as scratch, tempfile.TemporaryDirectory() as tmp:
+        await system.setup(scratch)
+        client = await system.client(scratch)
+        stamps = Path(tmp) / "stamps.txt"
+        stamps.touch()
+        worker = _spawn(scratch, stamps)
+        try:
+            await client.enqueue_one(sample=0)  # the worker is up and idle once it ran
+            deadline = time.monotonic() + 60
+            while "start" not in stamps.read_text():
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the worker did not run the first job")
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            sent: dict[int, tuple[float, float]] = {}
+            for sample in range(1, samples + 1):
+                called = time.time()
+                await client.enqueue_one(sample=sample)
+                sent[sample] = (called, time.time())
+                await asyncio.sleep(spacing)
+            await asyncio.sleep(1.0)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+            await client.close()
+        lines = [line.split() for line in stamps.read_text().splitlines()]
+    steps = _steps(sent, lines)
+    print(f"{samples} samples {spacing * 1000:.0f} ms apart; ms")
+    print(f"{'':38}{'median':>9}{'p95':>9}")
+    for name, values in steps.items():
+        p95 = statistics.quantiles(values, n=20)[-1]
+        print(f"{name:38}{statistics.median(values):9.2f}{p95:9.2f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dsn", help="the server (a scratch database is made on it)")
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--spacing", type=float, default=0.02, help="seconds between jobs")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return _worker(Path(args.worker))
+    if not args.dsn:
+        parser.error("--dsn is required")
+    asyncio.run(_trace(args.dsn, args.samples, args.spacing))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
