@@ -4,11 +4,13 @@ each sample's path from the enqueue call to its task body timed in steps.
     .venv/bin/python scripts/start_trace.py --dsn postgresql://postgres@127.0.0.1:5432/test
 
 Runs what ``pgqueue bench``'s latency step runs (the bench's client and app, a
-``pgqueue worker`` process with ``--poll-interval 5``, so a NOTIFY wakes it), in
+``pgqueue worker`` process at its default concurrency with ``--poll-interval 5``,
+so a NOTIFY wakes it; each job enqueued 20 ms after the last call returned), in
 a scratch database on that server, dropped at the end. The worker is this
 script in a child process, which stamps (wall clock, the same on both sides)
 each NOTIFY it receives, each claim call's start and end, and each task start.
-It prints the median and the 95th percentile of each step, in ms:
+It prints the median and the 95th percentile (as the bench takes it) of each
+step, in ms:
 
 - the enqueue call (``Queue.enqueue``, start to return);
 - enqueue call start -> the NOTIFY reaching the worker;
@@ -51,7 +53,8 @@ def _worker(stamps: Path) -> int:
     async def stamped_claim(self: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.time()
         claimed = await claim(self, *args, **kwargs)
-        out.write(f"claim {started} {time.time()} {len(claimed)}\n")
+        samples = ",".join(str(job.args.get("sample")) for job in claimed)
+        out.write(f"claim {started} {time.time()} {samples or '-'}\n")
         return claimed
 
     def stamped_job(sample: int | None) -> None:
@@ -65,29 +68,38 @@ def _worker(stamps: Path) -> int:
     return main([*command, "--poll-interval", "5"])
 
 
+STEPS = (
+    "the enqueue call",
+    "enqueue -> NOTIFY at the worker",
+    "NOTIFY -> claim call starts",
+    "the claim call",
+    "claim returned -> task starts",
+    "start latency (the bench's figure)",
+)
+
+
 def _steps(sent: dict[int, tuple[float, float]], lines: list[list[str]]) -> dict[str, list[float]]:
+    """Each sample's steps in ms: its claim is the one that returned it, its
+    NOTIFY the first one the worker received after its enqueue call began
+    (one NOTIFY per enqueue, in order)."""
     notifies = sorted(float(p[1]) for p in lines if p[0] == "notify")
-    claims = [(float(p[1]), float(p[2])) for p in lines if p[0] == "claim" and p[3] != "0"]
-    starts = {int(p[2]): float(p[1]) for p in lines if p[0] == "start" and p[2] != "None"}
-    steps: dict[str, list[float]] = {
-        name: []
-        for name in (
-            "the enqueue call",
-            "enqueue -> NOTIFY at the worker",
-            "NOTIFY -> claim call starts",
-            "the claim call",
-            "claim returned -> task starts",
-            "start latency (the bench's figure)",
-        )
+    claims = {
+        int(sample): (float(p[1]), float(p[2]))
+        for p in lines
+        if p[0] == "claim"
+        for sample in p[3].split(",")
+        if sample.isdigit()
     }
+    starts = {int(p[2]): float(p[1]) for p in lines if p[0] == "start" and p[2].isdigit()}
+    steps: dict[str, list[float]] = {name: [] for name in STEPS}
     for sample, (called, returned) in sent.items():
+        notified = next((n for n in notifies if n >= called), None)
+        if notified is None or sample not in claims:
+            raise RuntimeError(f"sample {sample}: no NOTIFY or no claim recorded for it")
+        claim_start, claim_end = claims[sample]
         started = starts[sample]
-        notified = next(n for n in notifies if n >= called)
-        claim_start, claim_end = max(
-            (c for c in claims if called <= c[0] and c[1] <= started), key=lambda c: c[0]
-        )
-        for name, ms in zip(
-            steps,
+        for name, seconds in zip(
+            STEPS,
             (
                 returned - called,
                 notified - called,
@@ -98,54 +110,72 @@ def _steps(sent: dict[int, tuple[float, float]], lines: list[list[str]]) -> dict
             ),
             strict=True,
         ):
-            steps[name].append(ms * 1000)
+            steps[name].append(seconds * 1000)
     return steps
+
+
+def _started(stamps: Path) -> set[int]:
+    return {
+        int(p[2])
+        for p in (line.split() for line in stamps.read_text().splitlines())
+        if p[0] == "start" and p[2].isdigit()
+    }
+
+
+async def _wait_for_starts(
+    stamps: Path, wanted: set[int], worker: subprocess.Popen[bytes], timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while missing := wanted - _started(stamps):
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{len(missing)} samples never started (first: {min(missing)})")
+        await asyncio.sleep(0.05)
 
 
 def _spawn(dsn: str, stamps: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PGQUEUE_DSN": dsn}
     return subprocess.Popen(
-        [sys.executable, __file__, "--worker", str(stamps)], env=env, cwd=stamps.parent
+        [sys.executable, __file__, "--worker", str(stamps)],
+        env=env,
+        cwd=stamps.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
 async def _trace(dsn: str, samples: int, spacing: float) -> None:
-    from pgqueue.bench._run import _scratch
+    from pgqueue.bench._run import _percentile, _scratch, _stop
     from pgqueue.bench._systems import Pgqueue
 
     system = Pgqueue()
     with _scratch(dsn, "start_trace") as scratch, tempfile.TemporaryDirectory() as tmp:
         await system.setup(scratch)
-        client = await system.client(scratch)
         stamps = Path(tmp) / "stamps.txt"
         stamps.touch()
-        worker = _spawn(scratch, stamps)
+        client = await system.client(scratch)
         try:
-            await client.enqueue_one(sample=0)  # the worker is up and idle once it ran
-            deadline = time.monotonic() + 60
-            while "start" not in stamps.read_text():
-                if worker.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the worker did not run the first job")
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)
-            sent: dict[int, tuple[float, float]] = {}
-            for sample in range(1, samples + 1):
-                called = time.time()
-                await client.enqueue_one(sample=sample)
-                sent[sample] = (called, time.time())
-                await asyncio.sleep(spacing)
-            await asyncio.sleep(1.0)
+            worker = _spawn(scratch, stamps)
+            try:
+                await client.enqueue_one(sample=0)  # the worker is up and idle once it ran
+                await _wait_for_starts(stamps, {0}, worker, timeout=60)
+                await asyncio.sleep(0.5)
+                sent: dict[int, tuple[float, float]] = {}
+                for sample in range(1, samples + 1):
+                    called = time.time()
+                    await client.enqueue_one(sample=sample)
+                    sent[sample] = (called, time.time())
+                    await asyncio.sleep(spacing)
+                await _wait_for_starts(stamps, set(sent), worker, timeout=60)
+            finally:
+                _stop(worker)
         finally:
-            worker.terminate()
-            worker.wait(timeout=30)
             await client.close()
         lines = [line.split() for line in stamps.read_text().splitlines()]
     steps = _steps(sent, lines)
     print(f"{samples} samples {spacing * 1000:.0f} ms apart; ms")
     print(f"{'':38}{'median':>9}{'p95':>9}")
     for name, values in steps.items():
-        p95 = statistics.quantiles(values, n=20)[-1]
-        print(f"{name:38}{statistics.median(values):9.2f}{p95:9.2f}")
+        print(f"{name:38}{statistics.median(values):9.2f}{_percentile(values, 0.95):9.2f}")
 
 
 def main() -> int:

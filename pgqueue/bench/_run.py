@@ -527,11 +527,16 @@ def _ratio(
 ) -> float | None:
     """``row``'s figure over ``other``'s. Enqueue figures are compared round by
     round, each pair measured within the same round, and the median of those
-    ratios taken: the machine's drift over the rounds then cancels out, where
-    a ratio of the two medians would carry it."""
+    ratios taken: the machine's drift from round to round then largely
+    cancels out, where a ratio of the two medians would carry it."""
     mine_rounds = _value(rows, row, f"{key}_rounds")
     theirs_rounds = _value(rows, other, f"{key}_rounds")
-    if mine_rounds and theirs_rounds and len(mine_rounds) == len(theirs_rounds):
+    if (
+        mine_rounds
+        and theirs_rounds
+        and len(mine_rounds) == len(theirs_rounds)
+        and all(theirs_rounds)
+    ):
         return float(
             statistics.median(m / t for m, t in zip(mine_rounds, theirs_rounds, strict=True))
         )
