@@ -8,7 +8,8 @@ Runs what ``pgqueue bench``'s latency step runs (the bench's client and app, a
 so a NOTIFY wakes it; each job enqueued 20 ms after the last call returned), in
 a scratch database on that server, dropped at the end. The worker is this
 script in a child process, which stamps (wall clock, the same on both sides)
-each NOTIFY it receives, each claim call's start and end, and each task start.
+each NOTIFY it receives and each claim call's start and end; the task starts
+are the bench probe's own stamps.
 It prints the median and the 95th percentile (as the bench takes it) of each
 step, in ms:
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -38,13 +38,14 @@ from typing import Any
 
 
 def _worker(stamps: Path) -> int:
-    """The bench's idle worker, its start path stamped."""
+    """The bench's idle worker (its defaults, as the latency step runs it),
+    stamping each NOTIFY and claim; task starts go to the bench's own probe."""
     from pgqueue import _database, _worker
-    from pgqueue.bench import _probe
+    from pgqueue.bench._systems import Pgqueue
     from pgqueue.cli import main
 
     out = stamps.open("a", buffering=1)
-    on_notify, claim, job = _worker.Worker._on_notify, _database.WorkerDatabase.claim, _probe.job
+    on_notify, claim = _worker.Worker._on_notify, _database.WorkerDatabase.claim
 
     def stamped_notify(self: Any, channel: str, payload: str) -> None:
         out.write(f"notify {time.time()}\n")
@@ -57,15 +58,10 @@ def _worker(stamps: Path) -> int:
         out.write(f"claim {started} {time.time()} {samples or '-'}\n")
         return claimed
 
-    def stamped_job(sample: int | None) -> None:
-        out.write(f"start {time.time()} {sample}\n")
-        job(sample)
-
     _worker.Worker._on_notify = stamped_notify  # type: ignore[method-assign]
     _database.WorkerDatabase.claim = stamped_claim  # type: ignore[method-assign]
-    _probe.job = stamped_job
-    command = ["worker", "--app", "pgqueue.bench._app:queue", "--queues", "bench"]
-    return main([*command, "--poll-interval", "5"])
+    command = Pgqueue().worker_command(Pgqueue.configs[-1], drain=False)
+    return main(command[command.index("worker") :])
 
 
 STEPS = (
@@ -78,7 +74,9 @@ STEPS = (
 )
 
 
-def _steps(sent: dict[int, tuple[float, float]], lines: list[list[str]]) -> dict[str, list[float]]:
+def _steps(
+    sent: dict[int, tuple[float, float]], lines: list[list[str]], starts: dict[int, float]
+) -> dict[str, list[float]]:
     """Each sample's steps in ms: its claim is the one that returned it, its
     NOTIFY the first one the worker received after its enqueue call began
     (one NOTIFY per enqueue, in order)."""
@@ -90,7 +88,6 @@ def _steps(sent: dict[int, tuple[float, float]], lines: list[list[str]]) -> dict
         for sample in p[3].split(",")
         if sample.isdigit()
     }
-    starts = {int(p[2]): float(p[1]) for p in lines if p[0] == "start" and p[2].isdigit()}
     steps: dict[str, list[float]] = {name: [] for name in STEPS}
     for sample, (called, returned) in sent.items():
         notified = next((n for n in notifies if n >= called), None)
@@ -114,29 +111,12 @@ def _steps(sent: dict[int, tuple[float, float]], lines: list[list[str]]) -> dict
     return steps
 
 
-def _started(stamps: Path) -> set[int]:
-    return {
-        int(p[2])
-        for p in (line.split() for line in stamps.read_text().splitlines())
-        if p[0] == "start" and p[2].isdigit()
-    }
-
-
-async def _wait_for_starts(
-    stamps: Path, wanted: set[int], worker: subprocess.Popen[bytes], timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while missing := wanted - _started(stamps):
-        if worker.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{len(missing)} samples never started (first: {min(missing)})")
-        await asyncio.sleep(0.05)
-
-
 def _spawn(dsn: str, stamps: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PGQUEUE_DSN": dsn}
+    from pgqueue.bench._run import _env
+
     return subprocess.Popen(
         [sys.executable, __file__, "--worker", str(stamps)],
-        env=env,
+        env=_env(dsn, str(stamps.parent)),
         cwd=stamps.parent,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -144,20 +124,20 @@ def _spawn(dsn: str, stamps: Path) -> subprocess.Popen[bytes]:
 
 
 async def _trace(dsn: str, samples: int, spacing: float) -> None:
-    from pgqueue.bench._run import _percentile, _scratch, _stop
+    from pgqueue.bench._run import _percentile, _scratch, _stop, _wait_for_stamps
     from pgqueue.bench._systems import Pgqueue
 
     system = Pgqueue()
     with _scratch(dsn, "start_trace") as scratch, tempfile.TemporaryDirectory() as tmp:
         await system.setup(scratch)
-        stamps = Path(tmp) / "stamps.txt"
+        stamps = Path(tmp) / "trace.txt"  # beside the probe's stamps-<pid>.txt
         stamps.touch()
         client = await system.client(scratch)
         try:
             worker = _spawn(scratch, stamps)
             try:
                 await client.enqueue_one(sample=0)  # the worker is up and idle once it ran
-                await _wait_for_starts(stamps, {0}, worker, timeout=60)
+                await _wait_for_stamps(tmp, {0}, timeout=60)
                 await asyncio.sleep(0.5)
                 sent: dict[int, tuple[float, float]] = {}
                 for sample in range(1, samples + 1):
@@ -165,13 +145,13 @@ async def _trace(dsn: str, samples: int, spacing: float) -> None:
                     await client.enqueue_one(sample=sample)
                     sent[sample] = (called, time.time())
                     await asyncio.sleep(spacing)
-                await _wait_for_starts(stamps, set(sent), worker, timeout=60)
+                starts = await _wait_for_stamps(tmp, set(sent), timeout=60)
             finally:
                 _stop(worker)
         finally:
             await client.close()
         lines = [line.split() for line in stamps.read_text().splitlines()]
-    steps = _steps(sent, lines)
+    steps = _steps(sent, lines, starts)
     print(f"{samples} samples {spacing * 1000:.0f} ms apart; ms")
     print(f"{'':38}{'median':>9}{'p95':>9}")
     for name, values in steps.items():
